@@ -1,0 +1,80 @@
+# lpgpt build. `make` builds train_gpt (with the CUDA backend when nvcc is found), `make test` runs the
+# CPU test suite and compiles the device code, `make test-gpu` runs the GPU tests, `make bench` benchmarks.
+
+CC ?= gcc
+BUILD := build
+CFLAGS ?= -O2 -g
+CFLAGS += -std=c11 -Wall -Wextra -Wno-unused-parameter -ffp-contract=off -fopenmp -Isrc -D_POSIX_C_SOURCE=200809L
+LDLIBS := -lcjson -lm
+
+NVCC ?= $(shell command -v nvcc 2>/dev/null)
+CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
+CUDA_ARCH ?= -gencode arch=compute_90,code=sm_90
+NVCCFLAGS ?= -O2 -g
+NVCCFLAGS += -std=c++17 $(CUDA_ARCH) -fmad=false -Xcompiler -fopenmp,-ffp-contract=off -Isrc
+CUDA_LDLIBS := -lcublasLt -lcublas -lcudart $(LDLIBS) -lgomp
+
+HAVE_CUBLASLT := $(if $(wildcard $(CUDA_HOME)/include/cublasLt.h),yes,no)
+HAVE_NCCL := $(if $(wildcard $(CUDA_HOME)/include/nccl.h /usr/include/nccl.h),yes,no)
+HAVE_MPI := $(if $(shell command -v mpicc 2>/dev/null),yes,no)
+HAVE_CJSON := $(if $(wildcard /usr/include/cjson/cJSON.h),yes,no)
+HAVE_OPENMP := $(if $(shell echo 'int main(void){return 0;}' | $(CC) -fopenmp -x c - -o /dev/null 2>/dev/null && echo y),yes,no)
+
+LIB_SRCS := $(wildcard src/*.c src/cpu/*.c)
+LIB_OBJS := $(LIB_SRCS:%.c=$(BUILD)/%.o)
+HEADERS := $(wildcard src/*.h src/numerics/*.h src/cpu/*.h kernels/*.cuh)
+TEST_SRCS := $(wildcard tests/test_*.c)
+TEST_BINS := $(TEST_SRCS:tests/%.c=$(BUILD)/tests/%)
+GPU_TEST_SRCS := $(wildcard tests/gpu/*.cu)
+GPU_TEST_BINS := $(GPU_TEST_SRCS:tests/gpu/%.cu=$(BUILD)/tests/gpu/%)
+
+.PHONY: all detect test test-gpu bench clean
+all: detect train_gpt
+
+detect:
+	@echo "lpgpt build: nvcc=$(if $(NVCC),$(NVCC),no) cublasLt=$(HAVE_CUBLASLT) nccl=$(HAVE_NCCL) mpi=$(HAVE_MPI) cjson=$(HAVE_CJSON) openmp=$(HAVE_OPENMP)"
+ifeq ($(HAVE_CJSON),no)
+	@echo "missing: cJSON (install Debian's libcjson-dev, or run ./scripts/setup.sh)"; exit 1
+endif
+
+$(BUILD)/%.o: %.c $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+ifneq ($(NVCC),)
+$(BUILD)/train_gpt.o: train_gpt.cu $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCCFLAGS) -DLP_WITH_CUDA -x cu -c $< -o $@
+
+train_gpt: $(BUILD)/train_gpt.o $(LIB_OBJS)
+	$(NVCC) $(NVCCFLAGS) $^ -o $@ $(CUDA_LDLIBS)
+
+$(BUILD)/tests/gpu/%: tests/gpu/%.cu $(LIB_OBJS) $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCCFLAGS) $< $(LIB_OBJS) -o $@ $(CUDA_LDLIBS)
+
+DEVICE_BUILD := $(GPU_TEST_BINS)
+else
+train_gpt: train_gpt.cu $(LIB_OBJS) $(HEADERS)
+	$(CC) $(CFLAGS) -x c train_gpt.cu -x none $(LIB_OBJS) -o $@ $(LDLIBS)
+
+DEVICE_BUILD :=
+endif
+
+$(BUILD)/tests/%: tests/%.c tests/testing.h $(LIB_OBJS) $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -Itests $< $(LIB_OBJS) -o $@ $(LDLIBS)
+
+# The CPU suite: C unit tests, then end-to-end scripts against train_gpt. With nvcc, the device code
+# (train_gpt's CUDA backend and the GPU tests) must compile and link for sm_90 too; it is not run here.
+test: all $(TEST_BINS) $(DEVICE_BUILD)
+	@./tests/run_tests.sh $(TEST_BINS) $(wildcard tests/test_*.sh tests/test_*.py)
+
+test-gpu: all $(GPU_TEST_BINS)
+	@./tests/run_tests.sh $(GPU_TEST_BINS) $(wildcard tests/gpu/test_*.sh)
+
+bench: all
+	@./bench/bench.sh
+
+clean:
+	rm -rf $(BUILD) train_gpt

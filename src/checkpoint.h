@@ -1,0 +1,33 @@
+// Our checkpoint file: a header (magic, version, section count), named sections of raw bytes, and a
+// 64-bit checksum over everything before it. Written atomically: temp file, fsync, rename.
+#ifndef LP_CHECKPOINT_H
+#define LP_CHECKPOINT_H
+
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define CHECKPOINT_MAGIC 0x4c504350u  // "LPCP"
+#define CHECKPOINT_VERSION 1
+#define CHECKPOINT_NAME_MAX 32
+
+typedef struct {
+    const char *name;  // at most CHECKPOINT_NAME_MAX-1 characters
+    void *data;
+    size_t nbytes;
+} CheckpointSection;
+
+// Writes path atomically; on any failure (full disk included) removes the temp file and exits via fatal().
+void checkpoint_write(const char *path, const CheckpointSection *sections, int count);
+// Reads and verifies the whole file (magic, version, checksum, and that its sections are exactly
+// `sections` by name and size, in order) before copying anything into the sections' buffers; fatal()
+// naming the file, the section and the byte offset on any mismatch.
+void checkpoint_read(const char *path, const CheckpointSection *sections, int count);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,47 @@
+// Token shards in llm.c's format (header of 256 int32: magic 20240520, version 1, token count; then
+// uint16 tokens) and a loader over a glob pattern of them.
+#ifndef LP_DATA_H
+#define LP_DATA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define SHARD_MAGIC 20240520
+#define SHARD_VERSION 1
+#define SHARD_HEADER_INTS 256
+
+typedef struct DataLoader DataLoader;
+
+// Where the loader stands, for checkpoints: enough to continue with exactly the same batches.
+typedef struct {
+    uint64_t epoch;
+    uint64_t shard;     // index into this epoch's shard order
+    uint64_t position;  // token offset of the next batch in that shard
+} DataPosition;
+
+// Opens every shard matching `pattern` and validates magic, version, size and that every token is below
+// vocab_size; fatal() naming the file (and byte offset) on the first problem, or when nothing matches.
+// Each step reads world*B rows of T+1 tokens; this rank reads rows [rank*B, (rank+1)*B).
+// shuffle != 0: the shard order of each epoch is a permutation drawn from (seed, epoch);
+// shuffle == 0: shards in sorted name order (for validation).
+DataLoader *dataloader_open(const char *pattern, int B, int T, int rank, int world, int vocab_size,
+                            uint64_t seed, int shuffle);
+void dataloader_free(DataLoader *loader);
+// inputs, targets: (B, T); targets are inputs shifted by one token.
+void dataloader_next(DataLoader *loader, int *inputs, int *targets);
+// Back to the first batch of epoch 0.
+void dataloader_reset(DataLoader *loader);
+DataPosition dataloader_position(const DataLoader *loader);
+void dataloader_seek(DataLoader *loader, DataPosition position);
+size_t dataloader_total_tokens(const DataLoader *loader);
+int dataloader_num_shards(const DataLoader *loader);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

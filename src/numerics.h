@@ -1,0 +1,9 @@
+// The numerics core, header-only, host and device: one include for everything under src/numerics/.
+#ifndef LP_NUMERICS_H
+#define LP_NUMERICS_H
+
+#include "numerics/common.h"
+#include "numerics/bf16.h"
+#include "numerics/rng.h"
+
+#endif

@@ -1,0 +1,107 @@
+#include "util.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define MAX_CLEANUP_FILES 8
+static char *cleanup_files[MAX_CLEANUP_FILES];
+
+void fatal_cleanup_register(const char *path) {
+    for (int i = 0; i < MAX_CLEANUP_FILES; i++) {
+        if (!cleanup_files[i]) {
+            cleanup_files[i] = xstrdup(path);
+            return;
+        }
+    }
+    fatal("internal: too many temporary files registered for cleanup");
+}
+
+void fatal_cleanup_unregister(const char *path) {
+    for (int i = 0; i < MAX_CLEANUP_FILES; i++) {
+        if (cleanup_files[i] && strcmp(cleanup_files[i], path) == 0) {
+            free(cleanup_files[i]);
+            cleanup_files[i] = NULL;
+        }
+    }
+}
+
+void fatal(const char *fmt, ...) {
+    for (int i = 0; i < MAX_CLEANUP_FILES; i++) {
+        if (cleanup_files[i]) unlink(cleanup_files[i]);
+    }
+    fflush(stdout);
+    fprintf(stderr, "train_gpt: error: ");
+    va_list args;
+    va_start(args, fmt);
+    vfprintf(stderr, fmt, args);
+    va_end(args);
+    fprintf(stderr, "\n");
+    exit(1);
+}
+
+void *xmalloc(size_t nbytes) {
+    void *p = malloc(nbytes ? nbytes : 1);
+    if (!p) fatal("out of memory allocating %zu bytes", nbytes);
+    return p;
+}
+
+void *xcalloc(size_t count, size_t size) {
+    void *p = calloc(count ? count : 1, size ? size : 1);
+    if (!p) fatal("out of memory allocating %zu x %zu bytes", count, size);
+    return p;
+}
+
+char *xstrdup(const char *s) {
+    size_t n = strlen(s) + 1;
+    char *p = xmalloc(n);
+    memcpy(p, s, n);
+    return p;
+}
+
+FILE *xfopen(const char *path, const char *mode) {
+    FILE *f = fopen(path, mode);
+    if (!f) fatal("cannot open %s: %s", path, strerror(errno));
+    return f;
+}
+
+char *read_whole_file(const char *path, size_t *nbytes) {
+    FILE *f = xfopen(path, "rb");
+    size_t cap = 1 << 16, len = 0;
+    char *buf = xmalloc(cap);
+    size_t got;
+    while ((got = fread(buf + len, 1, cap - len - 1, f)) > 0) {
+        len += got;
+        if (cap - len - 1 == 0) {
+            cap *= 2;
+            char *bigger = realloc(buf, cap);
+            if (!bigger) fatal("out of memory reading %s", path);
+            buf = bigger;
+        }
+    }
+    if (ferror(f)) fatal("error reading %s: %s", path, strerror(errno));
+    fclose(f);
+    buf[len] = '\0';
+    if (nbytes) *nbytes = len;
+    return buf;
+}
+
+void make_dirs(const char *path) {
+    char *p = xstrdup(path);
+    for (char *s = p + 1; *s; s++) {
+        if (*s != '/') continue;
+        *s = '\0';
+        if (mkdir(p, 0755) != 0 && errno != EEXIST) fatal("cannot create directory %s: %s", p, strerror(errno));
+        *s = '/';
+    }
+    if (mkdir(p, 0755) != 0 && errno != EEXIST) fatal("cannot create directory %s: %s", p, strerror(errno));
+    free(p);
+}
+
+int file_exists(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0;
+}
