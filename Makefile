@@ -22,6 +22,8 @@ HAVE_OPENMP := $(if $(shell echo 'int main(void){return 0;}' | $(CC) -fopenmp -x
 
 LIB_SRCS := $(wildcard src/*.c src/cpu/*.c)
 LIB_OBJS := $(LIB_SRCS:%.c=$(BUILD)/%.o)
+# An archive, so a test links only the objects it uses.
+LIB := $(BUILD)/liblpgpt.a
 HEADERS := $(wildcard src/*.h src/numerics/*.h src/cpu/*.h kernels/*.cuh)
 TEST_SRCS := $(wildcard tests/test_*.c)
 TEST_BINS := $(TEST_SRCS:tests/%.c=$(BUILD)/tests/%)
@@ -41,29 +43,33 @@ $(BUILD)/%.o: %.c $(HEADERS)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
 
+$(LIB): $(LIB_OBJS)
+	rm -f $@
+	ar rcs $@ $^
+
 ifneq ($(NVCC),)
 $(BUILD)/train_gpt.o: train_gpt.cu $(HEADERS)
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCCFLAGS) -DLP_WITH_CUDA -x cu -c $< -o $@
 
-train_gpt: $(BUILD)/train_gpt.o $(LIB_OBJS)
+train_gpt: $(BUILD)/train_gpt.o $(LIB)
 	$(NVCC) $(NVCCFLAGS) $^ -o $@ $(CUDA_LDLIBS)
 
-$(BUILD)/tests/gpu/%: tests/gpu/%.cu $(LIB_OBJS) $(HEADERS)
+$(BUILD)/tests/gpu/%: tests/gpu/%.cu $(LIB) $(HEADERS)
 	@mkdir -p $(dir $@)
-	$(NVCC) $(NVCCFLAGS) $< $(LIB_OBJS) -o $@ $(CUDA_LDLIBS)
+	$(NVCC) $(NVCCFLAGS) $< $(LIB) -o $@ $(CUDA_LDLIBS)
 
 DEVICE_BUILD := $(GPU_TEST_BINS)
 else
-train_gpt: train_gpt.cu $(LIB_OBJS) $(HEADERS)
-	$(CC) $(CFLAGS) -x c train_gpt.cu -x none $(LIB_OBJS) -o $@ $(LDLIBS)
+train_gpt: train_gpt.cu $(LIB) $(HEADERS)
+	$(CC) $(CFLAGS) -x c train_gpt.cu -x none $(LIB) -o $@ $(LDLIBS)
 
 DEVICE_BUILD :=
 endif
 
-$(BUILD)/tests/%: tests/%.c tests/testing.h $(LIB_OBJS) $(HEADERS)
+$(BUILD)/tests/%: tests/%.c tests/testing.h $(LIB) $(HEADERS)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -Itests $< $(LIB_OBJS) -o $@ $(LDLIBS)
+	$(CC) $(CFLAGS) -Itests $< $(LIB) -o $@ $(LDLIBS)
 
 # The CPU suite: C unit tests, then end-to-end scripts against train_gpt. With nvcc, the device code
 # (train_gpt's CUDA backend and the GPU tests) must compile and link for sm_90 too; it is not run here.

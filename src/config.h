@@ -44,10 +44,10 @@ typedef struct {
 } Config;
 
 void config_defaults(Config *cfg);
-// Loads a JSON file over the defaults. `name` is a path, or a file name looked up in configs/. Exits
-// through fatal() with file and JSON path on malformed JSON, unknown keys (suggesting the nearest valid
-// key), wrong types and out-of-range values. The path actually read is copied to resolved_path
-// (CONFIG_PATH_MAX bytes) when it is not NULL.
+// Resets cfg to the defaults and loads a JSON file over them. `name` is a path, or a file name looked up in
+// configs/ (with or without ".json"). Exits through fatal() with file and JSON path on malformed JSON,
+// unknown keys (suggesting the nearest valid key), wrong types and out-of-range values. The path actually
+// read is copied to resolved_path (CONFIG_PATH_MAX bytes) when it is not NULL.
 void config_load(Config *cfg, const char *name, char *resolved_path);
 // Applies one "section.key=value" override with the same checks.
 void config_set(Config *cfg, const char *assignment);
