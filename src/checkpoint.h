@@ -1,5 +1,6 @@
-// Our checkpoint file: a header (magic, version, section count), named sections of raw bytes, and a
-// 64-bit checksum over everything before it. Written atomically: temp file, fsync, rename.
+// Our checkpoint file: a header (magic, version, section count), named sections of raw bytes, and an XXH64
+// checksum over everything before it (layout: docs/checkpoint-format.md). Written atomically: temp file,
+// fsync, rename.
 #ifndef LP_CHECKPOINT_H
 #define LP_CHECKPOINT_H
 
@@ -9,7 +10,7 @@
 extern "C" {
 #endif
 
-#define CHECKPOINT_MAGIC 0x4c504350u  // "LPCP"
+#define CHECKPOINT_MAGIC 0x4c504350u  // "LPCP" as a number; little-endian on disk, the bytes read "PCPL"
 #define CHECKPOINT_VERSION 1
 #define CHECKPOINT_NAME_MAX 32
 

@@ -1,0 +1,298 @@
+// Checkpoint file layout (all integers little-endian; docs/checkpoint-format.md says the same):
+//
+//   offset 0   uint32 magic          CHECKPOINT_MAGIC, 0x4c504350 (the bytes "PCPL" on disk)
+//   offset 4   uint32 version        CHECKPOINT_VERSION
+//   offset 8   uint32 section_count
+//   offset 12  uint32 reserved       0
+//   offset 16  section_count times:
+//                char   name[32]     NUL-padded, at most 31 characters
+//                uint64 nbytes
+//                nbytes bytes of data, no padding
+//   last 8     uint64 checksum       XXH64 (seed 0) of every byte before it
+//
+// XXH64 (the published xxHash 64-bit algorithm) rather than FNV-1a: FNV-1a hashes one byte per serial
+// multiply, well under 1 GB/s, which is seconds per gigabyte of optimizer state; XXH64 runs at memory speed.
+#include "checkpoint.h"
+
+#include <errno.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "atomic_file.h"
+#include "util.h"
+
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "checkpoint files are little-endian and are read and written with memcpy: a big-endian host needs byte swaps"
+#endif
+
+#define HEADER_BYTES 16
+#define SECTION_HEADER_BYTES (CHECKPOINT_NAME_MAX + 8)
+#define TRAILER_BYTES 8
+
+// ---------------------------------------------------------------------------------------------------------
+// XXH64, streaming, as specified in xxHash's doc/xxhash_spec.md.
+
+static const uint64_t XXH_PRIME1 = 0x9E3779B185EBCA87ull;
+static const uint64_t XXH_PRIME2 = 0xC2B2AE3D27D4EB4Full;
+static const uint64_t XXH_PRIME3 = 0x165667B19E3779F9ull;
+static const uint64_t XXH_PRIME4 = 0x85EBCA77C2B2AE63ull;
+static const uint64_t XXH_PRIME5 = 0x27D4EB2F165667C5ull;
+
+typedef struct {
+    uint64_t acc[4];
+    uint64_t total_len;
+    unsigned char stripe[32];  // input not yet consumed, less than one 32-byte stripe
+    size_t stripe_len;
+} Xxh64;
+
+static uint64_t rotl64(uint64_t x, int r) { return (x << r) | (x >> (64 - r)); }
+
+static uint64_t read_u64(const unsigned char *p) {
+    uint64_t v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static uint32_t read_u32(const unsigned char *p) {
+    uint32_t v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static uint64_t xxh64_round(uint64_t acc, uint64_t lane) {
+    acc += lane * XXH_PRIME2;
+    acc = rotl64(acc, 31);
+    return acc * XXH_PRIME1;
+}
+
+static uint64_t xxh64_merge(uint64_t acc, uint64_t lane_acc) {
+    acc ^= xxh64_round(0, lane_acc);
+    return acc * XXH_PRIME1 + XXH_PRIME4;
+}
+
+static void xxh64_init(Xxh64 *h) {
+    h->acc[0] = XXH_PRIME1 + XXH_PRIME2;
+    h->acc[1] = XXH_PRIME2;
+    h->acc[2] = 0;
+    h->acc[3] = -XXH_PRIME1;
+    h->total_len = 0;
+    h->stripe_len = 0;
+}
+
+static void xxh64_stripe(Xxh64 *h, const unsigned char *p) {
+    for (int i = 0; i < 4; i++) h->acc[i] = xxh64_round(h->acc[i], read_u64(p + 8 * i));
+}
+
+static void xxh64_update(Xxh64 *h, const void *data, size_t nbytes) {
+    const unsigned char *p = data;
+    h->total_len += nbytes;
+    if (h->stripe_len > 0) {
+        size_t take = 32 - h->stripe_len < nbytes ? 32 - h->stripe_len : nbytes;
+        memcpy(h->stripe + h->stripe_len, p, take);
+        h->stripe_len += take;
+        p += take;
+        nbytes -= take;
+        if (h->stripe_len < 32) return;
+        xxh64_stripe(h, h->stripe);
+        h->stripe_len = 0;
+    }
+    for (; nbytes >= 32; p += 32, nbytes -= 32) xxh64_stripe(h, p);
+    memcpy(h->stripe, p, nbytes);
+    h->stripe_len = nbytes;
+}
+
+static uint64_t xxh64_digest(const Xxh64 *h) {
+    uint64_t acc;
+    if (h->total_len >= 32) {
+        acc = rotl64(h->acc[0], 1) + rotl64(h->acc[1], 7) + rotl64(h->acc[2], 12) + rotl64(h->acc[3], 18);
+        for (int i = 0; i < 4; i++) acc = xxh64_merge(acc, h->acc[i]);
+    } else {
+        acc = XXH_PRIME5;  // seed 0 + PRIME5: no stripe was ever completed
+    }
+    acc += h->total_len;
+    const unsigned char *p = h->stripe;
+    size_t left = h->stripe_len;
+    for (; left >= 8; p += 8, left -= 8) {
+        acc ^= xxh64_round(0, read_u64(p));
+        acc = rotl64(acc, 27) * XXH_PRIME1 + XXH_PRIME4;
+    }
+    if (left >= 4) {
+        acc ^= (uint64_t)read_u32(p) * XXH_PRIME1;
+        acc = rotl64(acc, 23) * XXH_PRIME2 + XXH_PRIME3;
+        p += 4;
+        left -= 4;
+    }
+    for (; left > 0; p++, left--) {
+        acc ^= *p * XXH_PRIME5;
+        acc = rotl64(acc, 11) * XXH_PRIME1;
+    }
+    acc ^= acc >> 33;
+    acc *= XXH_PRIME2;
+    acc ^= acc >> 29;
+    acc *= XXH_PRIME3;
+    acc ^= acc >> 32;
+    return acc;
+}
+
+static uint64_t xxh64(const void *data, size_t nbytes) {
+    Xxh64 h;
+    xxh64_init(&h);
+    xxh64_update(&h, data, nbytes);
+    return xxh64_digest(&h);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Writing
+
+typedef struct {
+    AtomicFile file;
+    Xxh64 checksum;
+} CheckpointWriter;
+
+static void writer_put(CheckpointWriter *w, const void *data, size_t nbytes) {
+    xxh64_update(&w->checksum, data, nbytes);
+    atomic_file_write(&w->file, data, nbytes);
+}
+
+static void check_section_name(const char *name) {
+    size_t len = strlen(name);
+    if (len == 0 || len >= CHECKPOINT_NAME_MAX) {
+        fatal("internal: checkpoint section name '%s' must have 1 to %d characters", name, CHECKPOINT_NAME_MAX - 1);
+    }
+}
+
+void checkpoint_write(const char *path, const CheckpointSection *sections, int count) {
+    for (int i = 0; i < count; i++) check_section_name(sections[i].name);
+    CheckpointWriter w;
+    xxh64_init(&w.checksum);
+    atomic_file_open(&w.file, path, "checkpoint");
+
+    uint32_t header[4] = {CHECKPOINT_MAGIC, CHECKPOINT_VERSION, (uint32_t)count, 0};
+    writer_put(&w, header, sizeof header);
+    for (int i = 0; i < count; i++) {
+        char name[CHECKPOINT_NAME_MAX] = {0};
+        memcpy(name, sections[i].name, strlen(sections[i].name));
+        uint64_t nbytes = sections[i].nbytes;
+        writer_put(&w, name, sizeof name);
+        writer_put(&w, &nbytes, sizeof nbytes);
+        writer_put(&w, sections[i].data, sections[i].nbytes);
+    }
+    uint64_t checksum = xxh64_digest(&w.checksum);
+    atomic_file_write(&w.file, &checksum, sizeof checksum);
+    atomic_file_commit(&w.file);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Reading
+
+typedef struct {
+    char name[CHECKPOINT_NAME_MAX + 1];  // always NUL-terminated, even when the file's is not
+    uint64_t nbytes;
+    size_t data_offset;
+} FoundSection;
+
+static unsigned char *load_file(const char *path, size_t *nbytes) {
+    FILE *f = fopen(path, "rb");
+    if (!f) fatal("cannot open checkpoint %s: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fileno(f), &st) != 0) fatal("cannot read checkpoint %s: %s", path, strerror(errno));
+    size_t size = (size_t)st.st_size;
+    unsigned char *bytes = xmalloc(size);
+    if (fread(bytes, 1, size, f) != size) {
+        fatal("cannot read checkpoint %s: %s", path, ferror(f) ? strerror(errno) : "file shrank while reading");
+    }
+    fclose(f);
+    *nbytes = size;
+    return bytes;
+}
+
+static void check_header(const char *path, const unsigned char *bytes, size_t size) {
+    if (size < HEADER_BYTES + TRAILER_BYTES) {
+        fatal("checkpoint %s is %zu bytes, too short for the %d-byte header and checksum: not an lpgpt checkpoint, "
+              "or truncated", path, size, HEADER_BYTES + TRAILER_BYTES);
+    }
+    uint32_t magic = read_u32(bytes), version = read_u32(bytes + 4);
+    if (magic != CHECKPOINT_MAGIC) {
+        fatal("%s is not an lpgpt checkpoint (magic 0x%08x, expected 0x%08x)", path, magic, CHECKPOINT_MAGIC);
+    }
+    if (version != CHECKPOINT_VERSION) {
+        fatal("checkpoint %s has format version %u; this program reads version %d", path, version, CHECKPOINT_VERSION);
+    }
+}
+
+// Walks the section headers, making sure each one and its data lie inside the file, and that the last one
+// ends exactly at the checksum. Returns section_count entries.
+static FoundSection *find_sections(const char *path, const unsigned char *bytes, size_t size, uint32_t *count) {
+    size_t end = size - TRAILER_BYTES;
+    uint32_t n = read_u32(bytes + 8);
+    if (n > (end - HEADER_BYTES) / SECTION_HEADER_BYTES) {
+        fatal("checkpoint %s claims %u sections, more than its %zu bytes can hold (corrupt or truncated)", path, n, size);
+    }
+    FoundSection *found = xcalloc(n ? n : 1, sizeof *found);
+    size_t offset = HEADER_BYTES;
+    for (uint32_t i = 0; i < n; i++) {
+        if (end - offset < SECTION_HEADER_BYTES) {
+            fatal("checkpoint %s: section %u header at byte offset %zu runs past the end of the data (truncated?)",
+                  path, i, offset);
+        }
+        memcpy(found[i].name, bytes + offset, CHECKPOINT_NAME_MAX);
+        found[i].nbytes = read_u64(bytes + offset + CHECKPOINT_NAME_MAX);
+        offset += SECTION_HEADER_BYTES;
+        if (found[i].nbytes > end - offset) {
+            fatal("checkpoint %s: section '%s' at byte offset %zu claims %llu bytes but only %zu remain before the "
+                  "checksum (truncated or corrupt)", path, found[i].name, offset - SECTION_HEADER_BYTES,
+                  (unsigned long long)found[i].nbytes, end - offset);
+        }
+        found[i].data_offset = offset;
+        offset += found[i].nbytes;
+    }
+    if (offset != end) {
+        fatal("checkpoint %s: %zu unexpected bytes at byte offset %zu after the last section", path, end - offset,
+              offset);
+    }
+    *count = n;
+    return found;
+}
+
+static void check_checksum(const char *path, const unsigned char *bytes, size_t size) {
+    uint64_t stored = read_u64(bytes + size - TRAILER_BYTES);
+    if (xxh64(bytes, size - TRAILER_BYTES) != stored) fatal("checkpoint %s: checksum mismatch: file is corrupt", path);
+}
+
+// A sound file whose sections differ from the expected ones was written for another model or policy.
+static void match_sections(const char *path, const FoundSection *found, uint32_t found_count,
+                           const CheckpointSection *expected, int expected_count) {
+    for (int i = 0; i < expected_count || (uint32_t)i < found_count; i++) {
+        if (i >= expected_count) {
+            fatal("checkpoint %s has an unexpected extra section '%s' (%llu bytes): it was written for a different "
+                  "model or precision policy", path, found[i].name, (unsigned long long)found[i].nbytes);
+        }
+        if ((uint32_t)i >= found_count) {
+            fatal("checkpoint %s lacks section '%s' (%zu bytes expected): it was written for a different model or "
+                  "precision policy", path, expected[i].name, expected[i].nbytes);
+        }
+        if (strcmp(found[i].name, expected[i].name) != 0 || found[i].nbytes != expected[i].nbytes) {
+            fatal("checkpoint %s: section %d is '%s' with %llu bytes, expected '%s' with %zu bytes: it was written "
+                  "for a different model or precision policy", path, i, found[i].name,
+                  (unsigned long long)found[i].nbytes, expected[i].name, expected[i].nbytes);
+        }
+    }
+}
+
+void checkpoint_read(const char *path, const CheckpointSection *sections, int count) {
+    size_t size;
+    unsigned char *bytes = load_file(path, &size);
+    check_header(path, bytes, size);
+    uint32_t found_count;
+    FoundSection *found = find_sections(path, bytes, size, &found_count);
+    check_checksum(path, bytes, size);
+    match_sections(path, found, found_count, sections, count);
+    // Only now, with the whole file verified, do the caller's buffers change.
+    for (int i = 0; i < count; i++) {
+        if (sections[i].nbytes > 0) memcpy(sections[i].data, bytes + found[i].data_offset, sections[i].nbytes);
+    }
+    free(found);
+    free(bytes);
+}
