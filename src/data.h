@@ -36,6 +36,8 @@ void dataloader_next(DataLoader *loader, int *inputs, int *targets);
 // Back to the first batch of epoch 0.
 void dataloader_reset(DataLoader *loader);
 DataPosition dataloader_position(const DataLoader *loader);
+// Continues exactly where `position` (from dataloader_position, same data and batch shape) left off;
+// fatal() when it names a shard or token offset that the data does not have.
 void dataloader_seek(DataLoader *loader, DataPosition position);
 size_t dataloader_total_tokens(const DataLoader *loader);
 int dataloader_num_shards(const DataLoader *loader);
