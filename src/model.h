@@ -55,6 +55,8 @@ typedef struct {
 
 // Rounds vocab_size up to a multiple of 128.
 int padded_vocab_size(int vocab_size);
+// Fills the table for shape; a padded_vocab of 0 becomes padded_vocab_size(vocab_size) (an llm.c file
+// brings its own). fatal() on a shape that cannot be built (n_embd not a multiple of n_head, ...).
 void param_table_init(ParamTable *table, const ModelShape *shape);
 // GPT-2 init: N(0, 0.02) for matrices and embeddings, residual projections scaled by 1/sqrt(2*n_layer),
 // LayerNorm weights 1, biases 0; padded vocabulary rows of wte are 0. Deterministic from the seed,

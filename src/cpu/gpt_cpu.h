@@ -9,6 +9,7 @@
 typedef enum {
     MATMUL_FP32,  // operands used as they are
     MATMUL_BF16,  // both operands rounded to bf16 (nearest-even) before the product, in forward and backward
+                  // (the four linear layers per block and the LM head; attention's QK^T and PV stay fp32)
 } MatmulFormat;
 
 typedef struct GPTCpu GPTCpu;
@@ -17,6 +18,9 @@ typedef struct GPTCpu GPTCpu;
 GPTCpu *gpt_cpu_create(const ParamTable *table, int B, int T);
 void gpt_cpu_free(GPTCpu *model);
 void gpt_cpu_set_matmul_format(GPTCpu *model, MatmulFormat format);
+// Bytes gpt_cpu_create allocates for activations and their gradients at (B, T), without allocating.
+// MATMUL_BF16 adds the rounded operand copies on top (gpt_cpu_set_matmul_format allocates them).
+size_t gpt_cpu_activation_bytes(const ParamTable *table, int B, int T);
 
 // inputs, targets: (B, T) token ids. targets may be NULL (no loss). Returns the mean cross-entropy over
 // the B*T positions (or 0 with NULL targets).

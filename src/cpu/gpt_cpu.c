@@ -1,0 +1,354 @@
+// GPT-2 on the CPU: the layer sequence of the forward and backward passes over the ops of ops.h.
+#include "cpu/gpt_cpu.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "cpu/ops.h"
+#include "util.h"
+
+// What the forward keeps for the backward (per-layer buffers stack L slices), and one layer's worth of
+// activation gradients, which the backward reuses from layer to layer.
+typedef struct {
+    float *encoded;    // (B, T, C) the residual stream entering layer 0
+    float *ln1;        // (L, B, T, C)
+    float *ln1_mean;   // (L, B, T)
+    float *ln1_rstd;   // (L, B, T)
+    float *qkv;        // (L, B, T, 3C)
+    float *atty;       // (L, B, T, C) attention output, before its projection
+    float *att;        // (L, B, NH, T, T) softmax probabilities
+    float *residual2;  // (L, B, T, C) the residual stream after attention
+    float *ln2;        // (L, B, T, C)
+    float *ln2_mean;   // (L, B, T)
+    float *ln2_rstd;   // (L, B, T)
+    float *fch;        // (L, B, T, 4C) MLP hidden layer, before GELU
+    float *fch_gelu;   // (L, B, T, 4C)
+    float *residual3;  // (L, B, T, C) the residual stream after the MLP: the layer's output
+    float *lnf;        // (B, T, C)
+    float *lnf_mean;   // (B, T)
+    float *lnf_rstd;   // (B, T)
+    float *logits;     // (B, T, Vp); the backward overwrites them with their gradient
+    float *probs;      // (B, T, Vp)
+    float *losses;     // (B, T)
+    float *proj_out;   // (B, T, C) attproj or fcproj output on its way into the residual stream
+    float *dresidual;  // (B, T, C) gradient of the residual stream at the current point of the backward
+    float *dln;        // (B, T, C) gradient of a layernorm output
+    float *dqkv;       // (B, T, 3C)
+    float *datty;      // (B, T, C)
+    float *dfch_gelu;  // (B, T, 4C)
+    float *dfch;       // (B, T, 4C)
+} Activations;
+
+#define NUM_ACTIVATION_BUFFERS 27
+
+typedef struct {
+    float **buffer;
+    size_t numel;
+} ActivationBuffer;
+
+// The list of activation buffers and their sizes for batches of (B, T): the one description that both
+// allocation and the memory plan read.
+static void activation_buffers(Activations *a, const ModelShape *s, int B, int T,
+                               ActivationBuffer list[NUM_ACTIVATION_BUFFERS]) {
+    size_t L = (size_t)s->n_layer, C = (size_t)s->n_embd, NH = (size_t)s->n_head, Vp = (size_t)s->padded_vocab;
+    size_t N = (size_t)B * (size_t)T;
+    ActivationBuffer buffers[NUM_ACTIVATION_BUFFERS] = {
+        {&a->encoded, N * C},
+        {&a->ln1, L * N * C},
+        {&a->ln1_mean, L * N},
+        {&a->ln1_rstd, L * N},
+        {&a->qkv, L * N * 3 * C},
+        {&a->atty, L * N * C},
+        {&a->att, L * N * NH * (size_t)T},
+        {&a->residual2, L * N * C},
+        {&a->ln2, L * N * C},
+        {&a->ln2_mean, L * N},
+        {&a->ln2_rstd, L * N},
+        {&a->fch, L * N * 4 * C},
+        {&a->fch_gelu, L * N * 4 * C},
+        {&a->residual3, L * N * C},
+        {&a->lnf, N * C},
+        {&a->lnf_mean, N},
+        {&a->lnf_rstd, N},
+        {&a->logits, N * Vp},
+        {&a->probs, N * Vp},
+        {&a->losses, N},
+        {&a->proj_out, N * C},
+        {&a->dresidual, N * C},
+        {&a->dln, N * C},
+        {&a->dqkv, N * 3 * C},
+        {&a->datty, N * C},
+        {&a->dfch_gelu, N * 4 * C},
+        {&a->dfch, N * 4 * C},
+    };
+    memcpy(list, buffers, sizeof buffers);
+}
+
+// Buffer lengths rounded up to 16 floats (64 bytes).
+static size_t aligned_numel(size_t numel) { return (numel + 15) / 16 * 16; }
+
+static size_t activation_numel(const ModelShape *shape, int B, int T) {
+    Activations unused;
+    ActivationBuffer list[NUM_ACTIVATION_BUFFERS];
+    activation_buffers(&unused, shape, B, T, list);
+    size_t total = 0;
+    for (int i = 0; i < NUM_ACTIVATION_BUFFERS; i++) total += aligned_numel(list[i].numel);
+    return total;
+}
+
+// Rounded copies of matmul operands, allocated only for a format other than fp32.
+typedef struct {
+    float *inp;     // the largest matmul input: (B, T, 4C)
+    float *weight;  // the largest weight: (max(4C, Vp), C)
+    float *dout;    // the largest output gradient: (B, T, max(4C, Vp))
+} OperandCopies;
+
+struct GPTCpu {
+    ParamTable table;
+    int max_B, max_T;  // capacity of the buffers
+    MatmulFormat format;
+    Activations acts;
+    float *act_memory;
+    OperandCopies operands;
+    int *inputs, *targets;  // (B, T) of the last forward
+    int B, T;               // of the last forward
+    int has_targets;        // the last forward computed a loss, so the backward may run
+};
+
+GPTCpu *gpt_cpu_create(const ParamTable *table, int B, int T) {
+    if (B < 1 || T < 1 || T > table->shape.block_size)
+        fatal("batch of %d sequences of %d tokens does not fit the model (block_size %d)", B, T,
+              table->shape.block_size);
+    GPTCpu *model = xcalloc(1, sizeof *model);
+    model->table = *table;
+    model->max_B = B;
+    model->max_T = T;
+    model->format = MATMUL_FP32;
+    // 64-byte aligned, and every buffer a multiple of 64 bytes long: all buffers start on cache lines.
+    size_t bytes = activation_numel(&table->shape, B, T) * sizeof(float);
+    model->act_memory = aligned_alloc(64, bytes);
+    if (!model->act_memory) fatal("out of memory allocating %zu bytes of activations", bytes);
+    model->inputs = xmalloc((size_t)B * T * sizeof(int));
+    model->targets = xmalloc((size_t)B * T * sizeof(int));
+    return model;
+}
+
+void gpt_cpu_free(GPTCpu *model) {
+    if (!model) return;
+    free(model->act_memory);
+    free(model->operands.inp);
+    free(model->operands.weight);
+    free(model->operands.dout);
+    free(model->inputs);
+    free(model->targets);
+    free(model);
+}
+
+size_t gpt_cpu_activation_bytes(const ParamTable *table, int B, int T) {
+    return activation_numel(&table->shape, B, T) * sizeof(float);
+}
+
+void gpt_cpu_set_matmul_format(GPTCpu *model, MatmulFormat format) {
+    model->format = format;
+    if (format == MATMUL_FP32 || model->operands.inp) return;
+    size_t N = (size_t)model->max_B * model->max_T;
+    size_t C = (size_t)model->table.shape.n_embd, Vp = (size_t)model->table.shape.padded_vocab;
+    size_t widest = Vp > 4 * C ? Vp : 4 * C;  // the most output channels of any matmul
+    model->operands.inp = xmalloc(N * 4 * C * sizeof(float));
+    model->operands.weight = xmalloc(widest * C * sizeof(float));
+    model->operands.dout = xmalloc(N * widest * sizeof(float));
+}
+
+const float *gpt_cpu_probs(const GPTCpu *model) { return model->acts.probs; }
+
+// Points the activation buffers into the one allocation, packed for the batch shape at hand.
+static void place_activations(GPTCpu *model, int B, int T) {
+    ActivationBuffer list[NUM_ACTIVATION_BUFFERS];
+    activation_buffers(&model->acts, &model->table.shape, B, T, list);
+    size_t offset = 0;
+    for (int i = 0; i < NUM_ACTIVATION_BUFFERS; i++) {
+        *list[i].buffer = model->act_memory + offset;
+        offset += aligned_numel(list[i].numel);
+    }
+}
+
+// Layer l's view of the stacked activations, with N = B*T rows per layer.
+typedef struct {
+    float *residual;  // (B, T, C) the layer's input
+    float *ln1, *ln1_mean, *ln1_rstd, *qkv, *atty, *att, *residual2;
+    float *ln2, *ln2_mean, *ln2_rstd, *fch, *fch_gelu, *residual3;
+} LayerActivations;
+
+static LayerActivations layer_activations(const Activations *a, const ModelShape *s, int l, int B, int T) {
+    size_t N = (size_t)B * T, C = (size_t)s->n_embd, NH = (size_t)s->n_head;
+    LayerActivations x;
+    x.residual = l == 0 ? a->encoded : a->residual3 + (size_t)(l - 1) * N * C;
+    x.ln1 = a->ln1 + l * N * C;
+    x.ln1_mean = a->ln1_mean + l * N;
+    x.ln1_rstd = a->ln1_rstd + l * N;
+    x.qkv = a->qkv + l * N * 3 * C;
+    x.atty = a->atty + l * N * C;
+    x.att = a->att + l * N * NH * (size_t)T;
+    x.residual2 = a->residual2 + l * N * C;
+    x.ln2 = a->ln2 + l * N * C;
+    x.ln2_mean = a->ln2_mean + l * N;
+    x.ln2_rstd = a->ln2_rstd + l * N;
+    x.fch = a->fch + l * N * 4 * C;
+    x.fch_gelu = a->fch_gelu + l * N * 4 * C;
+    x.residual3 = a->residual3 + l * N * C;
+    return x;
+}
+
+// Offsets of layer l's parameter slices, valid in the parameter and the gradient buffer alike.
+typedef struct {
+    size_t ln1w, ln1b, qkvw, qkvb, attprojw, attprojb, ln2w, ln2b, fcw, fcb, fcprojw, fcprojb;
+} LayerOffsets;
+
+static size_t slice_offset(const ParamTable *table, int which, int l) {
+    const ParamTensor *t = &table->tensors[which];
+    return t->offset + (size_t)l * (t->numel / (size_t)table->shape.n_layer);
+}
+
+static LayerOffsets layer_offsets(const ParamTable *table, int l) {
+    LayerOffsets o;
+    o.ln1w = slice_offset(table, PARAM_LN1W, l);
+    o.ln1b = slice_offset(table, PARAM_LN1B, l);
+    o.qkvw = slice_offset(table, PARAM_QKVW, l);
+    o.qkvb = slice_offset(table, PARAM_QKVB, l);
+    o.attprojw = slice_offset(table, PARAM_ATTPROJW, l);
+    o.attprojb = slice_offset(table, PARAM_ATTPROJB, l);
+    o.ln2w = slice_offset(table, PARAM_LN2W, l);
+    o.ln2b = slice_offset(table, PARAM_LN2B, l);
+    o.fcw = slice_offset(table, PARAM_FCW, l);
+    o.fcb = slice_offset(table, PARAM_FCB, l);
+    o.fcprojw = slice_offset(table, PARAM_FCPROJW, l);
+    o.fcprojb = slice_offset(table, PARAM_FCPROJB, l);
+    return o;
+}
+
+// A matmul operand as the model's matmul format sees it: x itself under fp32, else a rounded copy.
+static const float *matmul_operand(const GPTCpu *model, float *copy, const float *x, size_t n) {
+    if (model->format == MATMUL_FP32) return x;
+    quantize_operand(copy, x, n, model->format);
+    return copy;
+}
+
+// out (N, OC) = inp (N, C) @ weight (OC, C)^T + bias, in the model's matmul format.
+static void linear_forward(const GPTCpu *model, float *out, const float *inp, const float *weight,
+                           const float *bias, int N, int C, int OC) {
+    const float *x = matmul_operand(model, model->operands.inp, inp, (size_t)N * C);
+    const float *w = matmul_operand(model, model->operands.weight, weight, (size_t)OC * C);
+    matmul_forward(out, x, w, bias, N, C, OC);
+}
+
+// The backward of linear_forward; both products take rounded operands, and so does the bias gradient,
+// which sums the same (rounded) output gradient.
+static void linear_backward(const GPTCpu *model, float *dinp, float *dweight, float *dbias, const float *dout,
+                            const float *inp, const float *weight, int N, int C, int OC) {
+    const float *d = matmul_operand(model, model->operands.dout, dout, (size_t)N * OC);
+    const float *x = matmul_operand(model, model->operands.inp, inp, (size_t)N * C);
+    const float *w = matmul_operand(model, model->operands.weight, weight, (size_t)OC * C);
+    matmul_backward(dinp, dweight, dbias, d, x, w, N, C, OC);
+}
+
+static void zero(float *x, size_t n) { memset(x, 0, n * sizeof(float)); }
+
+static void check_tokens(const int *tokens, size_t n, int vocab_size, const char *what) {
+    for (size_t i = 0; i < n; i++)
+        if (tokens[i] < 0 || tokens[i] >= vocab_size)
+            fatal("%s token %d at position %zu is outside the vocabulary of %d", what, tokens[i], i, vocab_size);
+}
+
+float gpt_cpu_forward(GPTCpu *model, const float *params, const int *inputs, const int *targets, int B, int T) {
+    const ModelShape *s = &model->table.shape;
+    if (B < 1 || T < 1 || B > model->max_B || T > model->max_T)
+        fatal("batch (%d, %d) exceeds the model's buffers (%d, %d)", B, T, model->max_B, model->max_T);
+    int C = s->n_embd, NH = s->n_head, L = s->n_layer, V = s->vocab_size, Vp = s->padded_vocab;
+    int N = B * T;
+    check_tokens(inputs, (size_t)N, V, "input");
+    if (targets) check_tokens(targets, (size_t)N, V, "target");
+    memcpy(model->inputs, inputs, (size_t)N * sizeof(int));
+    if (targets) memcpy(model->targets, targets, (size_t)N * sizeof(int));
+    model->B = B;
+    model->T = T;
+    model->has_targets = targets != NULL;
+    place_activations(model, B, T);
+
+    const ParamTensor *tensors = model->table.tensors;
+    const float *wte = params + tensors[PARAM_WTE].offset;  // (Vp, C)
+    Activations *a = &model->acts;
+    encoder_forward(a->encoded, inputs, wte, params + tensors[PARAM_WPE].offset, B, T, C);
+    for (int l = 0; l < L; l++) {
+        LayerOffsets p = layer_offsets(&model->table, l);
+        LayerActivations x = layer_activations(a, s, l, B, T);
+        layernorm_forward(x.ln1, x.ln1_mean, x.ln1_rstd, x.residual, params + p.ln1w, params + p.ln1b, N, C);
+        linear_forward(model, x.qkv, x.ln1, params + p.qkvw, params + p.qkvb, N, C, 3 * C);
+        attention_forward(x.atty, x.att, x.qkv, B, T, C, NH);
+        linear_forward(model, a->proj_out, x.atty, params + p.attprojw, params + p.attprojb, N, C, C);
+        residual_forward(x.residual2, x.residual, a->proj_out, (size_t)N * C);
+        layernorm_forward(x.ln2, x.ln2_mean, x.ln2_rstd, x.residual2, params + p.ln2w, params + p.ln2b, N, C);
+        linear_forward(model, x.fch, x.ln2, params + p.fcw, params + p.fcb, N, C, 4 * C);
+        gelu_forward(x.fch_gelu, x.fch, (size_t)N * 4 * C);
+        linear_forward(model, a->proj_out, x.fch_gelu, params + p.fcprojw, params + p.fcprojb, N, 4 * C, C);
+        residual_forward(x.residual3, x.residual2, a->proj_out, (size_t)N * C);
+    }
+    const float *final_residual = layer_activations(a, s, L - 1, B, T).residual3;
+    layernorm_forward(a->lnf, a->lnf_mean, a->lnf_rstd, final_residual, params + tensors[PARAM_LNFW].offset,
+                      params + tensors[PARAM_LNFB].offset, N, C);
+    // The LM head is wte itself (tied), all Vp rows; the classifier ignores the padded logits.
+    linear_forward(model, a->logits, a->lnf, wte, NULL, N, C, Vp);
+    classifier_forward(a->probs, a->losses, a->logits, targets, N, V, Vp);
+    if (!targets) return 0.0f;
+    double sum = 0.0;
+    for (int n = 0; n < N; n++) sum += a->losses[n];
+    return (float)(sum / N);
+}
+
+void gpt_cpu_backward(GPTCpu *model, const float *params, float *grads, float loss_scale) {
+    if (!model->has_targets) fatal("internal: gpt_cpu_backward needs a forward with targets first");
+    const ModelShape *s = &model->table.shape;
+    int B = model->B, T = model->T;
+    int C = s->n_embd, NH = s->n_head, L = s->n_layer, V = s->vocab_size, Vp = s->padded_vocab;
+    int N = B * T;
+    const ParamTensor *tensors = model->table.tensors;
+    size_t wte = tensors[PARAM_WTE].offset, lnfw = tensors[PARAM_LNFW].offset, lnfb = tensors[PARAM_LNFB].offset;
+    Activations *a = &model->acts;
+
+    // The logits are not needed any more: their gradient takes their place.
+    float *dlogits = a->logits;  // (B, T, Vp)
+    zero(dlogits, (size_t)N * Vp);
+    classifier_backward(dlogits, a->probs, model->targets, loss_scale / (float)N, N, V, Vp);
+    zero(a->dln, (size_t)N * C);
+    linear_backward(model, a->dln, grads + wte, NULL, dlogits, a->lnf, params + wte, N, C, Vp);
+    LayerActivations last = layer_activations(a, s, L - 1, B, T);
+    zero(a->dresidual, (size_t)N * C);
+    layernorm_backward(a->dresidual, grads + lnfw, grads + lnfb, a->dln, last.residual3, params + lnfw, a->lnf_mean,
+                       a->lnf_rstd, N, C);
+
+    for (int l = L - 1; l >= 0; l--) {
+        LayerOffsets p = layer_offsets(&model->table, l);
+        LayerActivations x = layer_activations(a, s, l, B, T);
+        // dresidual is the gradient of residual3 = residual2 + fcproj, which passes unchanged to both
+        // summands: the MLP branch reads it, and adds its own input gradient into it, making it residual2's.
+        zero(a->dfch_gelu, (size_t)N * 4 * C);
+        linear_backward(model, a->dfch_gelu, grads + p.fcprojw, grads + p.fcprojb, a->dresidual, x.fch_gelu,
+                        params + p.fcprojw, N, 4 * C, C);
+        zero(a->dfch, (size_t)N * 4 * C);
+        gelu_backward(a->dfch, a->dfch_gelu, x.fch, (size_t)N * 4 * C);
+        zero(a->dln, (size_t)N * C);
+        linear_backward(model, a->dln, grads + p.fcw, grads + p.fcb, a->dfch, x.ln2, params + p.fcw, N, C, 4 * C);
+        layernorm_backward(a->dresidual, grads + p.ln2w, grads + p.ln2b, a->dln, x.residual2, params + p.ln2w,
+                           x.ln2_mean, x.ln2_rstd, N, C);
+        // The same for residual2 = residual + attproj and the attention branch.
+        zero(a->datty, (size_t)N * C);
+        linear_backward(model, a->datty, grads + p.attprojw, grads + p.attprojb, a->dresidual, x.atty,
+                        params + p.attprojw, N, C, C);
+        zero(a->dqkv, (size_t)N * 3 * C);
+        attention_backward(a->dqkv, a->datty, x.qkv, x.att, B, T, C, NH);
+        zero(a->dln, (size_t)N * C);
+        linear_backward(model, a->dln, grads + p.qkvw, grads + p.qkvb, a->dqkv, x.ln1, params + p.qkvw, N, C, 3 * C);
+        layernorm_backward(a->dresidual, grads + p.ln1w, grads + p.ln1b, a->dln, x.residual, params + p.ln1w,
+                           x.ln1_mean, x.ln1_rstd, N, C);
+    }
+    encoder_backward(grads + wte, grads + tensors[PARAM_WPE].offset, a->dresidual, model->inputs, B, T, C);
+}

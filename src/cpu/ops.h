@@ -1,0 +1,66 @@
+// The operations of GPT-2 on the CPU, one file each, in fp32 with OpenMP.
+// Conventions: N = B*T rows; tensors are row-major with their shape in the comments. A forward overwrites
+// its outputs. A backward ADDS into every gradient it produces (activation and parameter gradients alike),
+// so the caller zeroes gradient buffers before their first use. No op reduces across threads: every
+// output is summed in a fixed order, so results do not depend on the thread count.
+#ifndef LP_CPU_OPS_H
+#define LP_CPU_OPS_H
+
+#include <stddef.h>
+
+#include "cpu/gpt_cpu.h"
+
+// encoder.c: out = wte[token] + wpe[position].
+// out: (B, T, C), tokens: (B, T), wte: (Vp, C), wpe: (block_size, C)
+void encoder_forward(float *out, const int *tokens, const float *wte, const float *wpe, int B, int T, int C);
+void encoder_backward(float *dwte, float *dwpe, const float *dout, const int *tokens, int B, int T, int C);
+
+// layernorm.c: out = (inp - mean) * rstd * weight + bias over the last axis, eps 1e-5.
+// out, inp: (N, C); mean, rstd: (N) saved for the backward; weight, bias: (C)
+void layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *weight,
+                       const float *bias, int N, int C);
+void layernorm_backward(float *dinp, float *dweight, float *dbias, const float *dout, const float *inp,
+                        const float *weight, const float *mean, const float *rstd, int N, int C);
+
+// matmul.c: out = inp @ weight^T + bias, fp32 accumulation.
+// out: (N, OC), inp: (N, C), weight: (OC, C) as in llm.c, bias: (OC) or NULL
+void matmul_forward(float *out, const float *inp, const float *weight, const float *bias, int N, int C, int OC);
+// dinp: (N, C) += dout @ weight; dweight: (OC, C) += dout^T @ inp; dbias: (OC) += column sums of dout
+// (dbias may be NULL).
+void matmul_backward(float *dinp, float *dweight, float *dbias, const float *dout, const float *inp,
+                     const float *weight, int N, int C, int OC);
+
+// quantize.c: a matmul operand as the matmul format sees it: out = the value of each element of inp
+// in that format, kept in fp32. out and inp: (n); out may equal inp.
+void quantize_operand(float *out, const float *inp, size_t n, MatmulFormat format);
+
+// attention.c: causal multi-head self-attention, softmax(q k^T / sqrt(hs)) v per head, hs = C / NH.
+// out: (B, T, C); att: (B, NH, T, T) softmax probabilities saved for the backward (0 above the
+// diagonal); qkv: (B, T, 3C) holding q, k, v side by side, each split into NH heads of hs channels.
+void attention_forward(float *out, float *att, const float *qkv, int B, int T, int C, int NH);
+// dqkv: (B, T, 3C), dout: (B, T, C)
+void attention_backward(float *dqkv, const float *dout, const float *qkv, const float *att, int B, int T, int C,
+                        int NH);
+
+// gelu.c: GELU, tanh approximation. out, inp: (n)
+void gelu_forward(float *out, const float *inp, size_t n);
+void gelu_backward(float *dinp, const float *dout, const float *inp, size_t n);
+
+// residual.c: out = a + b, all (n). Its backward is the identity into both summands, which gpt_cpu.c
+// gets for free by letting both branches add into one residual-stream gradient.
+void residual_forward(float *out, const float *a, const float *b, size_t n);
+
+// classifier.c: softmax over the first V of Vp logits (padded logits never reach the loss) and
+// cross-entropy. probs: (N, Vp) with entries beyond V set to 0; logits: (N, Vp); targets: (N) or NULL;
+// losses: (N) = -log probs[target], written only when targets is not NULL.
+void classifier_forward(float *probs, float *losses, const float *logits, const int *targets, int N, int V,
+                        int Vp);
+// dlogits: (N, Vp) += (probs - onehot(target)) * dloss on the first V entries; the padded entries get
+// nothing. dloss is the weight of each position's loss (loss_scale / N for a mean).
+void classifier_backward(float *dlogits, const float *probs, const int *targets, float dloss, int N, int V,
+                         int Vp);
+
+// reduce.c: dst (C) += the sum of the N rows of src (N, C), each column summed in row order.
+void sum_rows_add(float *dst, const float *src, int N, int C);
+
+#endif
