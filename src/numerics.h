@@ -5,5 +5,11 @@
 #include "numerics/common.h"
 #include "numerics/bf16.h"
 #include "numerics/rng.h"
+#include "numerics/rounding.h"
+#include "numerics/exmy.h"
+#include "numerics/int_grid.h"
+#include "numerics/stochastic_rounding.h"
+#include "numerics/mcf.h"
+#include "numerics/scaling.h"
 
 #endif

@@ -27,6 +27,9 @@ LP_HD bf16 bf16_from_f32_rtz(float x) {
 // fp32 value rounded to the nearest bf16, kept in fp32 (what a bf16 operand looks like to an fp32 matmul).
 LP_HD float round_bf16(float x) { return bf16_to_f32(bf16_from_f32(x)); }
 
+// Exact: flips the sign bit (NaN included).
+LP_HD bf16 bf16_neg(bf16 a) { return (bf16)(a ^ 0x8000u); }
+
 LP_HD bf16 bf16_add(bf16 a, bf16 b) { return bf16_from_f32(bf16_to_f32(a) + bf16_to_f32(b)); }
 LP_HD bf16 bf16_sub(bf16 a, bf16 b) { return bf16_from_f32(bf16_to_f32(a) - bf16_to_f32(b)); }
 LP_HD bf16 bf16_mul(bf16 a, bf16 b) { return bf16_from_f32(bf16_to_f32(a) * bf16_to_f32(b)); }

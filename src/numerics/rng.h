@@ -47,11 +47,52 @@ LP_HD float rng_uniform(RngKey key, uint64_t index) {
     return (float)(rng_u32(key, index) >> 8) * (1.0f / 16777216.0f);
 }
 
-// Standard normal by Box-Muller from two draws (indices 2i and 2i+1), computed in fp32.
+// Natural log of a positive normal fp32, from + - * / and fmaf only: the C library's logf and CUDA's logf
+// may differ in the last bit, and draws must not. x = m * 2^e with m in [sqrt(1/2), sqrt(2)); then
+// ln m = 2 atanh(s) = 2 (s + s^3/3 + ... + s^11/11) with s = (m - 1) / (m + 1), |s| <= 0.172, whose next term
+// is below 2^-33 relative; ln 2 is split in two so that e * ln 2 keeps its precision.
+LP_HD float log_portable(float x) {
+    uint32_t bits = f32_to_bits(x);
+    int exponent = (int)(bits >> 23) - 127;
+    float m = f32_from_bits((bits & 0x7fffffu) | 0x3f800000u);  // [1, 2)
+    if (m > 1.41421356f) {
+        m *= 0.5f;
+        exponent += 1;
+    }
+    float s = (m - 1.0f) / (m + 1.0f);
+    float s2 = s * s;
+    float series = fmaf(s2, fmaf(s2, fmaf(s2, fmaf(s2, fmaf(s2, 1.0f / 11.0f, 1.0f / 9.0f), 1.0f / 7.0f), 1.0f / 5.0f),
+                                 1.0f / 3.0f), 1.0f);
+    float e = (float)exponent;
+    return fmaf(e, 0.693145751953125f, fmaf(e, 1.42860682e-6f, 2.0f * s * series));
+}
+
+// cos(2 pi u) for u in [0, 1), from + - * and fmaf only (same reason as log_portable). 4u splits exactly
+// into a quarter turn q and a remainder r in [-1/2, 1/2]; the angle r * pi/2 lies in [-pi/4, pi/4], where
+// Taylor polynomials to degree 10 (cos) and 9 (sin) are within 2^-25.
+LP_HD float cos_2pi_portable(float u) {
+    float turns = 4.0f * u;
+    float quarter = floorf(turns + 0.5f);
+    float a = (turns - quarter) * 1.57079632679f;
+    float a2 = a * a;
+    float cos_a = fmaf(a2, fmaf(a2, fmaf(a2, fmaf(a2, fmaf(a2, -1.0f / 3628800.0f, 1.0f / 40320.0f), -1.0f / 720.0f),
+                                         1.0f / 24.0f), -0.5f), 1.0f);
+    float sin_a = a * fmaf(a2, fmaf(a2, fmaf(a2, fmaf(a2, 1.0f / 362880.0f, -1.0f / 5040.0f), 1.0f / 120.0f),
+                                    -1.0f / 6.0f), 1.0f);
+    switch ((int)quarter & 3) {
+    case 0: return cos_a;
+    case 1: return -sin_a;
+    case 2: return -cos_a;
+    default: return sin_a;
+    }
+}
+
+// Standard normal by Box-Muller from two draws (indices 2i and 2i+1), computed in fp32 with functions that
+// give the same bits on the host and the device.
 LP_HD float rng_normal(RngKey key, uint64_t index) {
     float u1 = ((float)(rng_u32(key, 2 * index) >> 8) + 0.5f) * (1.0f / 16777216.0f);  // (0, 1)
     float u2 = rng_uniform(key, 2 * index + 1);
-    return sqrtf(-2.0f * logf(u1)) * cosf(6.28318530717958647692f * u2);
+    return sqrtf(-2.0f * log_portable(u1)) * cos_2pi_portable(u2);
 }
 
 #endif

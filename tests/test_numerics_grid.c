@@ -1,0 +1,203 @@
+// Integer grids (DQT) and per-tensor scaling (FP8): grid ends, absmean scale, nearest and stochastic rounding
+// with clamping, scale from amax with a margin, delayed scaling over an amax history, and quantize-dequantize.
+#include <float.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+#include "numerics/scaling.h"
+#include "numerics/stochastic_rounding.h"
+#include "testing.h"
+
+static uint64_t test_rng_state = 0xabcdef0123456789ull;
+
+static uint64_t test_random(void) {
+    uint64_t z = (test_rng_state += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+static double test_uniform(void) { return ((double)(test_random() >> 11) + 0.5) * 0x1p-53; }
+
+static RngKey make_key(uint64_t seed, uint64_t step, uint32_t tensor_id) {
+    RngKey key;
+    key.seed = seed;
+    key.step = step;
+    key.tensor_id = tensor_id;
+    return key;
+}
+
+static void test_grids(void) {
+    IntGrid int8 = int_grid_bits(8), int4 = int_grid_bits(4), int2 = int_grid_bits(2), ternary = int_grid_ternary();
+    CHECK(int8.min == -128 && int8.max == 127, "8-bit grid");
+    CHECK(int4.min == -8 && int4.max == 7, "4-bit grid");
+    CHECK(int2.min == -2 && int2.max == 1, "2-bit grid");
+    CHECK(ternary.min == -1 && ternary.max == 1, "ternary grid");
+}
+
+static void test_absmean(void) {
+    float w[4] = {1.0f, -2.0f, 3.0f, -4.0f};
+    CHECK(absmean_scale(w, 4) == 2.5f, "absmean of 1,-2,3,-4 is 2.5");
+    float zeros[3] = {0, 0, 0};
+    CHECK(absmean_scale(zeros, 3) == 1e-5f, "an all-zero tensor gets the floor 1e-5");
+    size_t n = 100000;
+    float *v = (float *)malloc(n * sizeof(float));
+    long double sum = 0;
+    for (size_t i = 0; i < n; i++) {
+        v[i] = (float)((test_uniform() - 0.5) * 0.04);
+        sum += fabsl((long double)v[i]);
+    }
+    double want = (double)(sum / n);
+    CHECK(fabs(absmean_scale(v, n) - want) <= 1e-6 * want, "absmean %.9g vs %.9g", absmean_scale(v, n), want);
+    free(v);
+}
+
+static void test_nearest_and_clamping(void) {
+    IntGrid int8 = int_grid_bits(8), ternary = int_grid_ternary();
+    float s = 0.5f;
+    CHECK(int_grid_quantize(1.25f, s, int8, ROUND_NEAREST_EVEN, 0) == 2, "2.5 -> 2 (ties to even)");
+    CHECK(int_grid_quantize(1.75f, s, int8, ROUND_NEAREST_EVEN, 0) == 4, "3.5 -> 4");
+    CHECK(int_grid_quantize(-1.25f, s, int8, ROUND_NEAREST_EVEN, 0) == -2, "-2.5 -> -2");
+    CHECK(int_grid_quantize(-1.3f, s, int8, ROUND_NEAREST_EVEN, 0) == -3, "-2.6 -> -3");
+    CHECK(int_grid_quantize(-1.3f, s, int8, ROUND_TOWARD_ZERO, 0) == -2, "-2.6 toward zero -> -2");
+    CHECK(int_grid_quantize(63.6f, s, int8, ROUND_NEAREST_EVEN, 0) == 127, "127.2 -> 127");
+    CHECK(int_grid_quantize(64.0f, s, int8, ROUND_NEAREST_EVEN, 0) == 127, "128 clamps to 127");
+    CHECK(int_grid_quantize(-64.0f, s, int8, ROUND_NEAREST_EVEN, 0) == -128, "-128 stays");
+    CHECK(int_grid_quantize(-1e30f, s, int8, ROUND_NEAREST_EVEN, 0) == -128, "-1e30 clamps to -128");
+    CHECK(int_grid_quantize(INFINITY, s, int8, ROUND_NEAREST_EVEN, 0) == 127, "inf clamps to 127");
+    CHECK(int_grid_quantize(NAN, s, int8, ROUND_NEAREST_EVEN, 0) == 0, "NaN -> 0");
+    CHECK(int_grid_quantize(0.3f, 0.5f, ternary, ROUND_NEAREST_EVEN, 0) == 1, "0.6 -> 1");
+    CHECK(int_grid_quantize(0.2f, 0.5f, ternary, ROUND_NEAREST_EVEN, 0) == 0, "0.4 -> 0");
+    CHECK(int_grid_quantize(-7.0f, 0.5f, ternary, ROUND_NEAREST_EVEN, 0) == -1, "-14 clamps to -1");
+    CHECK(int_grid_dequantize(-3, 0.25f) == -0.75f, "dequantize");
+    // round_to_integer against the C library: rintf (nearest-even in the default mode) and truncf.
+    int bad = 0;
+    for (int i = 0; i < 1000000; i++) {
+        float x = (float)((test_uniform() - 0.5) * ldexp(1.0, (int)(test_random() % 40) - 10));
+        if (round_to_integer(x, ROUND_NEAREST_EVEN, 0) != rintf(x)) bad++;
+        if (round_to_integer(x, ROUND_TOWARD_ZERO, 0) != truncf(x)) bad++;
+        float sr = round_to_integer(x, ROUND_STOCHASTIC, (uint32_t)test_random());
+        if (sr != floorf(x) && sr != ceilf(x)) bad++;
+    }
+    CHECK(bad == 0, "%d integer roundings disagree with rintf/truncf/floorf/ceilf", bad);
+}
+
+// w / scale sits between grid points lower and lower + 1: over 10^6 draws the mean must be within 4 standard
+// errors of w / scale, and the share rounded up within 4 standard errors of the fractional distance.
+static void check_grid_sr_unbiased(const char *name, float w, float scale, IntGrid grid, int lower) {
+    RngKey key = make_key(99, 5, 3);
+    double x = (double)(w / scale);
+    double p = x - lower;
+    long n = 1000000, ups = 0, strays = 0;
+    double sum = 0;
+    for (long i = 0; i < n; i++) {
+        int32_t q = int_grid_quantize_sr_keyed(w, scale, grid, key, (uint64_t)i);
+        if (q == lower + 1) ups++;
+        else if (q != lower) strays++;
+        sum += q;
+    }
+    double se = sqrt(p * (1 - p) / n);
+    CHECK(strays == 0, "%s: %ld draws off the two neighbours", name, strays);
+    CHECK(fabs(sum / n - x) <= 4 * se, "%s: mean %.6f vs %.6f", name, sum / n, x);
+    CHECK(fabs((double)ups / n - p) <= 4 * se, "%s: up frequency %.6f vs %.6f", name, (double)ups / n, p);
+}
+
+static void test_stochastic_rounding_onto_grids(void) {
+    check_grid_sr_unbiased("ternary 0.3", 0.3f, 1.0f, int_grid_ternary(), 0);
+    check_grid_sr_unbiased("ternary -0.7 * 0.05", -0.035f, 0.05f, int_grid_ternary(), -1);
+    check_grid_sr_unbiased("int8 100.25", 25.0625f, 0.25f, int_grid_bits(8), 100);
+    check_grid_sr_unbiased("int8 -127.9", -127.9f, 1.0f, int_grid_bits(8), -128);
+    check_grid_sr_unbiased("int4 tiny", 1e-4f, 1.0f, int_grid_bits(4), 0);
+    // Beyond the ends, clamping comes first, so SR always returns the end.
+    RngKey key = make_key(1, 2, 3);
+    int bad = 0;
+    for (uint64_t i = 0; i < 100000; i++) {
+        if (int_grid_quantize_sr_keyed(1.7f, 1.0f, int_grid_ternary(), key, i) != 1) bad++;
+        if (int_grid_quantize_sr_keyed(-300.5f, 1.0f, int_grid_bits(8), key, i) != -128) bad++;
+        if (int_grid_quantize_sr_keyed(127.5f, 1.0f, int_grid_bits(8), key, i) != 127) bad++;
+    }
+    CHECK(bad == 0, "%d draws beyond the grid ends escaped the clamp", bad);
+}
+
+static void test_scale_from_amax(void) {
+    CHECK(scale_from_amax(2.0f, 448.0f, 0, 1.0f) == 224.0f, "448 / 2");
+    CHECK(scale_from_amax(2.0f, 448.0f, 1, 1.0f) == 112.0f, "margin 1 halves");
+    CHECK(scale_from_amax(3.0f, 57344.0f, 3, 1.0f) == (57344.0f / 3.0f) / 8.0f, "margin 3, e5m2");
+    CHECK(scale_from_amax(0.0f, 448.0f, 0, 7.0f) == 7.0f, "zero amax keeps the previous scale");
+    CHECK(scale_from_amax(NAN, 448.0f, 0, 7.0f) == 7.0f, "NaN amax keeps the previous scale");
+    CHECK(scale_from_amax(INFINITY, 448.0f, 0, 7.0f) == 7.0f, "inf amax keeps the previous scale");
+    CHECK(scale_from_amax(1e-44f, 448.0f, 0, 7.0f) == FLT_MAX, "a scale beyond fp32 becomes FLT_MAX");
+    float history[5] = {1.0f, 4.0f, NAN, 2.0f, 0.0f};
+    CHECK(amax_history_max(history, 5) == 4.0f, "history max skips NaN");
+}
+
+static void test_delayed_scaling(void) {
+    DelayedScaling s;
+    delayed_scaling_init(&s, 3, 448.0f, 0);
+    CHECK(s.scale == 1.0f, "initial scale 1");
+    float amaxes[6] = {2.0f, 8.0f, 1.0f, 1.0f, 1.0f, 0.5f};
+    // Max of the last three amaxes after each update: 2, 8, 8, 8, 1, 1.
+    float window_max[6] = {2.0f, 8.0f, 8.0f, 8.0f, 1.0f, 1.0f};
+    for (int i = 0; i < 6; i++) {
+        delayed_scaling_update(&s, amaxes[i]);
+        CHECK(s.scale == 448.0f / window_max[i], "step %d: scale %g, want %g", i, s.scale, 448.0f / window_max[i]);
+    }
+    delayed_scaling_update(&s, INFINITY);
+    CHECK(s.scale == 448.0f, "an infinite amax keeps the previous scale");
+    delayed_scaling_free(&s);
+    CHECK(s.amax_history == NULL, "freed");
+}
+
+static void test_quantize_dequantize(void) {
+    ExmyFormat e4m3 = exmy_e4m3();
+    float scale = 448.0f / 3.0f;  // amax 3
+    // In range: the e4m3 value of x * scale, divided back.
+    float x = 1.1f;
+    float cast = exmy_quantize(x * scale, e4m3, ROUND_NEAREST_EVEN, OVERFLOW_SATURATE, 0);
+    CHECK(quantize_dequantize_scaled(x, scale, e4m3, ROUND_NEAREST_EVEN, 0) == cast * (1.0f / scale),
+          "in-range value");
+    // Beyond amax: clamped to the format's max before the cast, so never NaN even though e4m3 has no inf.
+    float big = quantize_dequantize_scaled(10.0f, scale, e4m3, ROUND_NEAREST_EVEN, 0);
+    CHECK(big == 448.0f * (1.0f / scale), "clamped to +max: %g", big);
+    CHECK(quantize_dequantize_scaled(-10.0f, scale, e4m3, ROUND_NEAREST_EVEN, 0) == -448.0f * (1.0f / scale),
+          "clamped to -max");
+    CHECK(isnan(quantize_dequantize_scaled(NAN, scale, e4m3, ROUND_NEAREST_EVEN, 0)), "NaN passes through");
+    CHECK(exmy_encode_scaled(10.0f, scale, e4m3, ROUND_NEAREST_EVEN, 0) == 0x7e, "stored code of a clamped value");
+    // The tensor loop and tensor_amax.
+    size_t n = 50000;
+    float *in = (float *)malloc(n * sizeof(float)), *out = (float *)malloc(n * sizeof(float));
+    float want_amax = 0.0f;
+    for (size_t i = 0; i < n; i++) {
+        in[i] = (float)((test_uniform() - 0.5) * 6.0);
+        want_amax = fabsf(in[i]) > want_amax ? fabsf(in[i]) : want_amax;
+    }
+    CHECK(tensor_amax(in, n) == want_amax, "tensor amax");
+    RngKey key = make_key(5, 6, 7);
+    float tensor_scale = scale_from_amax(tensor_amax(in, n), e4m3.max_finite, 0, 1.0f);
+    quantize_dequantize_tensor(out, in, n, tensor_scale, e4m3, ROUND_STOCHASTIC, key);
+    int bad = 0;
+    double error_sum = 0;
+    for (size_t i = 0; i < n; i++) {
+        float want = quantize_dequantize_scaled(in[i], tensor_scale, e4m3, ROUND_STOCHASTIC, rng_u32(key, i));
+        if (out[i] != want) bad++;
+        error_sum += (double)out[i] - in[i];
+    }
+    CHECK(bad == 0, "%d tensor elements differ from the per-element function", bad);
+    CHECK(fabs(error_sum / n) < 1e-3, "stochastic quantize-dequantize is unbiased on average: %g", error_sum / n);
+    in[17] = NAN;
+    CHECK(isnan(tensor_amax(in, n)), "tensor amax sees NaN");
+    free(in);
+    free(out);
+}
+
+int main(void) {
+    test_grids();
+    test_absmean();
+    test_nearest_and_clamping();
+    test_stochastic_rounding_onto_grids();
+    test_scale_from_amax();
+    test_delayed_scaling();
+    test_quantize_dequantize();
+    return test_summary("test_numerics_grid");
+}
