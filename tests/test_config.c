@@ -29,20 +29,21 @@ static int configs_equal(const Config *a, const Config *b) { return memcmp(a, b,
 // ---------------------------------------------------------------------------------------------------------
 // Running code that is expected to fail
 
-typedef void (*ChildAction)(const char *arg);
+// Each action takes its argument as a string (passed through run_in_child's void *).
+typedef void (*ChildAction)(void *arg);
 
-static void load_test_json(const char *unused) {
+static void load_test_json(void *unused) {
     Config cfg;
     config_load(&cfg, TEST_JSON, NULL);
 }
 
-static void load_named(const char *name) {
+static void load_named(void *name) {
     Config cfg;
     config_load(&cfg, name, NULL);
 }
 
 // arg: space-separated SECTION.KEY=VALUE assignments, applied over the defaults, then validated.
-static void set_then_validate(const char *arg) {
+static void set_then_validate(void *arg) {
     Config cfg;
     config_defaults(&cfg);
     char *copy = strdup(arg);
@@ -53,53 +54,16 @@ static void set_then_validate(const char *arg) {
     config_validate(&cfg);
 }
 
-// Runs action(arg) in a child process. Returns what it wrote to stderr (the caller frees it); *exit_status
-// receives its exit status (-1 if it did not exit normally).
-static char *run_in_child(ChildAction action, const char *arg, int *exit_status) {
-    int fds[2];
-    if (pipe(fds) != 0) {
-        perror("pipe");
-        exit(2);
-    }
-    fflush(stdout);
-    fflush(stderr);
-    pid_t pid = fork();
-    if (pid < 0) {
-        perror("fork");
-        exit(2);
-    }
-    if (pid == 0) {
-        close(fds[0]);
-        dup2(fds[1], STDERR_FILENO);
-        action(arg);
-        exit(0);
-    }
-    close(fds[1]);
-    size_t cap = 4096, len = 0;
-    char *out = malloc(cap);
-    ssize_t got;
-    while ((got = read(fds[0], out + len, cap - len - 1)) > 0) {
-        len += (size_t)got;
-        if (len + 1 == cap) out = realloc(out, cap *= 2);
-    }
-    out[len] = '\0';
-    close(fds[0]);
-    int status;
-    waitpid(pid, &status, 0);
-    *exit_status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-    return out;
-}
-
 // Checks that action(arg) exits with status 1 and one "train_gpt: error:" line containing needle (and
 // also_needle when it is not NULL).
 static void expect_error(ChildAction action, const char *arg, const char *needle, const char *also_needle) {
-    int status;
-    char *err = run_in_child(action, arg, &status);
-    CHECK(status == 1, "%s: exit status %d, stderr: %s", arg, status, err);
-    CHECK(strncmp(err, "train_gpt: error: ", 18) == 0, "%s: stderr: %s", arg, err);
-    CHECK(strstr(err, needle) != NULL, "%s: expected \"%s\" in: %s", arg, needle, err);
-    if (also_needle) CHECK(strstr(err, also_needle) != NULL, "%s: expected \"%s\" in: %s", arg, also_needle, err);
-    free(err);
+    ChildResult r = run_in_child(action, (void *)arg);
+    CHECK(r.exit_status == 1, "%s: exit status %d, stderr: %s", arg, r.exit_status, r.message);
+    CHECK(strncmp(r.message, "train_gpt: error: ", 18) == 0, "%s: stderr: %s", arg, r.message);
+    CHECK(strstr(r.message, needle) != NULL, "%s: expected \"%s\" in: %s", arg, needle, r.message);
+    if (also_needle) {
+        CHECK(strstr(r.message, also_needle) != NULL, "%s: expected \"%s\" in: %s", arg, also_needle, r.message);
+    }
 }
 
 static void expect_json_error(const char *json, const char *needle, const char *also_needle) {
@@ -108,10 +72,9 @@ static void expect_json_error(const char *json, const char *needle, const char *
 }
 
 static void expect_success(ChildAction action, const char *arg) {
-    int status;
-    char *err = run_in_child(action, arg, &status);
-    CHECK(status == 0 && err[0] == '\0', "%s: exit status %d, stderr: %s", arg, status, err);
-    free(err);
+    ChildResult r = run_in_child(action, (void *)arg);
+    CHECK(r.exit_status == 0 && r.message[0] == '\0', "%s: exit status %d, stderr: %s", arg, r.exit_status,
+          r.message);
 }
 
 // ---------------------------------------------------------------------------------------------------------

@@ -266,53 +266,25 @@ static void test_tokenizer(void) {
     tokenizer_free(tok);
 }
 
-// Runs `action` in a child with stderr captured; returns the exit status (-1 if it did not exit) and the text.
-static int run_captured(void (*action)(const char *), const char *arg, char *message, size_t cap) {
-    int fds[2];
-    if (pipe(fds) != 0) {
-        perror("pipe");
-        exit(2);
-    }
-    fflush(stdout);
-    fflush(stderr);
-    pid_t pid = fork();
-    if (pid == 0) {
-        close(fds[0]);
-        dup2(fds[1], STDERR_FILENO);
-        action(arg);
-        _exit(0);
-    }
-    close(fds[1]);
-    size_t len = 0;
-    ssize_t got;
-    while (len + 1 < cap && (got = read(fds[0], message + len, cap - len - 1)) > 0) len += (size_t)got;
-    message[len] = '\0';
-    close(fds[0]);
-    int status;
-    waitpid(pid, &status, 0);
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
-
-static void open_vocab_257(const char *pattern) {
+static void open_vocab_257(void *pattern) {
     dataloader_open(pattern, 2, 4, 0, 1, 257, 1, 1);
 }
 
-static void open_big_batch(const char *pattern) {
+static void open_big_batch(void *pattern) {
     dataloader_open(pattern, 4, 16, 0, 2, VOCAB, 1, 1);
 }
 
-static void load_tokenizer(const char *path) {
+static void load_tokenizer(void *path) {
     tokenizer_load(path);
 }
 
 // Expects `action(arg)` to exit with status 1 and a message containing each of the given strings.
-static void expect_error(void (*action)(const char *), const char *arg, const char *what, const char *needles[]) {
-    char message[4096];
-    int status = run_captured(action, arg, message, sizeof message);
-    CHECK(status == 1, "%s: exit status %d, message: %s", what, status, message);
-    CHECK(strstr(message, "train_gpt: error: ") != NULL, "%s: message is '%s'", what, message);
+static void expect_error(void (*action)(void *), const char *arg, const char *what, const char *needles[]) {
+    ChildResult r = run_in_child(action, (void *)arg);
+    CHECK(r.exit_status == 1, "%s: exit status %d, message: %s", what, r.exit_status, r.message);
+    CHECK(strstr(r.message, "train_gpt: error: ") != NULL, "%s: message is '%s'", what, r.message);
     for (int i = 0; needles[i]; i++) {
-        CHECK(strstr(message, needles[i]) != NULL, "%s: message '%s' lacks '%s'", what, message, needles[i]);
+        CHECK(strstr(r.message, needles[i]) != NULL, "%s: message '%s' lacks '%s'", what, r.message, needles[i]);
     }
 }
 

@@ -17,40 +17,6 @@
 #include "util.h"
 
 // ---------------------------------------------------------------------------------------------------------
-// Running a call that is expected to fatal() in a child process
-
-typedef struct {
-    int exit_status;  // -1 when the child died from a signal
-    char message[4096];
-} ChildResult;
-
-static ChildResult run_in_child(void (*fn)(void *), void *arg) {
-    ChildResult result = {0};
-    int fds[2];
-    if (pipe(fds) != 0) fatal("pipe failed");
-    fflush(stdout);
-    fflush(stderr);
-    pid_t pid = fork();
-    if (pid < 0) fatal("fork failed");
-    if (pid == 0) {
-        close(fds[0]);
-        dup2(fds[1], STDERR_FILENO);
-        fn(arg);
-        _exit(0);
-    }
-    close(fds[1]);
-    size_t len = 0;
-    ssize_t got;
-    while ((got = read(fds[0], result.message + len, sizeof result.message - 1 - len)) > 0) len += (size_t)got;
-    result.message[len] = '\0';
-    close(fds[0]);
-    int status;
-    waitpid(pid, &status, 0);
-    result.exit_status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-    return result;
-}
-
-// ---------------------------------------------------------------------------------------------------------
 // Files and values
 
 static int count_temp_files(const char *dir) {
