@@ -37,6 +37,14 @@ typedef struct {
 #define NAME_LEN (CONFIG_NAME_MAX - 1)
 
 static const char *const schedules[] = {"cosine", "linear", "constant", NULL};
+// Precision axes: "preset" keeps the preset's choice; policy.c gives the values their meaning.
+static const char *const weight_choices[] = {"preset", "fp32", "bf16", "int8", "int4", "ternary", NULL};
+static const char *const update_choices[] = {"preset", "exact", "master", "rne", "mcf", "kahan", "sr", "grid_sr", NULL};
+static const char *const moment_choices[] = {"preset", "fp32", "bf16", "mcf", NULL};
+static const char *const grad_choices[] = {"preset", "fp32", "bf16", NULL};
+static const char *const attention_choices[] = {"preset", "fp32", "bf16", NULL};
+static const char *const rounding_choices[] = {"nearest", "toward_zero", NULL};
+static const char *const scaling_choices[] = {"delayed", "current", NULL};
 
 // One row per key, fields as in ConfigKey. The order here is the order of config_to_json's output.
 static const ConfigKey config_keys[] = {
@@ -69,7 +77,20 @@ static const ConfigKey config_keys[] = {
     {"training", "sample_tokens", KEY_INT, offsetof(Config, training.sample_tokens), "64", 0, INFINITY, CLOSED, NULL},
     {"training", "checkpoint_every", KEY_INT, offsetof(Config, training.checkpoint_every), "0", 0, INFINITY, CLOSED, NULL},
     {"precision", "policy", KEY_STRING, offsetof(Config, precision.policy), "fp32", 1, NAME_LEN, CLOSED, NULL},
+    {"precision", "weights", KEY_STRING, offsetof(Config, precision.weights), "preset", 1, NAME_LEN, CLOSED, weight_choices},
+    {"precision", "update", KEY_STRING, offsetof(Config, precision.update), "preset", 1, NAME_LEN, CLOSED, update_choices},
+    {"precision", "adam_m", KEY_STRING, offsetof(Config, precision.adam_m), "preset", 1, NAME_LEN, CLOSED, moment_choices},
+    {"precision", "adam_v", KEY_STRING, offsetof(Config, precision.adam_v), "preset", 1, NAME_LEN, CLOSED, moment_choices},
+    {"precision", "grads", KEY_STRING, offsetof(Config, precision.grads), "preset", 1, NAME_LEN, CLOSED, grad_choices},
+    {"precision", "matmul", KEY_STRING, offsetof(Config, precision.matmul), "preset", 1, NAME_LEN, CLOSED, NULL},
+    {"precision", "attention", KEY_STRING, offsetof(Config, precision.attention), "preset", 1, NAME_LEN, CLOSED, attention_choices},
+    {"precision", "matmul_rounding", KEY_STRING, offsetof(Config, precision.matmul_rounding), "nearest", 1, NAME_LEN, CLOSED, rounding_choices},
+    {"precision", "scaling", KEY_STRING, offsetof(Config, precision.scaling), "delayed", 1, NAME_LEN, CLOSED, scaling_choices},
+    {"precision", "amax_history", KEY_INT, offsetof(Config, precision.amax_history), "16", 1, 1024, CLOSED, NULL},
+    {"precision", "margin", KEY_INT, offsetof(Config, precision.margin), "0", 0, 64, CLOSED, NULL},
     {"metrics", "every", KEY_INT, offsetof(Config, metrics.every), "0", 0, INFINITY, CLOSED, NULL},
+    {"metrics", "sharpness", KEY_FLOAT, offsetof(Config, metrics.sharpness), "0", 0, 1, CLOSED, NULL},
+    {"metrics", "sharpness_steps", KEY_INT, offsetof(Config, metrics.sharpness_steps), "5", 1, 1000, CLOSED, NULL},
     {"output", "dir", KEY_STRING, offsetof(Config, output.dir), "runs/default", 1, PATH_LEN, CLOSED, NULL},
 };
 

@@ -34,9 +34,23 @@ typedef struct {
     } training;
     struct {
         char policy[CONFIG_NAME_MAX];  // preset name
+        // Axis overrides; "preset" keeps the preset's choice (see policy.h for the meanings).
+        char weights[CONFIG_NAME_MAX];    // fp32 | bf16 | int8 | int4 | ternary
+        char update[CONFIG_NAME_MAX];     // exact | master | rne | mcf | kahan | sr | grid_sr
+        char adam_m[CONFIG_NAME_MAX];     // fp32 | bf16 | mcf
+        char adam_v[CONFIG_NAME_MAX];     // fp32 | bf16 | mcf
+        char grads[CONFIG_NAME_MAX];      // fp32 | bf16
+        char matmul[CONFIG_NAME_MAX];     // fp32 | bf16 | fp8 | eXmY
+        char attention[CONFIG_NAME_MAX];  // fp32 | bf16: attention products and the LM head
+        char matmul_rounding[CONFIG_NAME_MAX];  // eXmY matmuls: nearest | toward_zero
+        char scaling[CONFIG_NAME_MAX];          // fp8 matmuls: delayed | current
+        int amax_history;                       // fp8 delayed scaling: history length in steps
+        int margin;                             // fp8: scale = (fmt_max / amax) / 2^margin
     } precision;
     struct {
-        int every;  // update-quality metrics every N steps (0 = off)
+        int every;            // update-quality metrics every N steps (0 = off)
+        float sharpness;      // epsilon of the logit sharpness at eval (0 = off)
+        int sharpness_steps;  // its projected gradient-ascent steps
     } metrics;
     struct {
         char dir[CONFIG_PATH_MAX];

@@ -1,33 +1,10 @@
-// The host-side tensor loops and state of per-tensor scaling; the per-element rules live in
+// The host-side tensor loops of per-tensor scaling; the per-element rules live in
 // numerics/scaling.h, shared with the device.
 #include "numerics/scaling.h"
 
 #include <stdlib.h>
 
 #include "util.h"
-
-void delayed_scaling_init(DelayedScaling *s, int history_length, float fmt_max, int margin) {
-    if (history_length < 1) fatal("amax history length must be at least 1 (got %d)", history_length);
-    s->amax_history = (float *)xcalloc((size_t)history_length, sizeof(float));
-    s->history_length = history_length;
-    s->next = 0;
-    s->fmt_max = fmt_max;
-    s->margin = margin;
-    s->scale = 1.0f;
-}
-
-void delayed_scaling_free(DelayedScaling *s) {
-    free(s->amax_history);
-    s->amax_history = NULL;
-}
-
-void delayed_scaling_update(DelayedScaling *s, float amax) {
-    s->amax_history[s->next] = amax;
-    s->next = (s->next + 1) % s->history_length;
-    // The max skips NaN entries; an infinite one keeps the previous scale until it leaves the window.
-    float history_max = amax_history_max(s->amax_history, s->history_length);
-    s->scale = scale_from_amax(history_max, s->fmt_max, s->margin, s->scale);
-}
 
 float tensor_amax(const float *x, size_t n) {
     float amax = 0.0f;

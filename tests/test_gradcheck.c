@@ -154,7 +154,8 @@ static void check_bf16_matmuls(void) {
     float *grads32 = xcalloc(n, sizeof(float));
     gpt_cpu_backward(s.model, s.params, grads32, 1.0f);
 
-    gpt_cpu_set_matmul_format(s.model, MATMUL_BF16);
+    MatmulPrecision bf16 = {.format = MATMUL_BF16};
+    gpt_cpu_set_precision(s.model, &bf16, MATMUL_BF16);
     float loss16 = loss_at(&s);
     gpt_cpu_backward(s.model, s.params, s.grads, 1.0f);
     double diff = fabs((double)loss16 - loss32);
@@ -248,9 +249,12 @@ typedef struct {
     float out[AT_B * AT_T * AT_C], att[AT_B * AT_NH * AT_T * AT_T];
 } AttentionCase;
 
+static const MatmulPrecision attention_fp32 = {.format = MATMUL_FP32};
+
 static double attention_objective(void *ctx) {
     AttentionCase *c = ctx;
-    attention_forward(c->out, c->att, c->qkv, AT_B, AT_T, AT_C, AT_NH);
+    OperandCast cast = operand_cast_for(&attention_fp32);
+    attention_forward(c->out, c->att, c->qkv, AT_B, AT_T, AT_C, AT_NH, &cast);
     return weighted_sum(c->out, c->r, AT_B * AT_T * AT_C);
 }
 
@@ -270,7 +274,8 @@ static void check_attention(void) {
         }
         CHECK(fabsf(sum - 1.0f) < 1e-6f && future == 0.0f, "att row %d: sum %f future %f", row, sum, future);
     }
-    attention_backward(dqkv, c.r, c.qkv, c.att, AT_B, AT_T, AT_C, AT_NH);
+    OperandCast cast = operand_cast_for(&attention_fp32);
+    attention_backward(dqkv, c.r, c.qkv, c.att, AT_B, AT_T, AT_C, AT_NH, &cast);
     double e = op_gradient_error(attention_objective, &c, c.qkv, dqkv, AT_B * AT_T * 3 * AT_C);
     printf("  attention: relative error %.2e\n", e);
     CHECK(e < OP_TOLERANCE, "attention: %.3e", e);

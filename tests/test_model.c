@@ -195,10 +195,11 @@ static void check_initial_loss(void) {
 
 // Every output is summed by one thread in a fixed order, so forward and backward are bitwise equal for
 // any thread count.
-static void run_step(const SmallModel *m, int threads, MatmulFormat format, float *loss, float *probs, float *grads) {
+static void run_step(const SmallModel *m, int threads, const MatmulPrecision *linear, MatmulFormat attention,
+                     float *loss, float *probs, float *grads) {
     omp_set_num_threads(threads);
     GPTCpu *model = gpt_cpu_create(&m->table, m->B, m->T);
-    gpt_cpu_set_matmul_format(model, format);
+    gpt_cpu_set_precision(model, linear, attention);
     *loss = gpt_cpu_forward(model, m->params, m->inputs, m->targets, m->B, m->T);
     memcpy(probs, gpt_cpu_probs(model), (size_t)m->B * m->T * m->table.shape.padded_vocab * sizeof(float));
     memset(grads, 0, m->table.num_params * sizeof(float));
@@ -211,15 +212,20 @@ static void check_thread_determinism(void) {
     size_t nprobs = (size_t)m.B * m.T * m.table.shape.padded_vocab, n = m.table.num_params;
     float *probs1 = xmalloc(nprobs * sizeof(float)), *probs2 = xmalloc(nprobs * sizeof(float));
     float *grads1 = xmalloc(n * sizeof(float)), *grads2 = xmalloc(n * sizeof(float));
-    MatmulFormat formats[] = {MATMUL_FP32, MATMUL_BF16};
-    for (int f = 0; f < 2; f++) {
+    // fp32; bf16; fp8 with delayed scaling (amaxes from parallel reductions); e5m2 toward zero.
+    MatmulPrecision linear[] = {{.format = MATMUL_FP32},
+                                {.format = MATMUL_BF16},
+                                {.format = MATMUL_FP8, .scaling = SCALING_DELAYED, .amax_history = 4},
+                                {.format = MATMUL_EXMY, .exp_bits = 5, .man_bits = 2, .rounding = ROUND_TOWARD_ZERO}};
+    MatmulFormat attention[] = {MATMUL_FP32, MATMUL_BF16, MATMUL_BF16, MATMUL_FP32};
+    for (int f = 0; f < 4; f++) {
         float loss1, loss2, loss3;
-        run_step(&m, 1, formats[f], &loss1, probs1, grads1);
-        run_step(&m, 2, formats[f], &loss2, probs2, grads2);
+        run_step(&m, 1, &linear[f], attention[f], &loss1, probs1, grads1);
+        run_step(&m, 2, &linear[f], attention[f], &loss2, probs2, grads2);
         CHECK(memcmp(&loss1, &loss2, sizeof loss1) == 0, "format %d: loss %.9g vs %.9g", f, loss1, loss2);
         CHECK(memcmp(probs1, probs2, nprobs * sizeof(float)) == 0, "format %d: probabilities differ", f);
         CHECK(memcmp(grads1, grads2, n * sizeof(float)) == 0, "format %d: gradients differ", f);
-        run_step(&m, 3, formats[f], &loss3, probs2, grads2);
+        run_step(&m, 3, &linear[f], attention[f], &loss3, probs2, grads2);
         CHECK(memcmp(grads1, grads2, n * sizeof(float)) == 0, "format %d: gradients differ at 3 threads", f);
     }
     omp_set_num_threads(2);

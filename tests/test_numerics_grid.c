@@ -132,23 +132,6 @@ static void test_scale_from_amax(void) {
     CHECK(amax_history_max(history, 5) == 4.0f, "history max skips NaN");
 }
 
-static void test_delayed_scaling(void) {
-    DelayedScaling s;
-    delayed_scaling_init(&s, 3, 448.0f, 0);
-    CHECK(s.scale == 1.0f, "initial scale 1");
-    float amaxes[6] = {2.0f, 8.0f, 1.0f, 1.0f, 1.0f, 0.5f};
-    // Max of the last three amaxes after each update: 2, 8, 8, 8, 1, 1.
-    float window_max[6] = {2.0f, 8.0f, 8.0f, 8.0f, 1.0f, 1.0f};
-    for (int i = 0; i < 6; i++) {
-        delayed_scaling_update(&s, amaxes[i]);
-        CHECK(s.scale == 448.0f / window_max[i], "step %d: scale %g, want %g", i, s.scale, 448.0f / window_max[i]);
-    }
-    delayed_scaling_update(&s, INFINITY);
-    CHECK(s.scale == 448.0f, "an infinite amax keeps the previous scale");
-    delayed_scaling_free(&s);
-    CHECK(s.amax_history == NULL, "freed");
-}
-
 static void test_quantize_dequantize(void) {
     ExmyFormat e4m3 = exmy_e4m3();
     float scale = 448.0f / 3.0f;  // amax 3
@@ -197,7 +180,6 @@ int main(void) {
     test_nearest_and_clamping();
     test_stochastic_rounding_onto_grids();
     test_scale_from_amax();
-    test_delayed_scaling();
     test_quantize_dequantize();
     return test_summary("test_numerics_grid");
 }

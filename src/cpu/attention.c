@@ -1,5 +1,8 @@
 // Causal multi-head self-attention from the fused qkv projection. Per head h and query position t:
 //   att[t, t2] = softmax over t2 <= t of (q_t . k_t2) / sqrt(hs),   out_t = sum_t2 att[t, t2] v_t2.
+// The products take cast operands: q, k, v and dout arrive cast; the probabilities (in PV and its
+// backward) and the score gradients (in the backward of QK^T) are cast here. The softmax and its backward
+// stay fp32.
 #include <math.h>
 #include <stdlib.h>
 
@@ -22,7 +25,7 @@ static void axpy(float *y, float alpha, const float *x, int n) {
 // One query row: scores with max subtraction for a stable softmax, then the weighted sum of values.
 // qkv: (T, 3C) of one sequence; out: (hs); att_row: (T)
 static void attention_row(float *out, float *att_row, const float *qkv, int T, int C, int hs, int h, int t,
-                          float scale) {
+                          float scale, const OperandCast *cast) {
     size_t stride = 3 * (size_t)C;                     // between positions in qkv
     const float *q = qkv + (size_t)t * stride + h * hs;  // (hs)
     const float *keys = qkv + C + h * hs;
@@ -44,10 +47,12 @@ static void attention_row(float *out, float *att_row, const float *qkv, int T, i
     for (int t2 = t + 1; t2 < T; t2++) att_row[t2] = 0.0f;
 
     for (int i = 0; i < hs; i++) out[i] = 0.0f;
-    for (int t2 = 0; t2 <= t; t2++) axpy(out, att_row[t2], values + (size_t)t2 * stride, hs);
+    for (int t2 = 0; t2 <= t; t2++)
+        axpy(out, quantize_operand_value(att_row[t2], cast), values + (size_t)t2 * stride, hs);
 }
 
-void attention_forward(float *out, float *att, const float *qkv, int B, int T, int C, int NH) {
+void attention_forward(float *out, float *att, const float *qkv, int B, int T, int C, int NH,
+                       const OperandCast *cast) {
     int hs = C / NH;
     float scale = 1.0f / sqrtf((float)hs);
 #pragma omp parallel for collapse(3) schedule(static)
@@ -56,7 +61,7 @@ void attention_forward(float *out, float *att, const float *qkv, int B, int T, i
             for (int t = 0; t < T; t++) {
                 float *o = out + ((size_t)b * T + t) * C + h * hs;          // (hs)
                 float *att_row = att + (((size_t)b * NH + h) * T + t) * T;  // (T)
-                attention_row(o, att_row, qkv + (size_t)b * T * 3 * C, T, C, hs, h, t, scale);
+                attention_row(o, att_row, qkv + (size_t)b * T * 3 * C, T, C, hs, h, t, scale, cast);
             }
 }
 
@@ -64,7 +69,7 @@ void attention_forward(float *out, float *att, const float *qkv, int B, int T, i
 // every later query, so one task does the whole head, in a fixed order. dqkv, qkv: (T, 3C) and dout: (T, C)
 // of one sequence; att: (T, T) of this head; datt: (T) scratch.
 static void attention_head_backward(float *dqkv, const float *dout, const float *qkv, const float *att, float *datt,
-                                    int T, int C, int hs, int h, float scale) {
+                                    int T, int C, int hs, int h, float scale, const OperandCast *cast) {
     size_t stride = 3 * (size_t)C;
     for (int t = 0; t < T; t++) {
         const float *att_row = att + (size_t)t * T;   // (T)
@@ -76,13 +81,13 @@ static void attention_head_backward(float *dqkv, const float *dout, const float 
             const float *v = qkv + (size_t)t2 * stride + 2 * C + h * hs;
             float *dv = dqkv + (size_t)t2 * stride + 2 * C + h * hs;
             datt[t2] = dot(dout_t, v, hs);
-            axpy(dv, att_row[t2], dout_t, hs);
+            axpy(dv, quantize_operand_value(att_row[t2], cast), dout_t, hs);
         }
-        // Softmax backward: dscore = att * (datt - sum(att * datt)).
+        // Softmax backward: dscore = att * (datt - sum(att * datt)), the gradient of q . k (scale included).
         float weighted = 0.0f;
         for (int t2 = 0; t2 <= t; t2++) weighted += att_row[t2] * datt[t2];
         for (int t2 = 0; t2 <= t; t2++) {
-            float dscore = att_row[t2] * (datt[t2] - weighted) * scale;
+            float dscore = quantize_operand_value(att_row[t2] * (datt[t2] - weighted) * scale, cast);
             const float *k = qkv + (size_t)t2 * stride + C + h * hs;
             float *dk = dqkv + (size_t)t2 * stride + C + h * hs;
             axpy(dq, dscore, k, hs);
@@ -92,7 +97,7 @@ static void attention_head_backward(float *dqkv, const float *dout, const float 
 }
 
 void attention_backward(float *dqkv, const float *dout, const float *qkv, const float *att, int B, int T, int C,
-                        int NH) {
+                        int NH, const OperandCast *cast) {
     int hs = C / NH;
     float scale = 1.0f / sqrtf((float)hs);
 #pragma omp parallel
@@ -103,7 +108,7 @@ void attention_backward(float *dqkv, const float *dout, const float *qkv, const 
             for (int h = 0; h < NH; h++) {
                 size_t seq = (size_t)b * T;
                 attention_head_backward(dqkv + seq * 3 * C, dout + seq * C, qkv + seq * 3 * C,
-                                        att + ((size_t)b * NH + h) * T * T, datt, T, C, hs, h, scale);
+                                        att + ((size_t)b * NH + h) * T * T, datt, T, C, hs, h, scale, cast);
             }
         free(datt);
     }

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "cpu/ops.h"
+#include "numerics/scaling.h"
 #include "util.h"
 
 // What the forward keeps for the backward (per-layer buffers stack L slices), and one layer's worth of
@@ -96,17 +97,30 @@ static size_t activation_numel(const ModelShape *shape, int B, int T) {
     return total;
 }
 
-// Rounded copies of matmul operands, allocated only for a format other than fp32.
+// Cast copies of matmul operands, allocated only for a format other than fp32. Each matmul (and the
+// attention op) fills them just before its product, so one set serves them all.
 typedef struct {
-    float *inp;     // the largest matmul input: (B, T, 4C)
+    float *inp;     // the largest matmul input: (B, T, 4C); also q, k, v for attention: (B, T, 3C)
     float *weight;  // the largest weight: (max(4C, Vp), C)
     float *dout;    // the largest output gradient: (B, T, max(4C, Vp))
 } OperandCopies;
 
+// fp8 scales of the linear layers' operands, indexed by operand_id: (L, NUM_BLOCK_LINEARS, NUM_OPERAND_ROLES).
+typedef struct {
+    OperandScaling scaling;  // the amax histories (delayed) and the scale rule
+    float *scales;           // the scale of each operand's latest cast; the backward re-casts with the forward's
+    float *forward_amax;     // input and weight amaxes of the last forward, recorded when its backward runs
+    int forward_unrecorded;  // the last forward's amaxes are not in the histories yet
+} Fp8State;
+
 struct GPTCpu {
     ParamTable table;
     int max_B, max_T;  // capacity of the buffers
-    MatmulFormat format;
+    OperandCast linear_cast;     // the block linear layers' operands (fp8: grid and scale set per use)
+    OperandCast attention_cast;  // attention products and the LM head
+    Fp8State fp8;
+    OperandObserver observer;  // tests
+    void *observer_ctx;
     Activations acts;
     float *act_memory;
     OperandCopies operands;
@@ -114,6 +128,14 @@ struct GPTCpu {
     int B, T;               // of the last forward
     int has_targets;        // the last forward computed a loss, so the backward may run
 };
+
+static int num_operand_tensors(const GPTCpu *model) {
+    return model->table.shape.n_layer * NUM_BLOCK_LINEARS * NUM_OPERAND_ROLES;
+}
+
+static int operand_id(int layer, BlockLinear linear, OperandRole role) {
+    return (layer * NUM_BLOCK_LINEARS + (int)linear) * NUM_OPERAND_ROLES + (int)role;
+}
 
 GPTCpu *gpt_cpu_create(const ParamTable *table, int B, int T) {
     if (B < 1 || T < 1 || T > table->shape.block_size)
@@ -123,7 +145,9 @@ GPTCpu *gpt_cpu_create(const ParamTable *table, int B, int T) {
     model->table = *table;
     model->max_B = B;
     model->max_T = T;
-    model->format = MATMUL_FP32;
+    MatmulPrecision fp32 = {.format = MATMUL_FP32};
+    model->linear_cast = operand_cast_for(&fp32);
+    model->attention_cast = operand_cast_for(&fp32);
     // 64-byte aligned, and every buffer a multiple of 64 bytes long: all buffers start on cache lines.
     size_t bytes = activation_numel(&table->shape, B, T) * sizeof(float);
     model->act_memory = aligned_alloc(64, bytes);
@@ -135,6 +159,9 @@ GPTCpu *gpt_cpu_create(const ParamTable *table, int B, int T) {
 
 void gpt_cpu_free(GPTCpu *model) {
     if (!model) return;
+    operand_scaling_free(&model->fp8.scaling);
+    free(model->fp8.scales);
+    free(model->fp8.forward_amax);
     free(model->act_memory);
     free(model->operands.inp);
     free(model->operands.weight);
@@ -148,15 +175,50 @@ size_t gpt_cpu_activation_bytes(const ParamTable *table, int B, int T) {
     return activation_numel(&table->shape, B, T) * sizeof(float);
 }
 
-void gpt_cpu_set_matmul_format(GPTCpu *model, MatmulFormat format) {
-    model->format = format;
-    if (format == MATMUL_FP32 || model->operands.inp) return;
+static void allocate_operand_copies(GPTCpu *model) {
+    if (model->operands.inp) return;
     size_t N = (size_t)model->max_B * model->max_T;
     size_t C = (size_t)model->table.shape.n_embd, Vp = (size_t)model->table.shape.padded_vocab;
     size_t widest = Vp > 4 * C ? Vp : 4 * C;  // the most output channels of any matmul
     model->operands.inp = xmalloc(N * 4 * C * sizeof(float));
     model->operands.weight = xmalloc(widest * C * sizeof(float));
     model->operands.dout = xmalloc(N * widest * sizeof(float));
+}
+
+// Fresh fp8 state: empty histories, scales 1.
+static void reset_fp8_state(GPTCpu *model, const MatmulPrecision *linear) {
+    Fp8State *fp8 = &model->fp8;
+    operand_scaling_free(&fp8->scaling);
+    free(fp8->scales);
+    free(fp8->forward_amax);
+    memset(fp8, 0, sizeof *fp8);
+    if (linear->format != MATMUL_FP8) return;
+    int count = num_operand_tensors(model);
+    operand_scaling_init(&fp8->scaling, linear->scaling, count, linear->amax_history, linear->margin);
+    fp8->scales = xmalloc((size_t)count * sizeof(float));
+    for (int i = 0; i < count; i++) fp8->scales[i] = 1.0f;
+    fp8->forward_amax = xcalloc((size_t)count, sizeof(float));
+}
+
+void gpt_cpu_set_precision(GPTCpu *model, const MatmulPrecision *linear, MatmulFormat attention) {
+    if (attention != MATMUL_FP32 && attention != MATMUL_BF16)
+        fatal("attention products and the LM head take fp32 or bf16 operands");
+    MatmulPrecision attention_precision = {.format = attention};
+    model->linear_cast = operand_cast_for(linear);
+    model->attention_cast = operand_cast_for(&attention_precision);
+    reset_fp8_state(model, linear);
+    if (linear->format != MATMUL_FP32 || attention != MATMUL_FP32) allocate_operand_copies(model);
+}
+
+size_t gpt_cpu_scaling_state(GPTCpu *model, float **data) {
+    const OperandScaling *scaling = &model->fp8.scaling;
+    *data = scaling->history;
+    return scaling->history ? (size_t)scaling->count * scaling->history_length : 0;
+}
+
+void gpt_cpu_observe_operands(GPTCpu *model, OperandObserver observer, void *ctx) {
+    model->observer = observer;
+    model->observer_ctx = ctx;
 }
 
 const float *gpt_cpu_probs(const GPTCpu *model) { return model->acts.probs; }
@@ -226,29 +288,108 @@ static LayerOffsets layer_offsets(const ParamTable *table, int l) {
     return o;
 }
 
-// A matmul operand as the model's matmul format sees it: x itself under fp32, else a rounded copy.
-static const float *matmul_operand(const GPTCpu *model, float *copy, const float *x, size_t n) {
-    if (model->format == MATMUL_FP32) return x;
-    quantize_operand(copy, x, n, model->format);
+// x itself when the cast leaves values unchanged, else the cast values, in copy.
+static const float *cast_operand(const OperandCast *cast, float *copy, const float *x, size_t n) {
+    if (cast->format == MATMUL_FP32) return x;
+    quantize_operand(copy, x, n, cast);
     return copy;
 }
 
-// out (N, OC) = inp (N, C) @ weight (OC, C)^T + bias, in the model's matmul format.
-static void linear_forward(const GPTCpu *model, float *out, const float *inp, const float *weight,
-                           const float *bias, int N, int C, int OC) {
-    const float *x = matmul_operand(model, model->operands.inp, inp, (size_t)N * C);
-    const float *w = matmul_operand(model, model->operands.weight, weight, (size_t)OC * C);
+// fp8: the scale of this use of operand tensor `id`, from the earlier uses' history or from x itself,
+// kept for the backward's re-cast. An output gradient enters its history now; forward operands wait for
+// the backward (record_forward_amaxes).
+static float fp8_scale(GPTCpu *model, int id, OperandRole role, const float *x, size_t n, float fmt_max) {
+    Fp8State *fp8 = &model->fp8;
+    float amax = tensor_amax(x, n);
+    float scale = operand_scaling_scale(&fp8->scaling, id, amax, fmt_max);
+    fp8->scales[id] = scale;
+    if (role == OPERAND_OUTPUT_GRAD) operand_scaling_record(&fp8->scaling, id, amax);
+    else fp8->forward_amax[id] = amax;
+    return scale;
+}
+
+// fp8: appends the last forward's input and weight amaxes to their histories, once per forward.
+static void record_forward_amaxes(GPTCpu *model) {
+    Fp8State *fp8 = &model->fp8;
+    if (!fp8->forward_unrecorded) return;
+    for (int id = 0; id < num_operand_tensors(model); id++) {
+        if (id % NUM_OPERAND_ROLES == OPERAND_OUTPUT_GRAD) continue;
+        operand_scaling_record(&fp8->scaling, id, fp8->forward_amax[id]);
+    }
+    fp8->forward_unrecorded = 0;
+}
+
+// A block linear layer's operand x (n) as its matmul receives it, cast into copy unless fp32. fp8 casts
+// forward operands to E4M3, output gradients to E5M2, each with its tensor's scale of this use; the
+// backward re-casts inputs and weights with the forward's scales.
+static const float *linear_operand(GPTCpu *model, int layer, BlockLinear linear, OperandRole role, int backward,
+                                   float *copy, const float *x, size_t n) {
+    OperandCast cast = model->linear_cast;
+    if (cast.format == MATMUL_FP8) {
+        int id = operand_id(layer, linear, role);
+        cast.grid = role == OPERAND_OUTPUT_GRAD ? exmy_e5m2() : exmy_e4m3();
+        int reuse_forward_scale = backward && role != OPERAND_OUTPUT_GRAD;
+        cast.scale = reuse_forward_scale ? model->fp8.scales[id]
+                                         : fp8_scale(model, id, role, x, n, cast.grid.max_finite);
+    }
+    const float *out = cast_operand(&cast, copy, x, n);
+    if (model->observer) {
+        OperandView view = {layer, linear, role, backward, cast.scale, x, out, n};
+        model->observer(model->observer_ctx, &view);
+    }
+    return out;
+}
+
+// out (N, OC) = inp (N, C) @ weight (OC, C)^T + bias: block `layer`'s linear layer `linear`.
+static void linear_forward(GPTCpu *model, int layer, BlockLinear linear, float *out, const float *inp,
+                           const float *weight, const float *bias, int N, int C, int OC) {
+    OperandCopies *copies = &model->operands;
+    const float *x = linear_operand(model, layer, linear, OPERAND_INPUT, 0, copies->inp, inp, (size_t)N * C);
+    const float *w = linear_operand(model, layer, linear, OPERAND_WEIGHT, 0, copies->weight, weight, (size_t)OC * C);
     matmul_forward(out, x, w, bias, N, C, OC);
 }
 
-// The backward of linear_forward; both products take rounded operands, and so does the bias gradient,
-// which sums the same (rounded) output gradient.
-static void linear_backward(const GPTCpu *model, float *dinp, float *dweight, float *dbias, const float *dout,
-                            const float *inp, const float *weight, int N, int C, int OC) {
-    const float *d = matmul_operand(model, model->operands.dout, dout, (size_t)N * OC);
-    const float *x = matmul_operand(model, model->operands.inp, inp, (size_t)N * C);
-    const float *w = matmul_operand(model, model->operands.weight, weight, (size_t)OC * C);
-    matmul_backward(dinp, dweight, dbias, d, x, w, N, C, OC);
+// The backward of linear_forward: both products take cast operands; the bias gradient sums dout itself.
+static void linear_backward(GPTCpu *model, int layer, BlockLinear linear, float *dinp, float *dweight, float *dbias,
+                            const float *dout, const float *inp, const float *weight, int N, int C, int OC) {
+    OperandCopies *copies = &model->operands;
+    const float *d = linear_operand(model, layer, linear, OPERAND_OUTPUT_GRAD, 1, copies->dout, dout, (size_t)N * OC);
+    const float *x = linear_operand(model, layer, linear, OPERAND_INPUT, 1, copies->inp, inp, (size_t)N * C);
+    const float *w = linear_operand(model, layer, linear, OPERAND_WEIGHT, 1, copies->weight, weight, (size_t)OC * C);
+    matmul_backward(dinp, dweight, NULL, d, x, w, N, C, OC);
+    sum_rows_add(dbias, dout, N, OC);
+}
+
+// logits (N, Vp) = lnf (N, C) @ wte (Vp, C)^T, operands cast like attention's.
+static void lm_head_forward(GPTCpu *model, float *logits, const float *lnf, const float *wte, int N, int C, int Vp) {
+    const OperandCast *cast = &model->attention_cast;
+    const float *x = cast_operand(cast, model->operands.inp, lnf, (size_t)N * C);
+    const float *w = cast_operand(cast, model->operands.weight, wte, (size_t)Vp * C);
+    matmul_forward(logits, x, w, NULL, N, C, Vp);
+}
+
+static void lm_head_backward(GPTCpu *model, float *dlnf, float *dwte, const float *dlogits, const float *lnf,
+                             const float *wte, int N, int C, int Vp) {
+    const OperandCast *cast = &model->attention_cast;
+    const float *d = cast_operand(cast, model->operands.dout, dlogits, (size_t)N * Vp);
+    const float *x = cast_operand(cast, model->operands.inp, lnf, (size_t)N * C);
+    const float *w = cast_operand(cast, model->operands.weight, wte, (size_t)Vp * C);
+    matmul_backward(dlnf, dwte, NULL, d, x, w, N, C, Vp);
+}
+
+static void attention_cast_forward(GPTCpu *model, float *atty, float *att, const float *qkv, int B, int T, int C,
+                                   int NH) {
+    const OperandCast *cast = &model->attention_cast;
+    const float *qkv_cast = cast_operand(cast, model->operands.inp, qkv, (size_t)B * T * 3 * C);
+    attention_forward(atty, att, qkv_cast, B, T, C, NH, cast);
+}
+
+static void attention_cast_backward(GPTCpu *model, float *dqkv, const float *datty, const float *qkv,
+                                    const float *att, int B, int T, int C, int NH) {
+    const OperandCast *cast = &model->attention_cast;
+    const float *qkv_cast = cast_operand(cast, model->operands.inp, qkv, (size_t)B * T * 3 * C);
+    const float *datty_cast = cast_operand(cast, model->operands.dout, datty, (size_t)B * T * C);
+    attention_backward(dqkv, datty_cast, qkv_cast, att, B, T, C, NH, cast);
 }
 
 static void zero(float *x, size_t n) { memset(x, 0, n * sizeof(float)); }
@@ -282,22 +423,25 @@ float gpt_cpu_forward(GPTCpu *model, const float *params, const int *inputs, con
         LayerOffsets p = layer_offsets(&model->table, l);
         LayerActivations x = layer_activations(a, s, l, B, T);
         layernorm_forward(x.ln1, x.ln1_mean, x.ln1_rstd, x.residual, params + p.ln1w, params + p.ln1b, N, C);
-        linear_forward(model, x.qkv, x.ln1, params + p.qkvw, params + p.qkvb, N, C, 3 * C);
-        attention_forward(x.atty, x.att, x.qkv, B, T, C, NH);
-        linear_forward(model, a->proj_out, x.atty, params + p.attprojw, params + p.attprojb, N, C, C);
+        linear_forward(model, l, LINEAR_QKV, x.qkv, x.ln1, params + p.qkvw, params + p.qkvb, N, C, 3 * C);
+        attention_cast_forward(model, x.atty, x.att, x.qkv, B, T, C, NH);
+        linear_forward(model, l, LINEAR_ATTPROJ, a->proj_out, x.atty, params + p.attprojw, params + p.attprojb, N, C,
+                       C);
         residual_forward(x.residual2, x.residual, a->proj_out, (size_t)N * C);
         layernorm_forward(x.ln2, x.ln2_mean, x.ln2_rstd, x.residual2, params + p.ln2w, params + p.ln2b, N, C);
-        linear_forward(model, x.fch, x.ln2, params + p.fcw, params + p.fcb, N, C, 4 * C);
+        linear_forward(model, l, LINEAR_FC, x.fch, x.ln2, params + p.fcw, params + p.fcb, N, C, 4 * C);
         gelu_forward(x.fch_gelu, x.fch, (size_t)N * 4 * C);
-        linear_forward(model, a->proj_out, x.fch_gelu, params + p.fcprojw, params + p.fcprojb, N, 4 * C, C);
+        linear_forward(model, l, LINEAR_FCPROJ, a->proj_out, x.fch_gelu, params + p.fcprojw, params + p.fcprojb, N,
+                       4 * C, C);
         residual_forward(x.residual3, x.residual2, a->proj_out, (size_t)N * C);
     }
     const float *final_residual = layer_activations(a, s, L - 1, B, T).residual3;
     layernorm_forward(a->lnf, a->lnf_mean, a->lnf_rstd, final_residual, params + tensors[PARAM_LNFW].offset,
                       params + tensors[PARAM_LNFB].offset, N, C);
     // The LM head is wte itself (tied), all Vp rows; the classifier ignores the padded logits.
-    linear_forward(model, a->logits, a->lnf, wte, NULL, N, C, Vp);
+    lm_head_forward(model, a->logits, a->lnf, wte, N, C, Vp);
     classifier_forward(a->probs, a->losses, a->logits, targets, N, V, Vp);
+    model->fp8.forward_unrecorded = model->linear_cast.format == MATMUL_FP8;
     if (!targets) return 0.0f;
     double sum = 0.0;
     for (int n = 0; n < N; n++) sum += a->losses[n];
@@ -319,7 +463,7 @@ void gpt_cpu_backward(GPTCpu *model, const float *params, float *grads, float lo
     zero(dlogits, (size_t)N * Vp);
     classifier_backward(dlogits, a->probs, model->targets, loss_scale / (float)N, N, V, Vp);
     zero(a->dln, (size_t)N * C);
-    linear_backward(model, a->dln, grads + wte, NULL, dlogits, a->lnf, params + wte, N, C, Vp);
+    lm_head_backward(model, a->dln, grads + wte, dlogits, a->lnf, params + wte, N, C, Vp);
     LayerActivations last = layer_activations(a, s, L - 1, B, T);
     zero(a->dresidual, (size_t)N * C);
     layernorm_backward(a->dresidual, grads + lnfw, grads + lnfb, a->dln, last.residual3, params + lnfw, a->lnf_mean,
@@ -331,24 +475,27 @@ void gpt_cpu_backward(GPTCpu *model, const float *params, float *grads, float lo
         // dresidual is the gradient of residual3 = residual2 + fcproj, which passes unchanged to both
         // summands: the MLP branch reads it, and adds its own input gradient into it, making it residual2's.
         zero(a->dfch_gelu, (size_t)N * 4 * C);
-        linear_backward(model, a->dfch_gelu, grads + p.fcprojw, grads + p.fcprojb, a->dresidual, x.fch_gelu,
-                        params + p.fcprojw, N, 4 * C, C);
+        linear_backward(model, l, LINEAR_FCPROJ, a->dfch_gelu, grads + p.fcprojw, grads + p.fcprojb, a->dresidual,
+                        x.fch_gelu, params + p.fcprojw, N, 4 * C, C);
         zero(a->dfch, (size_t)N * 4 * C);
         gelu_backward(a->dfch, a->dfch_gelu, x.fch, (size_t)N * 4 * C);
         zero(a->dln, (size_t)N * C);
-        linear_backward(model, a->dln, grads + p.fcw, grads + p.fcb, a->dfch, x.ln2, params + p.fcw, N, C, 4 * C);
+        linear_backward(model, l, LINEAR_FC, a->dln, grads + p.fcw, grads + p.fcb, a->dfch, x.ln2, params + p.fcw, N, C,
+                        4 * C);
         layernorm_backward(a->dresidual, grads + p.ln2w, grads + p.ln2b, a->dln, x.residual2, params + p.ln2w,
                            x.ln2_mean, x.ln2_rstd, N, C);
         // The same for residual2 = residual + attproj and the attention branch.
         zero(a->datty, (size_t)N * C);
-        linear_backward(model, a->datty, grads + p.attprojw, grads + p.attprojb, a->dresidual, x.atty,
-                        params + p.attprojw, N, C, C);
+        linear_backward(model, l, LINEAR_ATTPROJ, a->datty, grads + p.attprojw, grads + p.attprojb, a->dresidual,
+                        x.atty, params + p.attprojw, N, C, C);
         zero(a->dqkv, (size_t)N * 3 * C);
-        attention_backward(a->dqkv, a->datty, x.qkv, x.att, B, T, C, NH);
+        attention_cast_backward(model, a->dqkv, a->datty, x.qkv, x.att, B, T, C, NH);
         zero(a->dln, (size_t)N * C);
-        linear_backward(model, a->dln, grads + p.qkvw, grads + p.qkvb, a->dqkv, x.ln1, params + p.qkvw, N, C, 3 * C);
+        linear_backward(model, l, LINEAR_QKV, a->dln, grads + p.qkvw, grads + p.qkvb, a->dqkv, x.ln1, params + p.qkvw,
+                        N, C, 3 * C);
         layernorm_backward(a->dresidual, grads + p.ln1w, grads + p.ln1b, a->dln, x.residual, params + p.ln1w,
                            x.ln1_mean, x.ln1_rstd, N, C);
     }
     encoder_backward(grads + wte, grads + tensors[PARAM_WPE].offset, a->dresidual, model->inputs, B, T, C);
+    record_forward_amaxes(model);
 }

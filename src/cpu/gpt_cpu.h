@@ -1,25 +1,46 @@
 // GPT-2 forward and backward on the CPU (C + OpenMP), over the parameter buffer of model.h.
 // The forward reads fp32 parameters (a policy with bf16 weights hands in bf16-exact values); matmul
-// operands are rounded to the format in MatmulFormat before each matmul (fp32 accumulation always).
+// operands are cast to their format before each matmul (gpt_cpu_set_precision), and every product
+// accumulates in fp32.
 #ifndef LP_CPU_GPT_CPU_H
 #define LP_CPU_GPT_CPU_H
 
 #include "model.h"
-
-typedef enum {
-    MATMUL_FP32,  // operands used as they are
-    MATMUL_BF16,  // both operands rounded to bf16 (nearest-even) before the product, in forward and backward
-                  // (the four linear layers per block and the LM head; attention's QK^T and PV stay fp32)
-} MatmulFormat;
+#include "policy.h"
 
 typedef struct GPTCpu GPTCpu;
 
-// Allocates activations for batches of at most B sequences of at most T tokens.
+// The four linear layers of a block, and the roles of their operands.
+typedef enum { LINEAR_QKV, LINEAR_ATTPROJ, LINEAR_FC, LINEAR_FCPROJ, NUM_BLOCK_LINEARS } BlockLinear;
+typedef enum { OPERAND_INPUT, OPERAND_WEIGHT, OPERAND_OUTPUT_GRAD, NUM_OPERAND_ROLES } OperandRole;
+
+// Allocates activations for batches of at most B sequences of at most T tokens. Matmuls start in fp32.
 GPTCpu *gpt_cpu_create(const ParamTable *table, int B, int T);
 void gpt_cpu_free(GPTCpu *model);
-void gpt_cpu_set_matmul_format(GPTCpu *model, MatmulFormat format);
+
+// Matmul operand formats. `linear` applies to the four linear layers of each block, forward and backward:
+//   fp32 and bf16 (nearest-even); eXmY with its rounding (nearest-even or toward zero), saturating, unscaled;
+//   fp8: E4M3 inputs and weights, E5M2 output gradients, one scale per tensor and use (see below).
+// `attention` (MATMUL_FP32 or MATMUL_BF16) applies to the attention products QK^T and PV (q, k, v, the
+// probabilities, and in the backward the output and score gradients) and to the LM head.
+// fp8 scales: every linear layer of every block has one scale per operand role. The forward casts its
+// input and weight, the backward its output gradient, each with a scale from its tensor's amax (current)
+// or from the largest amax of that tensor's last amax_history uses (delayed; the first use, with an empty
+// history, takes the current amax). The backward re-casts the input and weight with the forward's scales,
+// so its products see exactly the forward's operands. A use enters its tensor's history after it: an
+// output gradient as it is cast, the forward's operands when the backward of that forward runs, so that
+// forwards without a backward (evaluation, sampling) leave the histories alone. The bias gradient sums
+// the output gradient before its cast (it is no matmul operand).
+void gpt_cpu_set_precision(GPTCpu *model, const MatmulPrecision *linear, MatmulFormat attention);
+// The delayed-scaling state, for checkpoints: sets *data to the live amax histories, (L, NUM_BLOCK_LINEARS,
+// NUM_OPERAND_ROLES, amax_history) newest first with 0 for empty slots, and returns their number of floats;
+// returns 0 (and NULL) when no state is kept (not fp8 with delayed scaling). Writing saved values back
+// into the buffer resumes a run exactly.
+size_t gpt_cpu_scaling_state(GPTCpu *model, float **data);
+
 // Bytes gpt_cpu_create allocates for activations and their gradients at (B, T), without allocating.
-// MATMUL_BF16 adds the rounded operand copies on top (gpt_cpu_set_matmul_format allocates them).
+// Matmul formats other than fp32 add copies of the cast operands on top (gpt_cpu_set_precision allocates
+// them): (B*T*4C + max(4C, Vp)*C + B*T*max(4C, Vp)) floats.
 size_t gpt_cpu_activation_bytes(const ParamTable *table, int B, int T);
 
 // inputs, targets: (B, T) token ids. targets may be NULL (no loss). Returns the mean cross-entropy over
@@ -31,5 +52,21 @@ const float *gpt_cpu_probs(const GPTCpu *model);
 // parameter gradients into grads: (num_params). Gradient accumulation over micro-steps passes
 // loss_scale = 1/accum_steps.
 void gpt_cpu_backward(GPTCpu *model, const float *params, float *grads, float loss_scale);
+
+// For tests: one cast of a linear layer's operand, the values before and after it.
+typedef struct {
+    int layer;
+    BlockLinear linear;
+    OperandRole role;
+    int backward;           // 1 for the casts of the backward pass
+    float scale;            // fp8: the scale cast with; 1 otherwise
+    const float *original;  // (n)
+    const float *cast;      // (n) what the matmul received
+    size_t n;
+} OperandView;
+typedef void (*OperandObserver)(void *ctx, const OperandView *view);
+// Calls observer(ctx, view) for every operand of every block linear layer as its matmul receives it (under
+// fp32 too, where cast == original); NULL stops.
+void gpt_cpu_observe_operands(GPTCpu *model, OperandObserver observer, void *ctx);
 
 #endif

@@ -9,6 +9,7 @@
 #include <stddef.h>
 
 #include "cpu/gpt_cpu.h"
+#include "numerics/exmy.h"
 
 // encoder.c: out = wte[token] + wpe[position].
 // out: (B, T, C), tokens: (B, T), wte: (Vp, C), wpe: (block_size, C)
@@ -30,17 +31,55 @@ void matmul_forward(float *out, const float *inp, const float *weight, const flo
 void matmul_backward(float *dinp, float *dweight, float *dbias, const float *dout, const float *inp,
                      const float *weight, int N, int C, int OC);
 
-// quantize.c: a matmul operand as the matmul format sees it: out = the value of each element of inp
-// in that format, kept in fp32. out and inp: (n); out may equal inp.
-void quantize_operand(float *out, const float *inp, size_t n, MatmulFormat format);
+// quantize.c: a matmul operand as its format sees it: each element cast to the format and kept in fp32
+// (the products still accumulate in fp32). The one place where operands meet their format: the linear
+// layers, the attention products and the LM head all cast through here.
+typedef struct {
+    MatmulFormat format;    // MATMUL_FP32 leaves values unchanged
+    ExmyFormat grid;        // MATMUL_EXMY, MATMUL_FP8: the format cast to
+    RoundingMode rounding;  // MATMUL_EXMY: nearest-even or toward zero; MATMUL_FP8 rounds to nearest-even
+    float scale;            // MATMUL_FP8: x * scale is clamped and cast, the result multiplied by 1/scale
+} OperandCast;
+
+// The cast a precision asks for, with scale 1 and, for fp8, the E4M3 grid of forward operands (the caller
+// switches gradients to E5M2 and sets each use's scale). Overflow saturates in every format. fatal() for an
+// eXmY rounding other than nearest-even or toward zero.
+OperandCast operand_cast_for(const MatmulPrecision *precision);
+float quantize_operand_value(float x, const OperandCast *cast);
+// out = each element of inp cast. out and inp: (n); out may equal inp.
+void quantize_operand(float *out, const float *inp, size_t n, const OperandCast *cast);
+
+// operand_scaling.c: per-tensor scales for fp8 operands, scale = (fmt_max / amax) / 2^margin. `count`
+// tensors (one per operand and use site), numbered 0..count-1. Current scaling takes amax from the tensor
+// being cast; delayed scaling from the largest amax of the tensor's last `history_length` uses, falling back
+// to the current amax while that history is empty (or holds no usable amax).
+typedef struct {
+    ScalingMode mode;
+    int margin;
+    int count;
+    int history_length;  // delayed: amaxes kept per tensor
+    float *history;      // delayed: (count, history_length) newest first, 0 where not filled yet; else NULL
+} OperandScaling;
+
+void operand_scaling_init(OperandScaling *s, ScalingMode mode, int count, int history_length, int margin);
+void operand_scaling_free(OperandScaling *s);
+// The scale for a use of tensor `id` whose own amax is `amax`. Without a usable amax (all zero, inf or
+// NaN) the scale is 1.
+float operand_scaling_scale(const OperandScaling *s, int id, float amax, float fmt_max);
+// Appends the amax of a use of tensor `id` to its history, dropping the oldest (delayed; nothing otherwise).
+void operand_scaling_record(OperandScaling *s, int id, float amax);
 
 // attention.c: causal multi-head self-attention, softmax(q k^T / sqrt(hs)) v per head, hs = C / NH.
 // out: (B, T, C); att: (B, NH, T, T) softmax probabilities saved for the backward (0 above the
-// diagonal); qkv: (B, T, 3C) holding q, k, v side by side, each split into NH heads of hs channels.
-void attention_forward(float *out, float *att, const float *qkv, int B, int T, int C, int NH);
+// diagonal, fp32); qkv: (B, T, 3C) holding q, k, v side by side, each split into NH heads of hs channels.
+// The products QK^T and PV (and their backward products) read qkv and dout as given, so the caller passes
+// them already cast; the operands formed inside, the probabilities and the score gradients, are cast with
+// `cast`.
+void attention_forward(float *out, float *att, const float *qkv, int B, int T, int C, int NH,
+                       const OperandCast *cast);
 // dqkv: (B, T, 3C), dout: (B, T, C)
 void attention_backward(float *dqkv, const float *dout, const float *qkv, const float *att, int B, int T, int C,
-                        int NH);
+                        int NH, const OperandCast *cast);
 
 // gelu.c: GELU, tanh approximation. out, inp: (n)
 void gelu_forward(float *out, const float *inp, size_t n);

@@ -1,19 +1,44 @@
-// The one place where matmul operands meet their format: every matmul of gpt_cpu.c (forward and backward)
-// passes its operands through here first. Formats with fewer bits or per-tensor scales plug in here.
-#include "cpu/ops.h"
-#include "numerics/bf16.h"
+// The one place where matmul operands meet their format: every matmul of gpt_cpu.c and attention.c (forward
+// and backward) passes its operands through here first.
+#include <stdio.h>
 
-void quantize_operand(float *out, const float *inp, size_t n, MatmulFormat format) {
-    switch (format) {
-    case MATMUL_FP32:
-        if (out != inp) {
-#pragma omp parallel for schedule(static)
-            for (size_t i = 0; i < n; i++) out[i] = inp[i];
-        }
-        break;
-    case MATMUL_BF16:
-#pragma omp parallel for schedule(static)
-        for (size_t i = 0; i < n; i++) out[i] = round_bf16(inp[i]);
-        break;
+#include "cpu/ops.h"
+#include "formats.h"
+#include "numerics/bf16.h"
+#include "numerics/scaling.h"
+#include "util.h"
+
+// The format a config's "eXmY" name means (formats.c): e4m3 is OCP FP8 E4M3, the rest the IEEE layout.
+static ExmyFormat named_format(int exp_bits, int man_bits) {
+    char name[16];
+    snprintf(name, sizeof name, "e%dm%d", exp_bits, man_bits);
+    ExmyFormat f;
+    if (!formats_parse(name, &f)) fatal("matmul format %s is not an eXmY format (1 <= X <= 8, 0 <= Y <= 23)", name);
+    return f;
+}
+
+OperandCast operand_cast_for(const MatmulPrecision *precision) {
+    OperandCast cast = {precision->format, exmy_e4m3(), ROUND_NEAREST_EVEN, 1.0f};
+    if (precision->format == MATMUL_EXMY) {
+        if (precision->rounding != ROUND_NEAREST_EVEN && precision->rounding != ROUND_TOWARD_ZERO)
+            fatal("eXmY matmul operands round to nearest or toward zero");
+        cast.grid = named_format(precision->exp_bits, precision->man_bits);
+        cast.rounding = precision->rounding;
     }
+    return cast;
+}
+
+float quantize_operand_value(float x, const OperandCast *cast) {
+    switch (cast->format) {
+    case MATMUL_BF16: return round_bf16(x);
+    case MATMUL_EXMY: return exmy_quantize(x, cast->grid, cast->rounding, OVERFLOW_SATURATE, 0u);
+    case MATMUL_FP8: return quantize_dequantize_scaled(x, cast->scale, cast->grid, ROUND_NEAREST_EVEN, 0u);
+    case MATMUL_FP32: break;
+    }
+    return x;
+}
+
+void quantize_operand(float *out, const float *inp, size_t n, const OperandCast *cast) {
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) out[i] = quantize_operand_value(inp[i], cast);
 }

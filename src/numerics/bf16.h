@@ -34,6 +34,7 @@ LP_HD bf16 bf16_add(bf16 a, bf16 b) { return bf16_from_f32(bf16_to_f32(a) + bf16
 LP_HD bf16 bf16_sub(bf16 a, bf16 b) { return bf16_from_f32(bf16_to_f32(a) - bf16_to_f32(b)); }
 LP_HD bf16 bf16_mul(bf16 a, bf16 b) { return bf16_from_f32(bf16_to_f32(a) * bf16_to_f32(b)); }
 LP_HD bf16 bf16_div(bf16 a, bf16 b) { return bf16_from_f32(bf16_to_f32(a) / bf16_to_f32(b)); }
+LP_HD bf16 bf16_sqrt(bf16 a) { return bf16_from_f32(sqrtf(bf16_to_f32(a))); }
 // a*b + c with the fp32 fma, then one rounding to bf16.
 LP_HD bf16 bf16_fma(bf16 a, bf16 b, bf16 c) {
     return bf16_from_f32(fmaf(bf16_to_f32(a), bf16_to_f32(b), bf16_to_f32(c)));

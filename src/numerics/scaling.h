@@ -48,20 +48,7 @@ LP_HD float quantize_dequantize_scaled(float x, float scale, ExmyFormat f, Round
 extern "C" {
 #endif
 
-// Delayed scaling state of one tensor (host side; a checkpoint saves all of its fields).
-typedef struct {
-    float *amax_history;  // the last history_length amaxes, a ring buffer; 0 where not yet filled
-    int history_length;
-    int next;             // the slot the next amax goes into
-    float fmt_max;
-    int margin;
-    float scale;  // the scale to cast with now: 1 until an amax has been recorded
-} DelayedScaling;
-
-void delayed_scaling_init(DelayedScaling *s, int history_length, float fmt_max, int margin);
-void delayed_scaling_free(DelayedScaling *s);
-// Records the amax of the tensor just cast and computes the scale for the next cast from the history's max.
-void delayed_scaling_update(DelayedScaling *s, float amax);
+// Delayed scaling keeps one amax history per operand: see src/cpu/operand_scaling.c.
 
 // max |x[i]|, NaN if any element is NaN.
 float tensor_amax(const float *x, size_t n);

@@ -1,0 +1,77 @@
+// Precision policies: how weights, gradients, optimizer state and matmul operands are stored and rounded.
+// A policy is a set of independent axes; named presets fill them in (DESIGN.md, "Precision policies"), and
+// the config's `precision` section may override single axes.
+#ifndef LP_POLICY_H
+#define LP_POLICY_H
+
+#include <stddef.h>
+
+#include "config.h"
+#include "numerics/rounding.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// What forward/backward read. Under WEIGHTS_INT_GRID only 2-D weights live on the grid (one fp32 scale per
+// tensor); 1-D parameters (biases, LayerNorm) stay fp32.
+typedef enum { WEIGHTS_FP32, WEIGHTS_BF16, WEIGHTS_INT_GRID } WeightStorage;
+
+// How the AdamW step reaches the stored weights.
+typedef enum {
+    UPDATE_EXACT,        // fp32 weights, fp32 step
+    UPDATE_FP32_MASTER,  // fp32 master copy stepped in fp32, bf16 weights = RNE(master)
+    UPDATE_BF16_RNE,     // bf16 weights, step formed in bf16 ops, weight ⊕ Δ rounded to nearest
+    UPDATE_MCF_GROW,     // Collage: (hi, lo) MCF pair, Grow((hi, lo), Δ); forward reads hi
+    UPDATE_KAHAN,        // bf16 weights with a bf16 Kahan compensation buffer
+    UPDATE_SR,           // bf16 weights, weight + Δ computed in fp32 and rounded stochastically
+    UPDATE_GRID_SR,      // DQT: fp32 AdamW step on the dequantized weight, stochastically rounded onto the grid
+} WeightUpdate;
+
+typedef enum { STATE_FP32, STATE_BF16, STATE_MCF } MomentStorage;  // Adam m, v (MCF: bf16 pair)
+typedef enum { GRADS_FP32, GRADS_BF16 } GradStorage;
+
+typedef enum {
+    MATMUL_FP32,  // operands used as they are
+    MATMUL_BF16,  // operands rounded to bf16 (nearest-even) before the product, in forward and backward
+    MATMUL_FP8,   // E4M3 forward operands, E5M2 gradients, per-tensor scales (delayed or current)
+    MATMUL_EXMY,  // any eXmY, rounding nearest or toward zero, no scaling (the sweeps of arXiv 2405.18710)
+} MatmulFormat;
+
+typedef enum { SCALING_DELAYED, SCALING_CURRENT } ScalingMode;
+
+typedef struct {
+    MatmulFormat format;
+    int exp_bits, man_bits;  // MATMUL_EXMY
+    RoundingMode rounding;   // MATMUL_EXMY: ROUND_NEAREST_EVEN or ROUND_TOWARD_ZERO
+    ScalingMode scaling;     // MATMUL_FP8
+    int amax_history;        // MATMUL_FP8 with delayed scaling: steps of amax history
+    int margin;              // MATMUL_FP8: scale = (fmt_max / amax) / 2^margin
+} MatmulPrecision;
+
+typedef struct {
+    char name[CONFIG_NAME_MAX];  // the preset, with "+overrides" when axes were overridden
+    WeightStorage weights;
+    int grid_bits;               // WEIGHTS_INT_GRID: b-bit symmetric grid, or 0 for ternary {-1, 0, 1}
+    WeightUpdate update;
+    MomentStorage adam_m;
+    MomentStorage adam_v;
+    GradStorage grads;
+    MatmulPrecision matmul;      // the four linear layers of each block, forward and backward
+    MatmulFormat attention;      // attention products (QK^T, PV) and the LM head: MATMUL_FP32 or MATMUL_BF16
+} Policy;
+
+// The policy a config asks for: its preset (aliases included) with the `precision` section's overrides.
+// fatal() naming the key for an unknown preset, an unknown value, or an illegal combination.
+Policy policy_from_config(const Config *cfg);
+// Bytes per parameter of weights + gradients + optimizer state (DESIGN.md's policy table), counting every
+// parameter at the rate of 2-D weights (under DQT, 1-D parameters are fp32, a negligible share).
+size_t policy_bytes_per_param(const Policy *policy);
+// One line per quantity: its storage format.
+void policy_print(const Policy *policy);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
