@@ -57,3 +57,10 @@ void atomic_file_commit(AtomicFile *out) {
     out->temp_path = NULL;
     out->path = NULL;
 }
+
+void atomic_file_write_text(const char *path, const char *what, const char *text) {
+    AtomicFile out;
+    atomic_file_open(&out, path, what);
+    atomic_file_write(&out, text, strlen(text));
+    atomic_file_commit(&out);
+}

@@ -24,6 +24,8 @@ void atomic_file_open(AtomicFile *out, const char *path, const char *what);
 void atomic_file_write(AtomicFile *out, const void *data, size_t nbytes);
 // Flushes, fsyncs and closes the temporary file, renames it over the final path, fsyncs the directory.
 void atomic_file_commit(AtomicFile *out);
+// The three steps for a whole text at once.
+void atomic_file_write_text(const char *path, const char *what, const char *text);
 
 #ifdef __cplusplus
 }

@@ -1,0 +1,63 @@
+// The interface between the training loop and a backend (CPU or CUDA). A backend owns the parameters in
+// the policy's storage, the gradients, the optimizer state and the activations.
+#ifndef LP_BACKEND_H
+#define LP_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "adamw.h"
+#include "checkpoint.h"
+#include "model.h"
+#include "policy.h"
+#include "update_metrics.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct Backend Backend;
+
+// The whole state of a backend as named sections of host memory, for checkpoints. The buffers are the
+// backend's staging copies: state_sections fills them from the backend; state_load reads them back.
+typedef struct {
+    CheckpointSection sections[12];
+    int count;
+} BackendState;
+
+typedef struct {
+    const char *name;
+    // params: initial fp32 values (num_params); the backend converts them to the policy's storage.
+    Backend *(*create)(const ParamTable *table, const Policy *policy, int B, int T, const float *params);
+    void (*destroy)(Backend *backend);
+    // inputs, targets: (B, T). Returns the mean loss (0 when targets is NULL).
+    float (*forward)(Backend *backend, const int *inputs, const int *targets, int B, int T);
+    // Probabilities of the last forward: (B, T, Vp) on the host.
+    const float *(*probs)(Backend *backend);
+    void (*zero_grad)(Backend *backend);
+    // Accumulates the gradient of loss_scale * (last forward's mean loss).
+    void (*backward)(Backend *backend, float loss_scale);
+    // Global L2 norm of the accumulated gradients.
+    float (*grad_norm)(Backend *backend);
+    // One AdamW step under the policy's update rule. metrics: NULL, or sums (cleared here) to fill with the
+    // update-quality sums of this step (update_metrics.h); off, the step costs nothing extra.
+    void (*optimizer_step)(Backend *backend, const AdamWStep *step, UpdateMetrics *metrics);
+    // The weights forward reads, as fp32 (num_params), for export.
+    void (*read_params)(Backend *backend, float *params);
+    // Checkpoint state: sections describing every stored quantity (filled on each call).
+    BackendState *(*state_save)(Backend *backend);
+    // After the caller filled state_save's buffers from a checkpoint: load them into the backend.
+    void (*state_load)(Backend *backend);
+    // The memory plan, without allocating: bytes of parameters + gradients + optimizer state as this
+    // backend stores them, and of activations for batches of (B, T).
+    size_t (*plan_state_bytes)(const ParamTable *table, const Policy *policy);
+    size_t (*plan_activation_bytes)(const ParamTable *table, int B, int T);
+} BackendOps;
+
+extern const BackendOps cpu_backend;
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,555 @@
+// The CPU backend: GPT-2 forward/backward of gpt_cpu.c, each policy's storage, and the optimizer step, which
+// loops over the per-element rules of update_rules.h (the CUDA backend calls the same ones).
+//
+// Every quantity is held in its real format (bf16 as uint16, an MCF pair as two bf16 arrays, DQT codes as
+// int8), plus two fp32 buffers the CPU kernels need: the compute copy of the weights that the forward and
+// backward read (under fp32 weights it is the storage itself), and, under bf16 gradients, the scratch the
+// backward adds each micro-step's gradient into before it is rounded into the stored gradient.
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend.h"
+#include "cpu/gpt_cpu.h"
+#include "update_rules.h"
+#include "util.h"
+
+// The optimizer loops over runs of at most this many elements of one layer slice of one tensor.
+#define CHUNK_ELEMENTS 8192
+
+// An Adam moment in its storage.
+typedef struct {
+    MomentStorage storage;
+    float *fp32;  // (N) STATE_FP32
+    bf16 *hi;     // (N) STATE_BF16: the moment; STATE_MCF: the pair's hi part
+    bf16 *lo;     // (N) STATE_MCF: the pair's lo part
+} MomentBuffer;
+
+// A moment after this step's gradient, as the update reads it.
+typedef struct {
+    float value;   // the stored value in fp32 (a pair: hi + lo)
+    bf16 operand;  // the operand of a bf16-op update: the bf16 moment, the pair's hi, or bf16(fp32 moment)
+} MomentValue;
+
+// A run of elements within one layer slice of one tensor: the unit of the optimizer's parallel loop, and
+// of the metric sums, which are added up in chunk order so that they do not depend on the thread count.
+typedef struct {
+    int tensor;
+    int group;          // update-metrics layer group
+    int slice;          // DQT matrices: the slice's scale in dqt_scales
+    size_t begin, end;  // parameter indices
+} Chunk;
+
+struct Backend {
+    ParamTable table;
+    Policy policy;
+    GPTCpu *model;
+    float *params;        // (N) the weights forward reads: the storage under fp32 weights, else the decoded copy
+    bf16 *weights_bf16;   // (N) bf16 weights (MCF: hi), else NULL
+    float *master;        // (N) UPDATE_FP32_MASTER: the fp32 master weights
+    bf16 *mcf_lo;         // (N) UPDATE_MCF_GROW: the lo parts
+    bf16 *kahan_c;        // (N) UPDATE_KAHAN: the compensations
+    int8_t *dqt_codes;    // WEIGHTS_INT_GRID: the 2-D weights' grid codes, tensor after tensor
+    float *dqt_scales;    // WEIGHTS_INT_GRID: one scale per layer slice of a 2-D weight
+    float *dqt_vectors;   // WEIGHTS_INT_GRID: the 1-D parameters in fp32, tensor after tensor
+    size_t dqt_offset[NUM_PARAM_TENSORS];  // a tensor's start in dqt_codes (2-D) or dqt_vectors (1-D)
+    float *grads;         // (N) fp32 gradients; under bf16 gradients, the backward's fp32 scratch
+    bf16 *grads_bf16;     // (N) bf16 gradients, else NULL
+    MomentBuffer m, v;
+    Chunk *chunks;
+    int num_chunks;
+    UpdateSums *chunk_sums;  // (num_chunks) allocated by the first step that computes metrics
+    BackendState state;
+};
+
+// ----------------------------------------------------------------------------------------------------
+// storage
+
+static int is_dqt_matrix(const Backend *b, int tensor) {
+    return b->policy.weights == WEIGHTS_INT_GRID && b->table.tensors[tensor].is_matrix;
+}
+
+static int slices_of(const ParamTable *table, int tensor) {
+    return table->tensors[tensor].per_layer ? table->shape.n_layer : 1;
+}
+
+// Elements of a slice that are weights: wte's padded vocabulary rows are not, and stay 0.
+static size_t real_numel(const ParamTable *table, int tensor, size_t slice_numel) {
+    return tensor == PARAM_WTE ? (size_t)table->shape.vocab_size * table->shape.n_embd : slice_numel;
+}
+
+typedef struct {
+    size_t matrix_elements, vector_elements, matrix_slices;
+} TableCounts;
+
+static TableCounts count_table(const ParamTable *table) {
+    TableCounts c = {0, 0, 0};
+    for (int t = 0; t < NUM_PARAM_TENSORS; t++) {
+        const ParamTensor *tensor = &table->tensors[t];
+        if (tensor->is_matrix) {
+            c.matrix_elements += tensor->numel;
+            c.matrix_slices += (size_t)slices_of(table, t);
+        } else {
+            c.vector_elements += tensor->numel;
+        }
+    }
+    return c;
+}
+
+static void alloc_moment(MomentBuffer *moment, MomentStorage storage, size_t n) {
+    moment->storage = storage;
+    if (storage == STATE_FP32) moment->fp32 = xcalloc(n, sizeof(float));
+    else moment->hi = xcalloc(n, sizeof(bf16));
+    if (storage == STATE_MCF) moment->lo = xcalloc(n, sizeof(bf16));
+}
+
+static void free_moment(MomentBuffer *moment) {
+    free(moment->fp32);
+    free(moment->hi);
+    free(moment->lo);
+}
+
+// DQT: codes on the grid by round-to-nearest from the initial weights, with each slice's scale the absmean
+// of its initial values, fixed for the whole run (DQT keeps no higher-precision copy to re-derive it from).
+// 1-D parameters stay fp32.
+static void init_dqt(Backend *b, const float *init) {
+    TableCounts counts = count_table(&b->table);
+    b->dqt_codes = xmalloc(counts.matrix_elements);
+    b->dqt_scales = xmalloc(counts.matrix_slices * sizeof(float));
+    b->dqt_vectors = xmalloc(counts.vector_elements * sizeof(float));
+    IntGrid grid = dqt_grid(b->policy.grid_bits);
+    size_t codes = 0, vectors = 0, slice_index = 0;
+    for (int t = 0; t < NUM_PARAM_TENSORS; t++) {
+        const ParamTensor *tensor = &b->table.tensors[t];
+        const float *values = init + tensor->offset;
+        if (!tensor->is_matrix) {
+            b->dqt_offset[t] = vectors;
+            memcpy(b->dqt_vectors + vectors, values, tensor->numel * sizeof(float));
+            vectors += tensor->numel;
+            continue;
+        }
+        b->dqt_offset[t] = codes;
+        size_t slice_numel = tensor->numel / (size_t)slices_of(&b->table, t);
+        for (int s = 0; s < slices_of(&b->table, t); s++, slice_index++) {
+            const float *slice = values + (size_t)s * slice_numel;
+            float scale = absmean_scale(slice, real_numel(&b->table, t, slice_numel));
+            b->dqt_scales[slice_index] = scale;
+            for (size_t e = 0; e < slice_numel; e++) {
+                int32_t q = int_grid_quantize(slice[e], scale, grid, ROUND_NEAREST_EVEN, 0u);
+                b->dqt_codes[codes + (size_t)s * slice_numel + e] = (int8_t)q;
+            }
+        }
+        codes += tensor->numel;
+    }
+}
+
+static void init_weights(Backend *b, const float *init) {
+    size_t n = b->table.num_params;
+    if (b->policy.weights == WEIGHTS_FP32) {
+        memcpy(b->params, init, n * sizeof(float));
+        return;
+    }
+    if (b->policy.weights == WEIGHTS_INT_GRID) {
+        init_dqt(b, init);
+        return;
+    }
+    b->weights_bf16 = xmalloc(n * sizeof(bf16));
+    for (size_t i = 0; i < n; i++) b->weights_bf16[i] = bf16_from_f32(init[i]);
+    if (b->policy.update == UPDATE_FP32_MASTER) {
+        b->master = xmalloc(n * sizeof(float));
+        memcpy(b->master, init, n * sizeof(float));
+    } else if (b->policy.update == UPDATE_MCF_GROW) {
+        // The pair holds the initial fp32 value to about 16 bits.
+        b->mcf_lo = xmalloc(n * sizeof(bf16));
+        for (size_t i = 0; i < n; i++) b->mcf_lo[i] = mcf_from_f32(init[i]).lo;
+    } else if (b->policy.update == UPDATE_KAHAN) {
+        b->kahan_c = xcalloc(n, sizeof(bf16));
+    }
+}
+
+// Refreshes the compute copy from the stored weights (at creation and after a checkpoint load).
+static void decode_weights(Backend *b) {
+    if (b->policy.weights == WEIGHTS_BF16) {
+        size_t n = b->table.num_params;
+#pragma omp parallel for schedule(static)
+        for (size_t i = 0; i < n; i++) b->params[i] = bf16_to_f32(b->weights_bf16[i]);
+        return;
+    }
+    if (b->policy.weights != WEIGHTS_INT_GRID) return;
+    for (int c = 0; c < b->num_chunks; c++) {
+        const Chunk *chunk = &b->chunks[c];
+        size_t tensor_offset = b->table.tensors[chunk->tensor].offset;
+        for (size_t i = chunk->begin; i < chunk->end; i++) {
+            size_t stored = b->dqt_offset[chunk->tensor] + (i - tensor_offset);
+            b->params[i] = is_dqt_matrix(b, chunk->tensor)
+                               ? int_grid_dequantize(b->dqt_codes[stored], b->dqt_scales[chunk->slice])
+                               : b->dqt_vectors[stored];
+        }
+    }
+}
+
+// Chunks of every layer slice of every tensor, in table order; with chunks NULL, only counts them.
+static int list_chunks(const ParamTable *table, Chunk *chunks) {
+    int count = 0, matrix_slice = 0;
+    for (int t = 0; t < NUM_PARAM_TENSORS; t++) {
+        const ParamTensor *tensor = &table->tensors[t];
+        int slices = slices_of(table, t);
+        size_t slice_numel = tensor->numel / (size_t)slices;
+        for (int s = 0; s < slices; s++) {
+            size_t slice_begin = tensor->offset + (size_t)s * slice_numel, slice_end = slice_begin + slice_numel;
+            for (size_t begin = slice_begin; begin < slice_end; begin += CHUNK_ELEMENTS, count++) {
+                if (!chunks) continue;
+                Chunk *c = &chunks[count];
+                c->tensor = t;
+                c->group = update_group_of(table, t, s);
+                c->slice = tensor->is_matrix ? matrix_slice : -1;
+                c->begin = begin;
+                c->end = begin + CHUNK_ELEMENTS < slice_end ? begin + CHUNK_ELEMENTS : slice_end;
+            }
+            if (tensor->is_matrix) matrix_slice++;
+        }
+    }
+    return count;
+}
+
+static Backend *cpu_create(const ParamTable *table, const Policy *policy, int B, int T, const float *init) {
+    Backend *b = xcalloc(1, sizeof *b);
+    size_t n = table->num_params;
+    b->table = *table;
+    b->policy = *policy;
+    b->model = gpt_cpu_create(table, B, T);
+    gpt_cpu_set_precision(b->model, &policy->matmul, policy->attention);
+    b->num_chunks = list_chunks(table, NULL);
+    b->chunks = xmalloc((size_t)b->num_chunks * sizeof(Chunk));
+    list_chunks(table, b->chunks);
+    b->params = xmalloc(n * sizeof(float));
+    init_weights(b, init);
+    decode_weights(b);
+    b->grads = xcalloc(n, sizeof(float));
+    if (policy->grads == GRADS_BF16) b->grads_bf16 = xcalloc(n, sizeof(bf16));
+    alloc_moment(&b->m, policy->adam_m, n);
+    alloc_moment(&b->v, policy->adam_v, n);
+    return b;
+}
+
+static void cpu_destroy(Backend *b) {
+    gpt_cpu_free(b->model);
+    free(b->params);
+    free(b->weights_bf16);
+    free(b->master);
+    free(b->mcf_lo);
+    free(b->kahan_c);
+    free(b->dqt_codes);
+    free(b->dqt_scales);
+    free(b->dqt_vectors);
+    free(b->grads);
+    free(b->grads_bf16);
+    free_moment(&b->m);
+    free_moment(&b->v);
+    free(b->chunks);
+    free(b->chunk_sums);
+    free(b);
+}
+
+// ----------------------------------------------------------------------------------------------------
+// forward, backward, gradients
+
+static float cpu_forward(Backend *b, const int *inputs, const int *targets, int B, int T) {
+    return gpt_cpu_forward(b->model, b->params, inputs, targets, B, T);
+}
+
+static const float *cpu_probs(Backend *b) { return gpt_cpu_probs(b->model); }
+
+static void cpu_zero_grad(Backend *b) {
+    size_t n = b->table.num_params;
+    if (b->grads_bf16) memset(b->grads_bf16, 0, n * sizeof(bf16));
+    else memset(b->grads, 0, n * sizeof(float));
+}
+
+// bf16 gradients: the micro-step's gradient goes into the fp32 scratch, and the stored gradient becomes
+// bf16(grad + scratch), so accumulation over micro-steps rounds to bf16 after each one.
+static void cpu_backward(Backend *b, float loss_scale) {
+    if (!b->grads_bf16) {
+        gpt_cpu_backward(b->model, b->params, b->grads, loss_scale);
+        return;
+    }
+    size_t n = b->table.num_params;
+    memset(b->grads, 0, n * sizeof(float));
+    gpt_cpu_backward(b->model, b->params, b->grads, loss_scale);
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) b->grads_bf16[i] = bf16_from_f32(bf16_to_f32(b->grads_bf16[i]) + b->grads[i]);
+}
+
+static float stored_grad(const Backend *b, size_t i) {
+    return b->grads_bf16 ? bf16_to_f32(b->grads_bf16[i]) : b->grads[i];
+}
+
+// Sum of squares of the stored gradients in fixed chunks, each in double, added in chunk order: the same
+// result for any thread count, so runs and resumes are bit-reproducible.
+static float cpu_grad_norm(Backend *b) {
+    double *partial = xmalloc((size_t)b->num_chunks * sizeof(double));
+#pragma omp parallel for schedule(static)
+    for (int c = 0; c < b->num_chunks; c++) {
+        double sum = 0.0;
+        for (size_t i = b->chunks[c].begin; i < b->chunks[c].end; i++) {
+            double g = stored_grad(b, i);
+            sum += g * g;
+        }
+        partial[c] = sum;
+    }
+    double total = 0.0;
+    for (int c = 0; c < b->num_chunks; c++) total += partial[c];
+    free(partial);
+    return (float)sqrt(total);
+}
+
+// ----------------------------------------------------------------------------------------------------
+// the optimizer step
+
+static MomentValue step_moment(MomentBuffer *moment, size_t i, float g, const MomentRule *rule) {
+    MomentValue out = {0.0f, 0};
+    switch (moment->storage) {
+    case STATE_FP32:
+        moment->fp32[i] = moment_step_fp32(moment->fp32[i], g, rule);
+        out.value = moment->fp32[i];
+        out.operand = bf16_from_f32(out.value);
+        break;
+    case STATE_BF16:
+        moment->hi[i] = moment_step_bf16(moment->hi[i], g, rule);
+        out.value = bf16_to_f32(moment->hi[i]);
+        out.operand = moment->hi[i];
+        break;
+    case STATE_MCF: {
+        Mcf pair = moment_step_mcf(mcf_make(moment->hi[i], moment->lo[i]), g, rule);
+        moment->hi[i] = pair.hi;
+        moment->lo[i] = pair.lo;
+        out.value = mcf_to_f32(pair);
+        out.operand = pair.hi;
+        break;
+    }
+    }
+    return out;
+}
+
+// What one element's step needs besides its own storage.
+typedef struct {
+    const UpdateConstants *k;
+    MomentValue m, v;
+    int decay;        // 2-D weight: weight decay applies
+    RngKey key;       // stochastic rounding: the tensor's key ...
+    uint64_t index;   // ... and the element's index in its tensor
+    UpdateSums *sums; // NULL: no metrics
+} ElementStep;
+
+// An fp32 weight stepped by the fp32 AdamW update: fp32 weights, the master copy, 1-D parameters under DQT.
+static void step_fp32(float *weight, const ElementStep *e) {
+    float before = *weight;
+    float delta = adamw_delta_fp32(before, e->m.value, e->v.value, &e->k->fp32, e->decay);
+    *weight = before + delta;
+    if (e->sums) update_sums_add_element(e->sums, delta, (double)*weight - before);
+}
+
+static void step_master(Backend *b, size_t i, const ElementStep *e) {
+    step_fp32(&b->master[i], e);
+    b->weights_bf16[i] = bf16_from_f32(b->master[i]);
+    b->params[i] = bf16_to_f32(b->weights_bf16[i]);
+}
+
+static void step_rne(Backend *b, size_t i, const ElementStep *e) {
+    bf16 before = b->weights_bf16[i];
+    bf16 delta = adamw_delta_bf16(before, e->m.operand, e->v.operand, e->k, e->decay);
+    b->weights_bf16[i] = weight_step_rne(before, delta);
+    b->params[i] = bf16_to_f32(b->weights_bf16[i]);
+    if (e->sums) update_sums_add_element(e->sums, bf16_to_f32(delta), (double)b->params[i] - bf16_to_f32(before));
+}
+
+static void step_mcf(Backend *b, size_t i, const ElementStep *e) {
+    Mcf before = mcf_make(b->weights_bf16[i], b->mcf_lo[i]);
+    bf16 delta = adamw_delta_bf16(before.hi, e->m.operand, e->v.operand, e->k, e->decay);
+    Mcf after = weight_step_mcf(before, delta);
+    b->weights_bf16[i] = after.hi;
+    b->mcf_lo[i] = after.lo;
+    b->params[i] = bf16_to_f32(after.hi);
+    if (e->sums) {
+        double raw = bf16_to_f32(delta);
+        update_sums_add_element(e->sums, raw, mcf_to_double(after) - mcf_to_double(before));
+        update_sums_add_compensation(e->sums, bf16_to_f32(after.lo), raw);
+    }
+}
+
+// The weight a Kahan pair stands for: θ − c.
+static double kahan_value(KahanPair x) { return (double)bf16_to_f32(x.value) - bf16_to_f32(x.compensation); }
+
+static void step_kahan(Backend *b, size_t i, const ElementStep *e) {
+    KahanPair before = {b->weights_bf16[i], b->kahan_c[i]};
+    bf16 delta = adamw_delta_bf16(before.value, e->m.operand, e->v.operand, e->k, e->decay);
+    KahanPair after = weight_step_kahan(before, delta);
+    b->weights_bf16[i] = after.value;
+    b->kahan_c[i] = after.compensation;
+    b->params[i] = bf16_to_f32(after.value);
+    if (e->sums) {
+        double raw = bf16_to_f32(delta);
+        update_sums_add_element(e->sums, raw, kahan_value(after) - kahan_value(before));
+        update_sums_add_compensation(e->sums, -(double)bf16_to_f32(after.compensation), raw);
+    }
+}
+
+static void step_sr(Backend *b, size_t i, const ElementStep *e) {
+    bf16 before = b->weights_bf16[i];
+    float delta = adamw_delta_fp32(bf16_to_f32(before), e->m.value, e->v.value, &e->k->fp32, e->decay);
+    b->weights_bf16[i] = weight_step_sr(before, delta, e->key, e->index);
+    b->params[i] = bf16_to_f32(b->weights_bf16[i]);
+    if (e->sums) update_sums_add_element(e->sums, delta, (double)b->params[i] - bf16_to_f32(before));
+}
+
+static void step_grid(Backend *b, size_t i, size_t code, float scale, const ElementStep *e) {
+    int32_t before = b->dqt_codes[code];
+    float delta = adamw_delta_fp32(int_grid_dequantize(before, scale), e->m.value, e->v.value, &e->k->fp32, e->decay);
+    int32_t after = weight_step_grid_sr(before, delta, scale, dqt_grid(b->policy.grid_bits), e->key, e->index);
+    b->dqt_codes[code] = (int8_t)after;
+    b->params[i] = int_grid_dequantize(after, scale);
+    if (e->sums) {
+        update_sums_add_element(e->sums, delta, (double)(after - before) * scale);
+        update_sums_add_code(e->sums, before, after);
+    }
+}
+
+// DQT: 2-D weights on the grid, 1-D parameters in fp32 with the exact step.
+static void step_dqt(Backend *b, size_t i, const Chunk *chunk, const ElementStep *e) {
+    size_t stored = b->dqt_offset[chunk->tensor] + e->index;
+    if (is_dqt_matrix(b, chunk->tensor)) {
+        step_grid(b, i, stored, b->dqt_scales[chunk->slice], e);
+    } else {
+        step_fp32(&b->dqt_vectors[stored], e);
+        b->params[i] = b->dqt_vectors[stored];
+    }
+}
+
+static void step_chunk(Backend *b, const Chunk *chunk, const UpdateConstants *k, UpdateSums *sums) {
+    const ParamTensor *tensor = &b->table.tensors[chunk->tensor];
+    ElementStep e;
+    e.k = k;
+    e.decay = tensor->is_matrix;
+    e.key = update_rng_key(&k->fp32, chunk->tensor);
+    e.sums = sums;
+    for (size_t i = chunk->begin; i < chunk->end; i++) {
+        float g = stored_grad(b, i) * k->fp32.grad_scale;
+        e.m = step_moment(&b->m, i, g, &k->m);
+        e.v = step_moment(&b->v, i, g, &k->v);
+        e.index = i - tensor->offset;
+        switch (b->policy.update) {
+        case UPDATE_EXACT: step_fp32(&b->params[i], &e); break;
+        case UPDATE_FP32_MASTER: step_master(b, i, &e); break;
+        case UPDATE_BF16_RNE: step_rne(b, i, &e); break;
+        case UPDATE_MCF_GROW: step_mcf(b, i, &e); break;
+        case UPDATE_KAHAN: step_kahan(b, i, &e); break;
+        case UPDATE_SR: step_sr(b, i, &e); break;
+        case UPDATE_GRID_SR: step_dqt(b, i, chunk, &e); break;
+        }
+    }
+}
+
+// The chunks' sums into their groups, then the groups into the total, each in a fixed order.
+static void gather_metrics(const Backend *b, UpdateMetrics *metrics) {
+    update_metrics_clear(metrics);
+    metrics->has_compensation = b->policy.update == UPDATE_MCF_GROW || b->policy.update == UPDATE_KAHAN;
+    metrics->has_codes = b->policy.update == UPDATE_GRID_SR;
+    for (int c = 0; c < b->num_chunks; c++) update_sums_add(&metrics->groups[b->chunks[c].group], &b->chunk_sums[c]);
+    for (int g = 0; g < metrics->num_groups; g++) update_sums_add(&metrics->total, &metrics->groups[g]);
+}
+
+static void cpu_optimizer_step(Backend *b, const AdamWStep *step, UpdateMetrics *metrics) {
+    UpdateConstants k = update_constants(step);
+    if (metrics && !b->chunk_sums) b->chunk_sums = xmalloc((size_t)b->num_chunks * sizeof(UpdateSums));
+    if (metrics) memset(b->chunk_sums, 0, (size_t)b->num_chunks * sizeof(UpdateSums));
+#pragma omp parallel for schedule(static)
+    for (int c = 0; c < b->num_chunks; c++) step_chunk(b, &b->chunks[c], &k, metrics ? &b->chunk_sums[c] : NULL);
+    if (metrics) gather_metrics(b, metrics);
+}
+
+static void cpu_read_params(Backend *b, float *params) {
+    memcpy(params, b->params, b->table.num_params * sizeof(float));
+}
+
+// ----------------------------------------------------------------------------------------------------
+// checkpoint state
+
+static void add_section(BackendState *state, const char *name, void *data, size_t nbytes) {
+    state->sections[state->count++] = (CheckpointSection){name, data, nbytes};
+}
+
+static void add_moment_sections(BackendState *state, const MomentBuffer *moment, int is_v, size_t n) {
+    switch (moment->storage) {
+    case STATE_FP32: add_section(state, is_v ? "adam_v_fp32" : "adam_m_fp32", moment->fp32, n * sizeof(float)); break;
+    case STATE_BF16: add_section(state, is_v ? "adam_v_bf16" : "adam_m_bf16", moment->hi, n * sizeof(bf16)); break;
+    case STATE_MCF:
+        add_section(state, is_v ? "adam_v_hi_bf16" : "adam_m_hi_bf16", moment->hi, n * sizeof(bf16));
+        add_section(state, is_v ? "adam_v_lo_bf16" : "adam_m_lo_bf16", moment->lo, n * sizeof(bf16));
+        break;
+    }
+}
+
+// The sections point straight at the stored quantities (the compute copy is rebuilt from them on load).
+static BackendState *cpu_state_save(Backend *b) {
+    size_t n = b->table.num_params;
+    BackendState *state = &b->state;
+    state->count = 0;
+    if (b->policy.weights == WEIGHTS_FP32) add_section(state, "weights_fp32", b->params, n * sizeof(float));
+    if (b->weights_bf16) add_section(state, "weights_bf16", b->weights_bf16, n * sizeof(bf16));
+    if (b->master) add_section(state, "master_fp32", b->master, n * sizeof(float));
+    if (b->mcf_lo) add_section(state, "mcf_lo_bf16", b->mcf_lo, n * sizeof(bf16));
+    if (b->kahan_c) add_section(state, "kahan_c_bf16", b->kahan_c, n * sizeof(bf16));
+    if (b->policy.weights == WEIGHTS_INT_GRID) {
+        TableCounts counts = count_table(&b->table);
+        add_section(state, "dqt_codes_int8", b->dqt_codes, counts.matrix_elements);
+        add_section(state, "dqt_scales_fp32", b->dqt_scales, counts.matrix_slices * sizeof(float));
+        add_section(state, "weights_1d_fp32", b->dqt_vectors, counts.vector_elements * sizeof(float));
+    }
+    add_moment_sections(state, &b->m, 0, n);
+    add_moment_sections(state, &b->v, 1, n);
+    float *scaling;
+    size_t scaling_floats = gpt_cpu_scaling_state(b->model, &scaling);
+    if (scaling_floats) add_section(state, "matmul_scaling", scaling, scaling_floats * sizeof(float));
+    return state;
+}
+
+static void cpu_state_load(Backend *b) { decode_weights(b); }
+
+static size_t moment_bytes(MomentStorage storage) {
+    return storage == STATE_FP32 ? sizeof(float) : storage == STATE_BF16 ? sizeof(bf16) : 2 * sizeof(bf16);
+}
+
+// The policy's storage plus the CPU's fp32 buffers, exactly as cpu_create allocates them (besides the
+// chunk list and the metric sums: a few dozen bytes per CHUNK_ELEMENTS parameters).
+static size_t cpu_plan_state_bytes(const ParamTable *table, const Policy *policy) {
+    size_t n = table->num_params;
+    TableCounts counts = count_table(table);
+    size_t bytes = n * sizeof(float);  // the compute copy, or the fp32 weights themselves
+    if (policy->weights == WEIGHTS_BF16) bytes += n * sizeof(bf16);
+    if (policy->weights == WEIGHTS_INT_GRID) {
+        bytes += counts.matrix_elements + counts.matrix_slices * sizeof(float) + counts.vector_elements * sizeof(float);
+    }
+    if (policy->update == UPDATE_FP32_MASTER) bytes += n * sizeof(float);
+    if (policy->update == UPDATE_MCF_GROW || policy->update == UPDATE_KAHAN) bytes += n * sizeof(bf16);
+    bytes += n * (moment_bytes(policy->adam_m) + moment_bytes(policy->adam_v));
+    bytes += n * sizeof(float);  // fp32 gradients, or the backward's scratch under bf16 gradients
+    if (policy->grads == GRADS_BF16) bytes += n * sizeof(bf16);
+    return bytes;
+}
+
+const BackendOps cpu_backend = {
+    .name = "cpu",
+    .create = cpu_create,
+    .destroy = cpu_destroy,
+    .forward = cpu_forward,
+    .probs = cpu_probs,
+    .zero_grad = cpu_zero_grad,
+    .backward = cpu_backward,
+    .grad_norm = cpu_grad_norm,
+    .optimizer_step = cpu_optimizer_step,
+    .read_params = cpu_read_params,
+    .state_save = cpu_state_save,
+    .state_load = cpu_state_load,
+    .plan_state_bytes = cpu_plan_state_bytes,
+    .plan_activation_bytes = gpt_cpu_activation_bytes,
+};

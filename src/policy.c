@@ -1,0 +1,234 @@
+#include "policy.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include "formats.h"
+#include "util.h"
+
+// A preset as DESIGN.md's policy table writes it.
+typedef struct {
+    const char *name;
+    WeightStorage weights;
+    int grid_bits;
+    WeightUpdate update;
+    MomentStorage adam_m, adam_v;
+    GradStorage grads;
+    MatmulFormat matmul;
+    MatmulFormat attention;
+} Preset;
+
+static const Preset presets[] = {
+    {"fp32", WEIGHTS_FP32, 0, UPDATE_EXACT, STATE_FP32, STATE_FP32, GRADS_FP32, MATMUL_FP32, MATMUL_FP32},
+    // The (16,32) baseline: bf16 weights and operands; fp32 master weights, moments and gradients.
+    {"mixed", WEIGHTS_BF16, 0, UPDATE_FP32_MASTER, STATE_FP32, STATE_FP32, GRADS_FP32, MATMUL_BF16, MATMUL_BF16},
+    {"mixed_nomaster", WEIGHTS_BF16, 0, UPDATE_BF16_RNE, STATE_FP32, STATE_FP32, GRADS_BF16, MATMUL_BF16, MATMUL_BF16},
+    {"bf16", WEIGHTS_BF16, 0, UPDATE_BF16_RNE, STATE_BF16, STATE_BF16, GRADS_BF16, MATMUL_BF16, MATMUL_BF16},
+    {"collage_light", WEIGHTS_BF16, 0, UPDATE_MCF_GROW, STATE_BF16, STATE_BF16, GRADS_BF16, MATMUL_BF16, MATMUL_BF16},
+    {"collage_plus", WEIGHTS_BF16, 0, UPDATE_MCF_GROW, STATE_BF16, STATE_MCF, GRADS_BF16, MATMUL_BF16, MATMUL_BF16},
+    {"kahan", WEIGHTS_BF16, 0, UPDATE_KAHAN, STATE_BF16, STATE_BF16, GRADS_BF16, MATMUL_BF16, MATMUL_BF16},
+    {"sr", WEIGHTS_BF16, 0, UPDATE_SR, STATE_BF16, STATE_BF16, GRADS_BF16, MATMUL_BF16, MATMUL_BF16},
+    {"fp8_sim", WEIGHTS_BF16, 0, UPDATE_FP32_MASTER, STATE_FP32, STATE_FP32, GRADS_FP32, MATMUL_FP8, MATMUL_BF16},
+    {"dqt_int8", WEIGHTS_INT_GRID, 8, UPDATE_GRID_SR, STATE_FP32, STATE_FP32, GRADS_BF16, MATMUL_BF16, MATMUL_BF16},
+    {"dqt_ternary", WEIGHTS_INT_GRID, 0, UPDATE_GRID_SR, STATE_FP32, STATE_FP32, GRADS_BF16, MATMUL_BF16, MATMUL_BF16},
+};
+#define NUM_PRESETS (sizeof presets / sizeof presets[0])
+
+static const char *resolve_alias(const char *name) { return strcmp(name, "fp32_master") == 0 ? "mixed" : name; }
+
+static const Preset *find_preset(const char *name) {
+    name = resolve_alias(name);
+    for (size_t i = 0; i < NUM_PRESETS; i++) {
+        if (strcmp(name, presets[i].name) == 0) return &presets[i];
+    }
+    char known[512] = "";
+    for (size_t i = 0; i < NUM_PRESETS; i++) {
+        strncat(known, i ? ", " : "", sizeof known - strlen(known) - 1);
+        strncat(known, presets[i].name, sizeof known - strlen(known) - 1);
+    }
+    fatal("precision.policy: unknown policy \"%s\" (known: %s; alias fp32_master = mixed)", name, known);
+}
+
+// The names of each axis's values, as the config writes them (index = enum value).
+static const char *const weight_names[] = {"fp32", "bf16", "int"};
+static const char *const update_names[] = {"exact", "master", "rne", "mcf", "kahan", "sr", "grid_sr"};
+static const char *const moment_names[] = {"fp32", "bf16", "mcf"};
+static const char *const grad_names[] = {"fp32", "bf16"};
+
+static int index_of(const char *value, const char *const *names, int count) {
+    for (int i = 0; i < count; i++) {
+        if (strcmp(value, names[i]) == 0) return i;
+    }
+    return -1;  // config.c admits only listed values; a miss is a new value without its meaning here
+}
+
+static int is_preset(const char *value) { return strcmp(value, "preset") == 0; }
+
+static void apply_weights(Policy *p, const char *value) {
+    if (is_preset(value)) return;
+    if (strcmp(value, "int8") == 0 || strcmp(value, "int4") == 0) {
+        p->weights = WEIGHTS_INT_GRID;
+        p->grid_bits = value[3] - '0';
+    } else if (strcmp(value, "ternary") == 0) {
+        p->weights = WEIGHTS_INT_GRID;
+        p->grid_bits = 0;
+    } else {
+        p->weights = (WeightStorage)index_of(value, weight_names, 2);
+    }
+}
+
+static MatmulFormat parse_attention(const char *value) {
+    return strcmp(value, "fp32") == 0 ? MATMUL_FP32 : MATMUL_BF16;
+}
+
+static void apply_matmul(Policy *p, const Config *cfg) {
+    const char *value = cfg->precision.matmul;
+    MatmulPrecision *m = &p->matmul;
+    m->rounding = strcmp(cfg->precision.matmul_rounding, "toward_zero") == 0 ? ROUND_TOWARD_ZERO : ROUND_NEAREST_EVEN;
+    m->scaling = strcmp(cfg->precision.scaling, "current") == 0 ? SCALING_CURRENT : SCALING_DELAYED;
+    m->amax_history = cfg->precision.amax_history;
+    m->margin = cfg->precision.margin;
+    if (is_preset(value)) return;
+    ExmyFormat format;
+    if (strcmp(value, "fp32") == 0) {
+        m->format = MATMUL_FP32;
+    } else if (strcmp(value, "bf16") == 0) {
+        m->format = MATMUL_BF16;
+    } else if (strcmp(value, "fp8") == 0) {
+        m->format = MATMUL_FP8;
+    } else if (formats_parse(value, &format)) {
+        m->format = MATMUL_EXMY;
+        m->exp_bits = format.exp_bits;
+        m->man_bits = format.man_bits;
+    } else {
+        fatal("precision.matmul: \"%s\" is not fp32, bf16, fp8 or an eXmY format (1 <= X <= 8, 0 <= Y <= 23)", value);
+    }
+}
+
+// The combinations that make no sense, each refused with the reason.
+static void check_combination(const Policy *p) {
+    int fp32_weights = p->weights == WEIGHTS_FP32, grid_weights = p->weights == WEIGHTS_INT_GRID;
+    if (fp32_weights != (p->update == UPDATE_EXACT)) {
+        fatal("precision: update \"exact\" goes with fp32 weights and only with them (weights %s, update %s)",
+              weight_names[p->weights], update_names[p->update]);
+    }
+    if (grid_weights != (p->update == UPDATE_GRID_SR)) {
+        fatal("precision: integer-grid weights (int8, int4, ternary) are updated by \"grid_sr\" and only they are "
+              "(weights %s, update %s)", weight_names[p->weights], update_names[p->update]);
+    }
+    if (p->matmul.format == MATMUL_EXMY && p->matmul.rounding != ROUND_NEAREST_EVEN &&
+        p->matmul.rounding != ROUND_TOWARD_ZERO) {
+        fatal("precision.matmul_rounding: eXmY matmuls round to nearest or toward zero");
+    }
+}
+
+static void describe_overrides(Policy *p, const Config *cfg) {
+    const char *axes[] = {cfg->precision.weights, cfg->precision.update, cfg->precision.adam_m,
+                          cfg->precision.adam_v,  cfg->precision.grads,  cfg->precision.matmul,
+                          cfg->precision.attention};
+    for (size_t i = 0; i < sizeof axes / sizeof axes[0]; i++) {
+        if (!is_preset(axes[i])) {
+            strncat(p->name, "+overrides", sizeof p->name - strlen(p->name) - 1);
+            return;
+        }
+    }
+}
+
+Policy policy_from_config(const Config *cfg) {
+    const Preset *preset = find_preset(cfg->precision.policy);
+    Policy p;
+    memset(&p, 0, sizeof p);
+    snprintf(p.name, sizeof p.name, "%s", preset->name);
+    p.weights = preset->weights;
+    p.grid_bits = preset->grid_bits;
+    p.update = preset->update;
+    p.adam_m = preset->adam_m;
+    p.adam_v = preset->adam_v;
+    p.grads = preset->grads;
+    p.matmul.format = preset->matmul;
+    p.attention = preset->attention;
+
+    apply_weights(&p, cfg->precision.weights);
+    if (!is_preset(cfg->precision.update)) p.update = (WeightUpdate)index_of(cfg->precision.update, update_names, 7);
+    if (!is_preset(cfg->precision.adam_m)) p.adam_m = (MomentStorage)index_of(cfg->precision.adam_m, moment_names, 3);
+    if (!is_preset(cfg->precision.adam_v)) p.adam_v = (MomentStorage)index_of(cfg->precision.adam_v, moment_names, 3);
+    if (!is_preset(cfg->precision.grads)) p.grads = (GradStorage)index_of(cfg->precision.grads, grad_names, 2);
+    if (!is_preset(cfg->precision.attention)) p.attention = parse_attention(cfg->precision.attention);
+    apply_matmul(&p, cfg);
+    check_combination(&p);
+    describe_overrides(&p, cfg);
+    return p;
+}
+
+static size_t weight_bytes(const Policy *p) {
+    return p->weights == WEIGHTS_FP32 ? 4 : p->weights == WEIGHTS_BF16 ? 2 : 1;
+}
+static size_t update_bytes(WeightUpdate u) {
+    return u == UPDATE_FP32_MASTER ? 4 : (u == UPDATE_MCF_GROW || u == UPDATE_KAHAN) ? 2 : 0;
+}
+static size_t moment_bytes(MomentStorage s) { return s == STATE_BF16 ? 2 : 4; }
+static size_t grad_bytes(GradStorage g) { return g == GRADS_FP32 ? 4 : 2; }
+
+size_t policy_bytes_per_param(const Policy *p) {
+    return weight_bytes(p) + update_bytes(p->update) + moment_bytes(p->adam_m) + moment_bytes(p->adam_v) +
+           grad_bytes(p->grads);
+}
+
+static const char *weights_text(const Policy *p, char *buf, size_t len) {
+    if (p->weights == WEIGHTS_FP32) return "fp32";
+    if (p->weights == WEIGHTS_BF16) return "bf16";
+    if (p->grid_bits == 0) snprintf(buf, len, "ternary grid {-1,0,1} x fp32 scale per tensor (2-D weights; 1-D fp32)");
+    else snprintf(buf, len, "int%d grid [%d, %d] x fp32 scale per tensor (2-D weights; 1-D fp32)", p->grid_bits,
+                  -(1 << (p->grid_bits - 1)), (1 << (p->grid_bits - 1)) - 1);
+    return buf;
+}
+
+static const char *update_text(WeightUpdate u) {
+    switch (u) {
+    case UPDATE_EXACT: return "exact fp32";
+    case UPDATE_FP32_MASTER: return "fp32 master copy, weights = RNE(master)";
+    case UPDATE_BF16_RNE: return "bf16 ops, round to nearest";
+    case UPDATE_MCF_GROW: return "MCF Grow (Collage), bf16 lo part";
+    case UPDATE_KAHAN: return "Kahan-compensated, bf16 compensation buffer";
+    case UPDATE_SR: return "stochastic rounding to bf16";
+    case UPDATE_GRID_SR: return "fp32 AdamW step, stochastic rounding onto the grid";
+    }
+    return "?";
+}
+
+static const char *moment_text(MomentStorage s) {
+    return s == STATE_FP32 ? "fp32" : s == STATE_BF16 ? "bf16" : "bf16 MCF pair (hi, lo)";
+}
+
+static const char *matmul_text(const MatmulPrecision *m, char *buf, size_t len) {
+    switch (m->format) {
+    case MATMUL_FP32: return "fp32";
+    case MATMUL_BF16: return "bf16, fp32 accumulate";
+    case MATMUL_FP8:
+        if (m->scaling == SCALING_DELAYED) {
+            snprintf(buf, len, "fp8: E4M3 forward, E5M2 gradients, delayed scaling (history %d, margin %d)",
+                     m->amax_history, m->margin);
+        } else {
+            snprintf(buf, len, "fp8: E4M3 forward, E5M2 gradients, current scaling (margin %d)", m->margin);
+        }
+        return buf;
+    case MATMUL_EXMY:
+        snprintf(buf, len, "e%dm%d, round %s, no scaling", m->exp_bits, m->man_bits,
+                 m->rounding == ROUND_TOWARD_ZERO ? "toward zero" : "to nearest");
+        return buf;
+    }
+    return "?";
+}
+
+void policy_print(const Policy *p) {
+    char buf[128];
+    printf("policy %s\n", p->name);
+    printf("  %-18s %s\n", "weights", weights_text(p, buf, sizeof buf));
+    printf("  %-18s %s\n", "weight update", update_text(p->update));
+    printf("  %-18s %s\n", "adam m", moment_text(p->adam_m));
+    printf("  %-18s %s\n", "adam v", moment_text(p->adam_v));
+    printf("  %-18s %s\n", "gradients", p->grads == GRADS_FP32 ? "fp32" : "bf16");
+    printf("  %-18s %s\n", "linear matmuls", matmul_text(&p->matmul, buf, sizeof buf));
+    printf("  %-18s %s\n", "attention, head", p->attention == MATMUL_FP32 ? "fp32" : "bf16, fp32 accumulate");
+    printf("  %-18s %zu (weights + gradients + optimizer state)\n", "bytes/param", policy_bytes_per_param(p));
+}

@@ -1,0 +1,39 @@
+// What a run leaves in its output directory besides checkpoints: log.jsonl (one JSON object per optimizer
+// step), the progress line on stdout, samples.txt and summary.json.
+#ifndef LP_RUN_LOG_H
+#define LP_RUN_LOG_H
+
+#include <stdio.h>
+
+#include "update_metrics.h"
+
+typedef struct {
+    int step;
+    float loss, lr, grad_norm;
+    double tokens_per_s, ms;
+    int has_val;
+    float val_loss;
+    const UpdateMetrics *metrics;  // update-quality sums on metric steps, else NULL
+} StepRecord;
+
+typedef struct {
+    FILE *log;           // log.jsonl, appended per step
+    char dir[1024];
+    int max_steps;
+    int interactive;     // stdout is a terminal: redraw one progress line in place
+    int print_every;     // otherwise print a progress line every this many steps
+    double start_time;
+    int start_step;      // first step of this process (after a resume)
+} RunLog;
+
+double wall_time_seconds(void);
+// Opens DIR/log.jsonl for appending. On a resume, lines with a step beyond resume_step are dropped first.
+void run_log_open(RunLog *run, const char *dir, int max_steps, int resume_step);
+void run_log_step(RunLog *run, const StepRecord *rec);
+void run_log_close(RunLog *run);
+// Appends a sample to DIR/samples.txt and prints it.
+void run_log_sample(RunLog *run, int step, const char *text);
+// Writes DIR/summary.json atomically from a JSON text.
+void run_log_summary(RunLog *run, const char *json);
+
+#endif

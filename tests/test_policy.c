@@ -1,0 +1,89 @@
+// Policy presets and overrides: bytes per parameter against DESIGN.md's table (written out here by hand),
+// axis overrides, aliases, and the refused combinations.
+#include <string.h>
+
+#include "config.h"
+#include "policy.h"
+#include "testing.h"
+
+static Policy policy_with(const char *preset, const char *assignments[]) {
+    Config cfg;
+    config_defaults(&cfg);
+    char set[128];
+    snprintf(set, sizeof set, "precision.policy=%s", preset);
+    config_set(&cfg, set);
+    for (int i = 0; assignments && assignments[i]; i++) config_set(&cfg, assignments[i]);
+    return policy_from_config(&cfg);
+}
+
+// DESIGN.md, "Precision policies": bytes/param (W+G+opt) per preset.
+static void test_bytes_per_param(void) {
+    struct {
+        const char *preset;
+        size_t bytes;
+    } table[] = {{"fp32", 16}, {"mixed", 18}, {"fp32_master", 18}, {"mixed_nomaster", 12}, {"bf16", 8},
+                 {"collage_light", 10}, {"collage_plus", 12}, {"kahan", 10}, {"sr", 8}, {"fp8_sim", 18},
+                 {"dqt_int8", 1 + 2 + 8}, {"dqt_ternary", 1 + 2 + 8}};
+    for (size_t i = 0; i < sizeof table / sizeof table[0]; i++) {
+        Policy p = policy_with(table[i].preset, NULL);
+        CHECK(policy_bytes_per_param(&p) == table[i].bytes, "%s: %zu bytes/param, DESIGN.md says %zu",
+              table[i].preset, policy_bytes_per_param(&p), table[i].bytes);
+    }
+}
+
+static void test_presets_and_overrides(void) {
+    Policy mixed = policy_with("fp32_master", NULL);
+    CHECK(strcmp(mixed.name, "mixed") == 0, "alias resolves to %s", mixed.name);
+    CHECK(mixed.weights == WEIGHTS_BF16 && mixed.update == UPDATE_FP32_MASTER && mixed.matmul.format == MATMUL_BF16,
+          "mixed axes");
+
+    Policy plus_m = policy_with("collage_plus", (const char *[]){"precision.adam_m=mcf", NULL});
+    CHECK(plus_m.adam_m == STATE_MCF && plus_m.adam_v == STATE_MCF && plus_m.update == UPDATE_MCF_GROW,
+          "collage_plus with MCF first moments");
+    CHECK(strcmp(plus_m.name, "collage_plus+overrides") == 0, "name %s", plus_m.name);
+    CHECK(policy_bytes_per_param(&plus_m) == 14, "collage_plus + MCF m: %zu", policy_bytes_per_param(&plus_m));
+
+    Policy fp8_current = policy_with("fp8_sim", (const char *[]){"precision.scaling=current", NULL});
+    CHECK(fp8_current.matmul.format == MATMUL_FP8 && fp8_current.matmul.scaling == SCALING_CURRENT, "fp8 current");
+
+    Policy sr_fp32 = policy_with("sr", (const char *[]){"precision.adam_m=fp32", "precision.adam_v=fp32", NULL});
+    CHECK(sr_fp32.update == UPDATE_SR && sr_fp32.adam_m == STATE_FP32 && policy_bytes_per_param(&sr_fp32) == 12,
+          "sr with fp32 moments");
+
+    Policy sweep = policy_with("bf16", (const char *[]){"precision.matmul=e8m3", "precision.matmul_rounding=toward_zero", NULL});
+    CHECK(sweep.matmul.format == MATMUL_EXMY && sweep.matmul.exp_bits == 8 && sweep.matmul.man_bits == 3 &&
+          sweep.matmul.rounding == ROUND_TOWARD_ZERO, "e8m3 toward zero");
+
+    Policy ternary = policy_with("dqt_int8", (const char *[]){"precision.weights=ternary", NULL});
+    CHECK(ternary.weights == WEIGHTS_INT_GRID && ternary.grid_bits == 0, "ternary override");
+    Policy int4 = policy_with("dqt_int8", (const char *[]){"precision.weights=int4", NULL});
+    CHECK(int4.grid_bits == 4, "int4 override: %d", int4.grid_bits);
+}
+
+static void policy_from_sets(void *arg) {
+    const char **assignments = arg;
+    policy_with(assignments[0], assignments + 1);
+}
+
+static void expect_refused(const char *sets[], const char *needle) {
+    ChildResult r = run_in_child(policy_from_sets, sets);
+    CHECK(r.exit_status == 1 && strstr(r.message, needle) != NULL, "%s: status %d, message %s", sets[0],
+          r.exit_status, r.message);
+}
+
+static void test_refused(void) {
+    expect_refused((const char *[]){"fp7", NULL}, "unknown policy \"fp7\"");
+    expect_refused((const char *[]){"bf16", "precision.update=exact", NULL}, "update \"exact\"");
+    expect_refused((const char *[]){"fp32", "precision.update=kahan", NULL}, "update \"exact\"");
+    expect_refused((const char *[]){"dqt_int8", "precision.update=sr", NULL}, "grid_sr");
+    expect_refused((const char *[]){"bf16", "precision.weights=int8", NULL}, "grid_sr");
+    expect_refused((const char *[]){"bf16", "precision.matmul=e9m3", NULL}, "precision.matmul");
+    expect_refused((const char *[]){"bf16", "precision.adam_v=fp16", NULL}, "precision.adam_v");
+}
+
+int main(void) {
+    test_bytes_per_param();
+    test_presets_and_overrides();
+    test_refused();
+    return test_summary("test_policy");
+}

@@ -1,0 +1,70 @@
+# End to end on the CPU backend: loss at init, learning, determinism, resume, llm.c export, mixed policy.
+source "$(dirname "$0")/e2e_common.sh"
+prepare_test_data
+write_tiny_config
+
+# 200 steps: the first loss is ln(vocab) within 2%; the validation loss ends below the corpus's unigram
+# entropy (what a model that ignores context can reach) by a fixed margin.
+"$train_gpt" --config "$tmp/tiny.json" --set training.max_steps=200 --set output.dir="$tmp/long" >/dev/null
+python3 - "$tmp/long/log.jsonl" "$tmp/data/val_000000.bin" <<'PY' || fail "init loss / learning"
+import collections, json, math, struct, sys
+log = [json.loads(l) for l in open(sys.argv[1])]
+assert len(log) == 200, len(log)
+first = log[0]["loss"]
+assert abs(first - math.log(257)) / math.log(257) < 0.02, f"loss at init {first} vs ln(257) {math.log(257)}"
+shard = open(sys.argv[2], "rb").read()
+tokens = struct.unpack(f"<{(len(shard) - 1024) // 2}H", shard[1024:])
+counts = collections.Counter(tokens)
+unigram = -sum(c / len(tokens) * math.log(c / len(tokens)) for c in counts.values())
+val = log[-1]["val_loss"]
+assert val < unigram - 0.25, f"final val loss {val} vs unigram entropy {unigram}"
+assert "val_loss" in log[9] and "val_loss" not in log[10], "val loss on eval steps only"
+print(f"loss {first:.4f} -> val {val:.4f} (unigram entropy {unigram:.4f})")
+PY
+for f in config.json summary.json samples.txt model.bin; do [ -s "$tmp/long/$f" ] || fail "missing $f"; done
+
+# Same seed, same losses; another seed, other losses.
+"$train_gpt" --config "$tmp/tiny.json" --set output.dir="$tmp/a" >/dev/null
+"$train_gpt" --config "$tmp/tiny.json" --set output.dir="$tmp/b" >/dev/null
+"$train_gpt" --config "$tmp/tiny.json" --set output.dir="$tmp/c" --set training.seed=43 >/dev/null
+cmp -s <(losses "$tmp/a") <(losses "$tmp/b") || fail "two runs with the same seed differ"
+cmp -s <(losses "$tmp/a") <(losses "$tmp/c") && fail "a different seed gave the same losses"
+
+# Resume: 20 steps straight, or 10 steps + resume + 10 steps, give the same bits.
+"$train_gpt" --config "$tmp/tiny.json" --set training.checkpoint_every=10 --set output.dir="$tmp/straight" >/dev/null
+cp -r "$tmp/straight" "$tmp/resumed"
+rm "$tmp/resumed/checkpoints/step_00000020.ckpt" "$tmp/resumed/model.bin" "$tmp/resumed/summary.json"
+"$train_gpt" --resume "$tmp/resumed" >/dev/null
+cmp -s <(losses "$tmp/straight") <(losses "$tmp/resumed") || fail "resumed losses differ"
+[ "$(wc -l < "$tmp/resumed/log.jsonl")" = 20 ] || fail "resumed log does not have 20 steps"
+cmp -s "$tmp/straight/checkpoints/step_00000020.ckpt" "$tmp/resumed/checkpoints/step_00000020.ckpt" ||
+  fail "resumed final checkpoint differs"
+cmp -s "$tmp/straight/model.bin" "$tmp/resumed/model.bin" || fail "resumed final weights differ"
+
+# llm.c model file: start from the exported weights, train on; the shape comes from the file.
+"$train_gpt" --config "$tmp/tiny.json" --set model.init_from="$tmp/straight/model.bin" --set model.n_layer=1 \
+  --set training.max_steps=5 --set output.dir="$tmp/imported" >/dev/null
+python3 - "$tmp/imported" "$tmp/straight" <<'PY' || fail "init_from"
+import json, sys
+cfg = json.load(open(sys.argv[1] + "/config.json"))
+assert cfg["model"]["n_layer"] == 2, cfg["model"]
+first = json.loads(open(sys.argv[1] + "/log.jsonl").readline())["loss"]
+straight_last = [json.loads(l)["loss"] for l in open(sys.argv[2] + "/log.jsonl")][-1]
+assert first < straight_last + 0.3, f"imported model starts at {first}, trained one ended at {straight_last}"
+PY
+
+# mixed: learns, and the weights it trains are bf16 values (low 16 bits of every fp32 zero).
+"$train_gpt" --config "$tmp/tiny.json" --set precision.policy=mixed --set training.max_steps=60 \
+  --set output.dir="$tmp/mixed" >/dev/null
+python3 - "$tmp/mixed" <<'PY' || fail "mixed"
+import json, struct, sys
+log = [json.loads(l) for l in open(sys.argv[1] + "/log.jsonl")]
+assert log[-1]["loss"] < log[0]["loss"] - 1.0, (log[0]["loss"], log[-1]["loss"])
+data = open(sys.argv[1] + "/model.bin", "rb").read()
+header = struct.unpack("<256i", data[:1024])
+assert header[0] == 20240326 and header[1] == 3, header[:2]
+words = struct.unpack(f"<{(len(data) - 1024) // 4}I", data[1024:])
+assert all(w & 0xFFFF == 0 for w in words), "mixed weights are not bf16 values"
+PY
+cmp -s <(losses "$tmp/a") <(losses "$tmp/mixed" | head -20) && fail "mixed gave the fp32 losses"
+echo "ok"
