@@ -34,6 +34,8 @@ typedef struct {
     float (*forward)(Backend *backend, const int *inputs, const int *targets, int B, int T);
     // Probabilities of the last forward: (B, T, Vp) on the host.
     const float *(*probs)(Backend *backend);
+    // Logits of the last forward: (B, T, Vp) on the host, valid until the next backward.
+    const float *(*logits)(Backend *backend);
     void (*zero_grad)(Backend *backend);
     // Accumulates the gradient of loss_scale * (last forward's mean loss).
     void (*backward)(Backend *backend, float loss_scale);

@@ -115,6 +115,7 @@ void run_log_step(RunLog *run, const StepRecord *rec) {
     fprintf(run->log, "{\"step\": %d, \"loss\": %.9g, \"lr\": %.9g, \"grad_norm\": %.9g, \"tokens_per_s\": %.1f, \"ms\": %.3f",
             rec->step, rec->loss, rec->lr, rec->grad_norm, rec->tokens_per_s, rec->ms);
     if (rec->has_val) fprintf(run->log, ", \"val_loss\": %.9g", rec->val_loss);
+    if (rec->has_sharpness) fprintf(run->log, ", \"sharpness\": %.9g", rec->sharpness);
     if (rec->metrics) write_update_metrics(run->log, rec->metrics);
     fprintf(run->log, "}\n");
     if (fflush(run->log) != 0) fatal("cannot write %s/log.jsonl: %s", run->dir, strerror(errno));

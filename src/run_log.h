@@ -13,6 +13,8 @@ typedef struct {
     double tokens_per_s, ms;
     int has_val;
     float val_loss;
+    int has_sharpness;
+    float sharpness;  // logit sharpness at eval (metrics.sharpness)
     const UpdateMetrics *metrics;  // update-quality sums on metric steps, else NULL
 } StepRecord;
 

@@ -18,6 +18,7 @@
 #include "lr_schedule.h"
 #include "run_log.h"
 #include "sample.h"
+#include "sharpness.h"
 #include "tokenizer.h"
 #include "util.h"
 
@@ -268,14 +269,32 @@ static void open_output(Trainer *tr) {
 // ----------------------------------------------------------------------------------------------------
 // the loop
 
-static float evaluate(Trainer *tr) {
-    dataloader_reset(tr->val_data);
+// Mean logit sharpness over the last position of each sequence of the last forward.
+static double batch_sharpness(Trainer *tr) {
+    const ModelShape *shape = &tr->table.shape;
+    const float *logits = tr->ops->logits(tr->backend);  // (B, T, Vp)
     double sum = 0.0;
+    for (int b = 0; b < tr->B; b++) {
+        size_t last = (size_t)b * tr->T + tr->T - 1;
+        sum += logit_sharpness(logits + last * shape->padded_vocab, shape->vocab_size, tr->targets[last],
+                               tr->cfg.metrics.sharpness, tr->cfg.metrics.sharpness_steps);
+    }
+    return sum / tr->B;
+}
+
+// Validation loss over eval_batches batches; and, when metrics.sharpness is set, the logit sharpness.
+static void evaluate(Trainer *tr, StepRecord *rec) {
+    dataloader_reset(tr->val_data);
+    double loss_sum = 0.0, sharpness_sum = 0.0;
     for (int i = 0; i < tr->cfg.training.eval_batches; i++) {
         dataloader_next(tr->val_data, tr->inputs, tr->targets);
-        sum += tr->ops->forward(tr->backend, tr->inputs, tr->targets, tr->B, tr->T);
+        loss_sum += tr->ops->forward(tr->backend, tr->inputs, tr->targets, tr->B, tr->T);
+        if (tr->cfg.metrics.sharpness > 0.0f) sharpness_sum += batch_sharpness(tr);
     }
-    return (float)(sum / tr->cfg.training.eval_batches);
+    rec->has_val = 1;
+    rec->val_loss = (float)(loss_sum / tr->cfg.training.eval_batches);
+    rec->has_sharpness = tr->cfg.metrics.sharpness > 0.0f;
+    rec->sharpness = (float)(sharpness_sum / tr->cfg.training.eval_batches);
 }
 
 static void write_sample(Trainer *tr, int step) {
@@ -390,8 +409,8 @@ static void train(Trainer *tr) {
             tr->timed_steps++;
         }
         if (tr->val_data && (every(cfg->training.eval_every, rec.step) || rec.step == max_steps)) {
-            rec.has_val = 1;
-            rec.val_loss = tr->last_val_loss = evaluate(tr);
+            evaluate(tr, &rec);
+            tr->last_val_loss = rec.val_loss;
             if (rec.val_loss < tr->best_val_loss) tr->best_val_loss = rec.val_loss;
         }
         run_log_step(&tr->log, &rec);

@@ -67,4 +67,16 @@ words = struct.unpack(f"<{(len(data) - 1024) // 4}I", data[1024:])
 assert all(w & 0xFFFF == 0 for w in words), "mixed weights are not bf16 values"
 PY
 cmp -s <(losses "$tmp/a") <(losses "$tmp/mixed" | head -20) && fail "mixed gave the fp32 losses"
+# Logit sharpness: logged on eval steps only, positive for eps > 0, and growing with eps.
+for eps in 0.01 0.05; do
+  "$train_gpt" --config "$tmp/tiny.json" --set metrics.sharpness=$eps --set output.dir="$tmp/sharp_$eps" >/dev/null
+done
+python3 - "$tmp/sharp_0.01/log.jsonl" "$tmp/sharp_0.05/log.jsonl" "$tmp/a/log.jsonl" <<'PY' || fail "sharpness"
+import json, sys
+small, large, off = ([json.loads(l) for l in open(p)] for p in sys.argv[1:])
+assert [r["step"] for r in small if "sharpness" in r] == [10, 20], "sharpness on eval steps"
+assert all(r["sharpness"] > 0 for r in small if "sharpness" in r)
+assert all(b["sharpness"] > a["sharpness"] for a, b in zip(small, large) if "sharpness" in a)
+assert not any("sharpness" in r for r in off), "no sharpness when metrics.sharpness = 0"
+PY
 echo "ok"

@@ -260,6 +260,8 @@ static float cpu_forward(Backend *b, const int *inputs, const int *targets, int 
 
 static const float *cpu_probs(Backend *b) { return gpt_cpu_probs(b->model); }
 
+static const float *cpu_logits(Backend *b) { return gpt_cpu_logits(b->model); }
+
 static void cpu_zero_grad(Backend *b) {
     size_t n = b->table.num_params;
     if (b->grads_bf16) memset(b->grads_bf16, 0, n * sizeof(bf16));
@@ -543,6 +545,7 @@ const BackendOps cpu_backend = {
     .destroy = cpu_destroy,
     .forward = cpu_forward,
     .probs = cpu_probs,
+    .logits = cpu_logits,
     .zero_grad = cpu_zero_grad,
     .backward = cpu_backward,
     .grad_norm = cpu_grad_norm,

@@ -223,6 +223,8 @@ void gpt_cpu_observe_operands(GPTCpu *model, OperandObserver observer, void *ctx
 
 const float *gpt_cpu_probs(const GPTCpu *model) { return model->acts.probs; }
 
+const float *gpt_cpu_logits(const GPTCpu *model) { return model->acts.logits; }
+
 // Points the activation buffers into the one allocation, packed for the batch shape at hand.
 static void place_activations(GPTCpu *model, int B, int T) {
     ActivationBuffer list[NUM_ACTIVATION_BUFFERS];

@@ -48,6 +48,8 @@ size_t gpt_cpu_activation_bytes(const ParamTable *table, int B, int T);
 float gpt_cpu_forward(GPTCpu *model, const float *params, const int *inputs, const int *targets, int B, int T);
 // Probabilities after the last forward: (B, T, Vp); entries beyond vocab_size are 0.
 const float *gpt_cpu_probs(const GPTCpu *model);
+// Logits of the last forward: (B, T, Vp). A backward overwrites them with their gradient.
+const float *gpt_cpu_logits(const GPTCpu *model);
 // Backward of (loss_scale * mean loss) of the last forward (which must have had targets); ADDS the
 // parameter gradients into grads: (num_params). Gradient accumulation over micro-steps passes
 // loss_scale = 1/accum_steps.
