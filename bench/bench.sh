@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-3}
 steps=${2:-30}
-policies=${POLICIES:-"fp32 mixed"}
+policies=${POLICIES:-"fp32 mixed mixed_nomaster bf16 collage_light collage_plus kahan sr fp8_sim dqt_int8 dqt_ternary"}
 device=${DEVICE:-auto}
 [ -f data/fortunes/tokenizer.bin ] || python3 scripts/prepare_data.py >/dev/null
 

@@ -23,31 +23,9 @@
 // ---------------------------------------------------------------------------------------------------------
 // Files
 
-static int count_temp_files(const char *dir) {
-    DIR *d = opendir(dir);
-    if (!d) return -1;
-    int count = 0;
-    struct dirent *e;
-    while ((e = readdir(d))) count += strstr(e->d_name, ".tmp.") != NULL;
-    closedir(d);
-    return count;
-}
-
 static void write_file(const char *path, const unsigned char *bytes, size_t n) {
     FILE *f = xfopen(path, "wb");
     if (fwrite(bytes, 1, n, f) != n || fclose(f) != 0) fatal("cannot write %s", path);
-}
-
-static void remove_dir_contents(const char *dir) {
-    DIR *d = opendir(dir);
-    struct dirent *e;
-    char path[1024];
-    while ((e = readdir(d))) {
-        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
-        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
-        unlink(path);
-    }
-    closedir(d);
 }
 
 static uint64_t trailer_of(const char *path) {

@@ -19,28 +19,6 @@
 // ---------------------------------------------------------------------------------------------------------
 // Files and values
 
-static int count_temp_files(const char *dir) {
-    DIR *d = opendir(dir);
-    if (!d) return -1;
-    int count = 0;
-    struct dirent *e;
-    while ((e = readdir(d))) count += strstr(e->d_name, ".tmp.") != NULL;
-    closedir(d);
-    return count;
-}
-
-static void remove_dir_contents(const char *dir) {
-    DIR *d = opendir(dir);
-    struct dirent *e;
-    char path[1024];
-    while ((e = readdir(d))) {
-        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
-        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
-        unlink(path);
-    }
-    closedir(d);
-}
-
 static void read_header(const char *path, int32_t header[256]) {
     FILE *f = xfopen(path, "rb");
     if (fread(header, sizeof(int32_t), 256, f) != 256) fatal("short header in %s", path);

@@ -10,24 +10,7 @@
 
 static uint64_t test_rng_state = 0x0ddba11cafef00dull;
 
-static uint64_t test_random(void) {
-    uint64_t z = (test_rng_state += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
-static float float_of_bits(uint32_t u) {
-    float x;
-    memcpy(&x, &u, 4);
-    return x;
-}
-
-static uint32_t bits_of_float(float x) {
-    uint32_t u;
-    memcpy(&u, &x, 4);
-    return u;
-}
+static uint64_t test_random(void) { return splitmix64_next(&test_rng_state); }
 
 static int same_bits(float a, float b) { return bits_of_float(a) == bits_of_float(b); }
 

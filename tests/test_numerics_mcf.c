@@ -10,12 +10,7 @@
 
 static uint64_t test_rng_state = 0xfeedface12345678ull;
 
-static uint64_t test_random(void) {
-    uint64_t z = (test_rng_state += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
+static uint64_t test_random(void) { return splitmix64_next(&test_rng_state); }
 
 static double test_uniform(void) { return ((double)(test_random() >> 11) + 0.5) * 0x1p-53; }
 
