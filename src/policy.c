@@ -177,8 +177,8 @@ size_t policy_bytes_per_param(const Policy *p) {
 static const char *weights_text(const Policy *p, char *buf, size_t len) {
     if (p->weights == WEIGHTS_FP32) return "fp32";
     if (p->weights == WEIGHTS_BF16) return "bf16";
-    if (p->grid_bits == 0) snprintf(buf, len, "ternary grid {-1,0,1} x fp32 scale per tensor (2-D weights; 1-D fp32)");
-    else snprintf(buf, len, "int%d grid [%d, %d] x fp32 scale per tensor (2-D weights; 1-D fp32)", p->grid_bits,
+    if (p->grid_bits == 0) snprintf(buf, len, "ternary grid {-1,0,1} x fp32 scale per weight matrix (2-D weights; 1-D fp32)");
+    else snprintf(buf, len, "int%d grid [%d, %d] x fp32 scale per weight matrix (2-D weights; 1-D fp32)", p->grid_bits,
                   -(1 << (p->grid_bits - 1)), (1 << (p->grid_bits - 1)) - 1);
     return buf;
 }
