@@ -7,16 +7,26 @@ CFLAGS ?= -O2 -g
 CFLAGS += -std=c11 -Wall -Wextra -Wno-unused-parameter -ffp-contract=off -fopenmp -Isrc -D_POSIX_C_SOURCE=200809L
 LDLIBS := -lcjson -lm
 
+# MPI (data-parallel training under mpirun): with mpicc on the PATH, src/distributed.c is built against MPI
+# (Open MPI's `mpicc --showme`; set MPI_CFLAGS / MPI_LDLIBS for another MPI); without it, as one process.
+HAVE_MPI := $(if $(shell command -v mpicc 2>/dev/null),yes,no)
+ifeq ($(HAVE_MPI),yes)
+MPI_CFLAGS ?= $(shell mpicc --showme:compile 2>/dev/null)
+MPI_LDLIBS ?= $(shell mpicc --showme:link 2>/dev/null)
+CFLAGS += -DLP_WITH_MPI $(MPI_CFLAGS)
+LDLIBS += $(MPI_LDLIBS)
+endif
+
 NVCC ?= $(shell command -v nvcc 2>/dev/null)
 CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
 CUDA_ARCH ?= -gencode arch=compute_90,code=sm_90
 NVCCFLAGS ?= -O2 -g
 NVCCFLAGS += -std=c++17 $(CUDA_ARCH) -fmad=false -Xcompiler -fopenmp,-ffp-contract=off -Isrc
-CUDA_LDLIBS := -lcublasLt -lcublas -lcudart $(LDLIBS) -lgomp
+# nvcc passes on -L and -l; MPI's other link options (-pthread, -Wl,...) the host compiler adds itself.
+CUDA_LDLIBS := -lcublasLt -lcublas -lcudart $(filter -L% -l%,$(LDLIBS)) -lgomp
 
 HAVE_CUBLASLT := $(if $(wildcard $(CUDA_HOME)/include/cublasLt.h),yes,no)
 HAVE_NCCL := $(if $(wildcard $(CUDA_HOME)/include/nccl.h /usr/include/nccl.h),yes,no)
-HAVE_MPI := $(if $(shell command -v mpicc 2>/dev/null),yes,no)
 HAVE_CJSON := $(if $(wildcard /usr/include/cjson/cJSON.h),yes,no)
 HAVE_OPENMP := $(if $(shell echo 'int main(void){return 0;}' | $(CC) -fopenmp -x c - -o /dev/null 2>/dev/null && echo y),yes,no)
 

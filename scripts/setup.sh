@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Installs what lpgpt needs and is missing: a C compiler and make, cJSON (libcjson-dev), Python 3, and the
-# `fortunes` corpus that the default data is made from. Uses apt-get when it is allowed (root or sudo);
-# otherwise says what to install. Extra Debian packages can be named in LPGPT_EXTRA_PACKAGES.
+# Installs what lpgpt needs and is missing: a C compiler and make, cJSON (libcjson-dev), Python 3, Open MPI
+# (openmpi-bin, libopenmpi-dev), and the `fortunes` corpus that the default data is made from. Uses apt-get
+# when it is allowed (root or sudo); otherwise says what to install. Extra Debian packages can be named in LPGPT_EXTRA_PACKAGES.
 set -euo pipefail
 
 missing=()
@@ -10,6 +10,9 @@ command -v make >/dev/null 2>&1 || missing+=(make)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 [ -f /usr/include/cjson/cJSON.h ] || missing+=(libcjson-dev)
 [ -d /usr/share/games/fortunes ] || missing+=(fortunes)
+# Open MPI: data-parallel training under mpirun, and its test (tests/test_distributed.sh).
+command -v mpirun >/dev/null 2>&1 || missing+=(openmpi-bin)
+command -v mpicc >/dev/null 2>&1 || missing+=(libopenmpi-dev)
 for p in ${LPGPT_EXTRA_PACKAGES:-}; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 
 if ((${#missing[@]} == 0)); then

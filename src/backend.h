@@ -39,6 +39,13 @@ typedef struct {
     void (*zero_grad)(Backend *backend);
     // Accumulates the gradient of loss_scale * (last forward's mean loss).
     void (*backward)(Backend *backend, float loss_scale);
+    // Data parallelism (distributed.h): sums the accumulated gradients over the ranks, in rank order, into
+    // the policy's gradient storage (bf16 gradients: summed in fp32, then rounded once to bf16). Under
+    // ZeRO-1 only this rank's shard is summed, the part its optimizer step reads. Nothing in a world of one.
+    void (*reduce_gradients)(Backend *backend);
+    // ZeRO-1: from now on this rank holds and steps only its shard of the optimizer state (a range of whole
+    // chunks of layer slices), and each optimizer_step ends by gathering every rank's stored weights.
+    void (*shard_optimizer_state)(Backend *backend);
     // Global L2 norm of the accumulated gradients.
     float (*grad_norm)(Backend *backend);
     // One AdamW step under the policy's update rule. metrics: NULL, or sums (cleared here) to fill with the
@@ -51,8 +58,9 @@ typedef struct {
     // After the caller filled state_save's buffers from a checkpoint: load them into the backend.
     void (*state_load)(Backend *backend);
     // The memory plan, without allocating: bytes of parameters + gradients + optimizer state as this
-    // backend stores them, and of activations for batches of (B, T).
-    size_t (*plan_state_bytes)(const ParamTable *table, const Policy *policy);
+    // backend stores them (the optimizer state split over `shards` ranks; 1 = not sharded), and of
+    // activations for batches of (B, T).
+    size_t (*plan_state_bytes)(const ParamTable *table, const Policy *policy, int shards);
     size_t (*plan_activation_bytes)(const ParamTable *table, int B, int T);
 } BackendOps;
 

@@ -281,18 +281,41 @@ static void match_sections(const char *path, const FoundSection *found, uint32_t
     }
 }
 
-void checkpoint_read(const char *path, const CheckpointSection *sections, int count) {
+// The file in memory, verified whole (header, section table, checksum): nothing is taken from it before.
+static unsigned char *load_verified(const char *path, FoundSection **found, uint32_t *found_count) {
     size_t size;
     unsigned char *bytes = load_file(path, &size);
     check_header(path, bytes, size);
-    uint32_t found_count;
-    FoundSection *found = find_sections(path, bytes, size, &found_count);
+    *found = find_sections(path, bytes, size, found_count);
     check_checksum(path, bytes, size);
+    return bytes;
+}
+
+void checkpoint_read(const char *path, const CheckpointSection *sections, int count) {
+    FoundSection *found;
+    uint32_t found_count;
+    unsigned char *bytes = load_verified(path, &found, &found_count);
     match_sections(path, found, found_count, sections, count);
     // Only now, with the whole file verified, do the caller's buffers change.
     for (int i = 0; i < count; i++) {
         if (sections[i].nbytes > 0) memcpy(sections[i].data, bytes + found[i].data_offset, sections[i].nbytes);
     }
+    free(found);
+    free(bytes);
+}
+
+void checkpoint_read_one(const char *path, const CheckpointSection *section) {
+    FoundSection *found;
+    uint32_t found_count;
+    unsigned char *bytes = load_verified(path, &found, &found_count);
+    uint32_t i = 0;
+    while (i < found_count && strcmp(found[i].name, section->name) != 0) i++;
+    if (i == found_count) fatal("checkpoint %s has no section '%s': not written by this program's trainer", path, section->name);
+    if (found[i].nbytes != section->nbytes) {
+        fatal("checkpoint %s: section '%s' has %llu bytes, expected %zu: written by another version of this program",
+              path, section->name, (unsigned long long)found[i].nbytes, section->nbytes);
+    }
+    memcpy(section->data, bytes + found[i].data_offset, section->nbytes);
     free(found);
     free(bytes);
 }

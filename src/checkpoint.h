@@ -26,6 +26,9 @@ void checkpoint_write(const char *path, const CheckpointSection *sections, int c
 // `sections` by name and size, in order) before copying anything into the sections' buffers; fatal()
 // naming the file, the section and the byte offset on any mismatch.
 void checkpoint_read(const char *path, const CheckpointSection *sections, int count);
+// Reads one section by name from a file verified as checkpoint_read does (to look at a checkpoint before
+// knowing which sections the rest of it should have).
+void checkpoint_read_one(const char *path, const CheckpointSection *section);
 
 #ifdef __cplusplus
 }

@@ -76,6 +76,7 @@ static const ConfigKey config_keys[] = {
     {"training", "sample_every", KEY_INT, offsetof(Config, training.sample_every), "0", 0, INFINITY, CLOSED, NULL},
     {"training", "sample_tokens", KEY_INT, offsetof(Config, training.sample_tokens), "64", 0, INFINITY, CLOSED, NULL},
     {"training", "checkpoint_every", KEY_INT, offsetof(Config, training.checkpoint_every), "0", 0, INFINITY, CLOSED, NULL},
+    {"training", "zero", KEY_INT, offsetof(Config, training.zero), "0", 0, 1, CLOSED, NULL},  // ZeRO stage: 0 or 1
     {"precision", "policy", KEY_STRING, offsetof(Config, precision.policy), "fp32", 1, NAME_LEN, CLOSED, NULL},
     {"precision", "weights", KEY_STRING, offsetof(Config, precision.weights), "preset", 1, NAME_LEN, CLOSED, weight_choices},
     {"precision", "update", KEY_STRING, offsetof(Config, precision.update), "preset", 1, NAME_LEN, CLOSED, update_choices},

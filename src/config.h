@@ -31,6 +31,7 @@ typedef struct {
         float weight_decay, beta1, beta2, eps, grad_clip;
         uint64_t seed;
         int eval_every, eval_batches, sample_every, sample_tokens, checkpoint_every;
+        int zero;  // 1: ZeRO-1, the optimizer state sharded across ranks (docs/distributed.md)
     } training;
     struct {
         char policy[CONFIG_NAME_MAX];  // preset name

@@ -13,6 +13,7 @@
 #include "cli.h"
 #include "config.h"
 #include "data.h"
+#include "distributed.h"
 #include "formats.h"
 #include "llmc_model.h"
 #include "lr_schedule.h"
@@ -30,6 +31,8 @@ typedef struct {
     uint64_t step;          // optimizer steps completed
     uint64_t seed;
     uint64_t num_params;
+    uint64_t world;         // ranks of the run, and its training.zero: a resume must have the same
+    uint64_t zero;
     DataPosition data;
 } TrainerState;
 
@@ -37,6 +40,7 @@ typedef struct {
     Config cfg;
     Policy policy;
     ParamTable table;
+    int rank, world;         // this process in the data-parallel job (distributed.h)
     const BackendOps *ops;
     Backend *backend;
     DataLoader *train_data;
@@ -61,11 +65,21 @@ typedef struct {
     char checkpoint[CONFIG_PATH_MAX + 64];
 } ResumeTarget;
 
-static int checkpoint_step_of(const char *path) {
+// Checkpoint files: step_NNNNNNNN.ckpt, the whole state (written by rank 0), and under ZeRO-1 one file per
+// other rank, step_NNNNNNNN.rankR.ckpt, with that rank's shard of the optimizer state.
+static void checkpoint_path(char *path, size_t len, const char *dir, int step, int rank) {
+    if (rank == 0) snprintf(path, len, "%s/checkpoints/step_%08d.ckpt", dir, step);
+    else snprintf(path, len, "%s/checkpoints/step_%08d.rank%d.ckpt", dir, step, rank);
+}
+
+// The step of a checkpoint file of `rank`, or -1 when path is not one.
+static int checkpoint_step_of(const char *path, int rank) {
     const char *base = strrchr(path, '/');
-    int step = -1;
-    if (sscanf(base ? base + 1 : path, "step_%d.ckpt", &step) != 1) return -1;
-    return step;
+    base = base ? base + 1 : path;
+    int step = -1, file_rank = 0, end = -1;
+    if (rank == 0) sscanf(base, "step_%d.ckpt%n", &step, &end);
+    else sscanf(base, "step_%d.rank%d.ckpt%n", &step, &file_rank, &end);
+    return end == (int)strlen(base) && file_rank == rank ? step : -1;
 }
 
 static ResumeTarget find_resume_target(const char *arg) {
@@ -77,7 +91,7 @@ static ResumeTarget find_resume_target(const char *arg) {
     if (glob(pattern, 0, NULL, &found) == 0) {
         int best = -1;
         for (size_t i = 0; i < found.gl_pathc; i++) {
-            int step = checkpoint_step_of(found.gl_pathv[i]);
+            int step = checkpoint_step_of(found.gl_pathv[i], 0);
             if (step > best) {
                 best = step;
                 snprintf(target.checkpoint, sizeof target.checkpoint, "%s", found.gl_pathv[i]);
@@ -87,7 +101,7 @@ static ResumeTarget find_resume_target(const char *arg) {
         snprintf(target.run_dir, sizeof target.run_dir, "%s", arg);
         return target;
     }
-    if (checkpoint_step_of(arg) < 0 || !file_exists(arg)) {
+    if (checkpoint_step_of(arg, 0) < 0 || !file_exists(arg)) {
         fatal("--resume %s: not a run directory with checkpoints/step_*.ckpt, nor a checkpoint file", arg);
     }
     // A checkpoint file: its run directory is two levels up (RUN/checkpoints/step_N.ckpt).
@@ -132,8 +146,34 @@ static void load_config(Trainer *tr, const CliOptions *opt, const ResumeTarget *
     param_table_init(&tr->table, &shape);
     tr->B = cfg->training.batch_size;
     tr->T = cfg->training.seq_len;
-    long micro_tokens = (long)tr->B * tr->T;
-    tr->accum_steps = cfg->training.tokens_per_step ? (int)(cfg->training.tokens_per_step / micro_tokens) : 1;
+    // tokens_per_step counts the tokens of all ranks together.
+    long step_tokens = (long)tr->B * tr->T * tr->world;
+    if (cfg->training.tokens_per_step % step_tokens != 0) {
+        fatal("training.tokens_per_step (%ld) must be 0 or a multiple of training.batch_size * training.seq_len * "
+              "ranks (%d * %d * %d = %ld)", cfg->training.tokens_per_step, tr->B, tr->T, tr->world, step_tokens);
+    }
+    tr->accum_steps = cfg->training.tokens_per_step ? (int)(cfg->training.tokens_per_step / step_tokens) : 1;
+}
+
+// Every rank must train the same model on the same data with the same settings: each compares a hash of
+// its resolved config with every other rank's.
+static void check_same_config(const Trainer *tr) {
+    if (tr->world == 1) return;
+    char *json = config_to_json(&tr->cfg);
+    uint64_t hash = 14695981039346656037ull;  // FNV-1a: a few kilobytes, once
+    for (const char *c = json; *c; c++) hash = (hash ^ (unsigned char)*c) * 1099511628211ull;
+    free(json);
+    uint64_t *hashes = xcalloc((size_t)tr->world, sizeof(uint64_t));
+    size_t *bounds = xmalloc((size_t)(tr->world + 1) * sizeof(size_t));
+    for (int r = 0; r <= tr->world; r++) bounds[r] = (size_t)r;
+    hashes[tr->rank] = hash;
+    dist_all_gather(hashes, sizeof(uint64_t), bounds);
+    if (hashes[tr->rank] != hashes[0]) {
+        fatal("rank %d's configuration differs from rank 0's: every rank must run with the same config and --set "
+              "options", tr->rank);
+    }
+    free(hashes);
+    free(bounds);
 }
 
 static const BackendOps *choose_backend(DeviceChoice device, const BackendOps *cuda_ops, int cuda_devices) {
@@ -154,7 +194,8 @@ static const BackendOps *choose_backend(DeviceChoice device, const BackendOps *c
 
 static void print_memory_plan(const Trainer *tr) {
     const double MiB = 1024.0 * 1024.0;
-    size_t state = tr->ops->plan_state_bytes(&tr->table, &tr->policy);
+    int shards = tr->cfg.training.zero ? tr->world : 1;
+    size_t state = tr->ops->plan_state_bytes(&tr->table, &tr->policy, shards);
     size_t acts = tr->ops->plan_activation_bytes(&tr->table, tr->B, tr->T);
     printf("memory plan (%s backend, micro-batch %d x %d, %d accumulation step%s):\n", tr->ops->name, tr->B, tr->T,
            tr->accum_steps, tr->accum_steps == 1 ? "" : "s");
@@ -164,6 +205,7 @@ static void print_memory_plan(const Trainer *tr) {
         printf("; the CPU backend adds the fp32 copy of the weights that its forward reads, and an fp32 "
                "gradient scratch under bf16 gradients");
     }
+    if (shards > 1) printf("; per rank, the optimizer state sharded over %d ranks by ZeRO-1", shards);
     printf(")\n");
     printf("  activations                            %10.1f MiB\n", acts / MiB);
     printf("  total                                  %10.1f MiB\n", (state + acts) / MiB);
@@ -188,30 +230,53 @@ static int checkpoint_sections(Trainer *tr, CheckpointSection *sections) {
     return 1 + bs->count;
 }
 
-static void remove_old_checkpoints(const char *dir, int newest_step) {
+static void remove_old_checkpoints(const char *dir, int newest_step, int rank) {
     char pattern[CONFIG_PATH_MAX + 64];
     snprintf(pattern, sizeof pattern, "%s/checkpoints/step_*.ckpt", dir);
     glob_t found;
     if (glob(pattern, 0, NULL, &found) != 0) return;
     int kept = 0;
     for (size_t i = found.gl_pathc; i-- > 0;) {  // sorted by name, zero-padded: newest last
-        if (checkpoint_step_of(found.gl_pathv[i]) > newest_step) continue;
+        int step = checkpoint_step_of(found.gl_pathv[i], rank);
+        if (step < 0 || step > newest_step) continue;
         if (++kept > CHECKPOINTS_KEPT) unlink(found.gl_pathv[i]);
     }
     globfree(&found);
 }
 
+// Rank 0 writes the state every rank shares; under ZeRO-1 each other rank writes its own file beside it,
+// whose optimizer state is its shard (the rest repeats rank 0's).
 static void save_checkpoint(Trainer *tr) {
+    if (tr->rank != 0 && !tr->cfg.training.zero) return;
     char path[CONFIG_PATH_MAX + 64];
-    snprintf(path, sizeof path, "%s/checkpoints/step_%08d.ckpt", tr->cfg.output.dir, (int)tr->state.step);
+    checkpoint_path(path, sizeof path, tr->cfg.output.dir, (int)tr->state.step, tr->rank);
     tr->state.data = dataloader_position(tr->train_data);
     CheckpointSection sections[16];
     int count = checkpoint_sections(tr, sections);
     checkpoint_write(path, sections, count);
-    remove_old_checkpoints(tr->cfg.output.dir, (int)tr->state.step);
+    remove_old_checkpoints(tr->cfg.output.dir, (int)tr->state.step, tr->rank);
 }
 
-static void load_checkpoint(Trainer *tr, const char *path) {
+// The ranks and sharding of a run must match its checkpoint's: rank 0's file says what they were.
+static void check_checkpoint_ranks(const Trainer *tr, const char *path) {
+    TrainerState saved;
+    checkpoint_read_one(path, &(CheckpointSection){"trainer", &saved, sizeof saved});
+    if (saved.world != (uint64_t)tr->world || saved.zero != (uint64_t)tr->cfg.training.zero) {
+        fatal("%s: checkpoint was written by a run on %llu rank(s) with training.zero = %llu; this run has %d "
+              "rank(s) with training.zero = %d: resume on the same number of ranks, with the same training.zero",
+              path, (unsigned long long)saved.world, (unsigned long long)saved.zero, tr->world, tr->cfg.training.zero);
+    }
+}
+
+static void load_checkpoint(Trainer *tr, const char *root_path) {
+    check_checkpoint_ranks(tr, root_path);
+    // Under ZeRO-1 rank r > 0 reads its own file: step_N.ckpt -> step_N.rankR.ckpt.
+    char path[CONFIG_PATH_MAX + 80];
+    snprintf(path, sizeof path, "%s", root_path);
+    if (tr->cfg.training.zero && tr->rank != 0) {
+        int stem = (int)(strlen(root_path) - strlen(".ckpt"));
+        snprintf(path, sizeof path, "%.*s.rank%d.ckpt", stem, root_path, tr->rank);
+    }
     CheckpointSection sections[16];
     int count = checkpoint_sections(tr, sections);
     checkpoint_read(path, sections, count);
@@ -234,10 +299,11 @@ static void load_checkpoint(Trainer *tr, const char *path) {
 
 static void open_data(Trainer *tr) {
     const Config *cfg = &tr->cfg;
-    tr->train_data = dataloader_open(cfg->data.train, tr->B, tr->T, 0, 1, cfg->model.vocab_size,
+    // Each rank reads its own B rows of every batch of world * B rows.
+    tr->train_data = dataloader_open(cfg->data.train, tr->B, tr->T, tr->rank, tr->world, cfg->model.vocab_size,
                                      cfg->training.seed, 1);
     if (cfg->data.val[0] && cfg->training.eval_every > 0) {
-        tr->val_data = dataloader_open(cfg->data.val, tr->B, tr->T, 0, 1, cfg->model.vocab_size, 0, 0);
+        tr->val_data = dataloader_open(cfg->data.val, tr->B, tr->T, tr->rank, tr->world, cfg->model.vocab_size, 0, 0);
     }
     if (cfg->data.tokenizer[0]) tr->tokenizer = tokenizer_load(cfg->data.tokenizer);
     tr->inputs = xmalloc((size_t)tr->B * tr->T * sizeof(int));
@@ -250,15 +316,20 @@ static void create_backend(Trainer *tr) {
     else gpt_init_params(&tr->table, params, tr->cfg.training.seed);
     tr->backend = tr->ops->create(&tr->table, &tr->policy, tr->B, tr->T, params);
     free(params);
+    if (tr->cfg.training.zero) tr->ops->shard_optimizer_state(tr->backend);
     tr->state.seed = tr->cfg.training.seed;
     tr->state.num_params = tr->table.num_params;
+    tr->state.world = (uint64_t)tr->world;
+    tr->state.zero = (uint64_t)tr->cfg.training.zero;
 }
 
 // Only now, with config, data, model and checkpoint all checked, does the run touch its output directory.
+// Rank 0 writes the outputs; under ZeRO-1 every rank writes checkpoints.
 static void open_output(Trainer *tr) {
     char path[CONFIG_PATH_MAX + 64];
     snprintf(path, sizeof path, "%s/checkpoints", tr->cfg.output.dir);
     make_dirs(path);
+    if (tr->rank != 0) return;
     snprintf(path, sizeof path, "%s/config.json", tr->cfg.output.dir);
     char *json = config_to_json(&tr->cfg);
     atomic_file_write_text(path, "config", json);
@@ -282,7 +353,8 @@ static double batch_sharpness(Trainer *tr) {
     return sum / tr->B;
 }
 
-// Validation loss over eval_batches batches; and, when metrics.sharpness is set, the logit sharpness.
+// Validation loss over eval_batches batches; and, when metrics.sharpness is set, the logit sharpness. Each
+// rank evaluates its rows of each batch; the means are over all ranks.
 static void evaluate(Trainer *tr, StepRecord *rec) {
     dataloader_reset(tr->val_data);
     double loss_sum = 0.0, sharpness_sum = 0.0;
@@ -291,10 +363,13 @@ static void evaluate(Trainer *tr, StepRecord *rec) {
         loss_sum += tr->ops->forward(tr->backend, tr->inputs, tr->targets, tr->B, tr->T);
         if (tr->cfg.metrics.sharpness > 0.0f) sharpness_sum += batch_sharpness(tr);
     }
+    double sums[2] = {loss_sum, sharpness_sum};
+    dist_all_reduce_sum_doubles(sums, 2);
+    double batches = (double)tr->cfg.training.eval_batches * tr->world;
     rec->has_val = 1;
-    rec->val_loss = (float)(loss_sum / tr->cfg.training.eval_batches);
+    rec->val_loss = (float)(sums[0] / batches);
     rec->has_sharpness = tr->cfg.metrics.sharpness > 0.0f;
-    rec->sharpness = (float)(sharpness_sum / tr->cfg.training.eval_batches);
+    rec->sharpness = (float)(sums[1] / batches);
 }
 
 static void write_sample(Trainer *tr, int step) {
@@ -329,12 +404,16 @@ static StepRecord train_step(Trainer *tr) {
     double start = wall_time_seconds();
     tr->ops->zero_grad(tr->backend);
     double loss_sum = 0.0;
+    // Each rank's gradient is scaled by 1/world, so that the sum over ranks is the mean.
+    float loss_scale = 1.0f / (float)(tr->accum_steps * tr->world);
     for (int micro = 0; micro < tr->accum_steps; micro++) {
         dataloader_next(tr->train_data, tr->inputs, tr->targets);
         loss_sum += tr->ops->forward(tr->backend, tr->inputs, tr->targets, tr->B, tr->T);
-        tr->ops->backward(tr->backend, 1.0f / (float)tr->accum_steps);
+        tr->ops->backward(tr->backend, loss_scale);
     }
-    float loss = (float)(loss_sum / tr->accum_steps);
+    tr->ops->reduce_gradients(tr->backend);
+    dist_all_reduce_sum_doubles(&loss_sum, 1);
+    float loss = (float)(loss_sum / (tr->accum_steps * tr->world));
     float grad_norm = tr->ops->grad_norm(tr->backend);
     if (!isfinite(loss) || !isfinite(grad_norm)) {
         fatal("step %d: the loss (%g) or gradient norm (%g) is not finite; the run has diverged (its last "
@@ -354,7 +433,7 @@ static StepRecord train_step(Trainer *tr) {
     rec.lr = hp.lr;
     rec.grad_norm = grad_norm;
     rec.ms = 1000.0 * seconds;
-    rec.tokens_per_s = (double)tr->accum_steps * tr->B * tr->T / seconds;
+    rec.tokens_per_s = (double)tr->accum_steps * tr->B * tr->T * tr->world / seconds;
     rec.metrics = with_metrics ? &tr->metrics : NULL;
     return rec;
 }
@@ -377,7 +456,7 @@ static void write_summary(Trainer *tr, double seconds, float final_loss) {
              "  \"final_val_loss\": %s,\n  \"best_val_loss\": %s,\n  \"mean_tokens_per_s\": %.1f,\n"
              "  \"seconds\": %.3f,\n  \"peak_host_memory_bytes\": %lld,\n  \"diverged\": false\n}\n",
              tr->policy.name, tr->ops->name, tr->table.num_params, policy_bytes_per_param(&tr->policy),
-             (int)tr->state.step, (long long)tr->state.step * tr->accum_steps * tr->B * tr->T, final_loss,
+             (int)tr->state.step, (long long)tr->state.step * tr->accum_steps * tr->B * tr->T * tr->world, final_loss,
              final_val, best_val, tr->timed_steps ? tr->tokens_per_s_sum / tr->timed_steps : 0.0, seconds,
              (long long)usage.ru_maxrss * 1024);
     run_log_summary(&tr->log, json);
@@ -395,8 +474,10 @@ static void export_model(Trainer *tr) {
 static void train(Trainer *tr) {
     const Config *cfg = &tr->cfg;
     int max_steps = cfg->training.max_steps;
-    printf("training %zu parameters under policy %s on the %s backend: %d steps of %d x %d x %d tokens\n",
+    printf("training %zu parameters under policy %s on the %s backend: %d steps of %d x %d x %d tokens",
            tr->table.num_params, tr->policy.name, tr->ops->name, max_steps, tr->accum_steps, tr->B, tr->T);
+    if (tr->world > 1) printf(" on each of %d ranks%s", tr->world, tr->cfg.training.zero ? " (ZeRO-1)" : "");
+    printf("\n");
     double start = wall_time_seconds();
     float loss = NAN;
     tr->best_val_loss = INFINITY;
@@ -413,11 +494,12 @@ static void train(Trainer *tr) {
             tr->last_val_loss = rec.val_loss;
             if (rec.val_loss < tr->best_val_loss) tr->best_val_loss = rec.val_loss;
         }
-        run_log_step(&tr->log, &rec);
+        if (tr->rank == 0) run_log_step(&tr->log, &rec);
         sampled_last = tr->tokenizer && every(cfg->training.sample_every, rec.step);
-        if (sampled_last) write_sample(tr, rec.step);
+        if (sampled_last && tr->rank == 0) write_sample(tr, rec.step);
         if (every(cfg->training.checkpoint_every, rec.step) || rec.step == max_steps) save_checkpoint(tr);
     }
+    if (tr->rank != 0) return;
     if (tr->tokenizer && !sampled_last && cfg->training.sample_tokens > 0) write_sample(tr, (int)tr->state.step);
     run_log_close(&tr->log);
     export_model(tr);
@@ -426,7 +508,7 @@ static void train(Trainer *tr) {
            (int)tr->state.step, cfg->output.dir);
 }
 
-int train_main(int argc, char **argv, const BackendOps *cuda_ops, int cuda_devices) {
+static int run_program(int argc, char **argv, const BackendOps *cuda_ops, int cuda_devices) {
     CliOptions opt = cli_parse(argc, argv);
     if (opt.help) {
         cli_print_help();
@@ -437,9 +519,12 @@ int train_main(int argc, char **argv, const BackendOps *cuda_ops, int cuda_devic
         return 0;
     }
     Trainer *tr = xcalloc(1, sizeof *tr);
+    tr->rank = dist_rank();
+    tr->world = dist_world();
     ResumeTarget resume;
     if (opt.resume) resume = find_resume_target(opt.resume);
     load_config(tr, &opt, opt.resume ? &resume : NULL);
+    check_same_config(tr);
     if (opt.print_config) {
         char *json = config_to_json(&tr->cfg);
         fputs(json, stdout);
@@ -461,4 +546,13 @@ int train_main(int argc, char **argv, const BackendOps *cuda_ops, int cuda_devic
     open_output(tr);
     train(tr);
     return 0;
+}
+
+int train_main(int argc, char **argv, const BackendOps *cuda_ops, int cuda_devices) {
+    dist_init(&argc, &argv);
+    // Only rank 0 talks; the others' errors still reach stderr.
+    if (dist_rank() != 0 && !freopen("/dev/null", "w", stdout)) fatal("cannot silence rank %d's stdout", dist_rank());
+    int status = run_program(argc, argv, cuda_ops, cuda_devices);
+    dist_finalize();
+    return status;
 }

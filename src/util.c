@@ -7,6 +7,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "distributed.h"
+
 #define MAX_CLEANUP_FILES 8
 static char *cleanup_files[MAX_CLEANUP_FILES];
 
@@ -34,13 +36,16 @@ void fatal(const char *fmt, ...) {
         if (cleanup_files[i]) unlink(cleanup_files[i]);
     }
     fflush(stdout);
-    fprintf(stderr, "train_gpt: error: ");
+    char message[4096];
     va_list args;
     va_start(args, fmt);
-    vfprintf(stderr, fmt, args);
+    vsnprintf(message, sizeof message, fmt, args);
     va_end(args);
-    fprintf(stderr, "\n");
-    exit(1);
+    // One write, so that the messages of several ranks do not interleave.
+    if (dist_world() > 1) fprintf(stderr, "train_gpt: error (rank %d of %d): %s\n", dist_rank(), dist_world(), message);
+    else fprintf(stderr, "train_gpt: error: %s\n", message);
+    // Under mpirun the whole job stops, not only this rank: the others would wait for it forever.
+    dist_abort();
 }
 
 void *xmalloc(size_t nbytes) {

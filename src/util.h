@@ -10,7 +10,8 @@ extern "C" {
 #endif
 
 // Prints "train_gpt: error: <message>" on stderr and exits with status 1. Files registered with
-// fatal_cleanup_register are removed first, so no half-written output survives an error.
+// fatal_cleanup_register are removed first, so no half-written output survives an error. In a job of
+// several ranks the message names the rank, and every rank of the job stops (dist_abort).
 #if defined(__GNUC__)
 __attribute__((noreturn, format(printf, 1, 2)))
 #endif

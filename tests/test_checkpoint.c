@@ -1,6 +1,6 @@
 // Checkpoint IO: bit-exact round trip, the XXH64 checksum against published-implementation values, refusal of
 // every corrupted byte, truncation and foreign section lists (without touching the caller's buffers), atomic
-// replacement, and a clean failure when the file system refuses the write.
+// replacement, a clean failure when the file system refuses the write, and reading one section by name.
 #define _GNU_SOURCE  // MAP_ANONYMOUS for buffers shared with a forked child; unshare for a private tmpfs mount
 
 #include <dirent.h>
@@ -359,6 +359,29 @@ static void test_full_disk(const char *dir) {
     rmdir(full_disk_dir);
 }
 
+static void child_read_one(void *arg) { checkpoint_read_one(arg, &(CheckpointSection){"step", &(uint64_t){0}, 4}); }
+
+static void child_read_missing(void *arg) { checkpoint_read_one(arg, &(CheckpointSection){"master", &(float){0}, 4}); }
+
+// One section by name: its bytes; a refusal naming the file for a missing name or another size.
+static void test_read_one_section(const char *dir) {
+    char path[512];
+    snprintf(path, sizeof path, "%s/one.ckpt", dir);
+    State a;
+    CheckpointSection sa[NUM_SECTIONS];
+    fill_state(&a, 3);
+    describe(&a, sa);
+    checkpoint_write(path, sa, NUM_SECTIONS);
+    uint64_t step = 0;
+    checkpoint_read_one(path, &(CheckpointSection){"step", &step, sizeof step});
+    CHECK(step == a.step, "read_one: step %llu, expected %llu", (unsigned long long)step, (unsigned long long)a.step);
+    ChildResult wrong_size = run_in_child(child_read_one, path);
+    CHECK(wrong_size.exit_status == 1 && strstr(wrong_size.message, path), "read_one, wrong size: '%s'", wrong_size.message);
+    ChildResult missing = run_in_child(child_read_missing, path);
+    CHECK(missing.exit_status == 1 && strstr(missing.message, "no section 'master'"), "read_one, missing: '%s'",
+          missing.message);
+}
+
 int main(void) {
     char dir[] = "/tmp/lpgpt_test_checkpoint_XXXXXX";
     if (!mkdtemp(dir)) fatal("mkdtemp failed");
@@ -369,6 +392,7 @@ int main(void) {
     test_foreign_section_list_is_refused(dir);
     test_atomic_replacement(dir);
     test_full_disk(dir);
+    test_read_one_section(dir);
     CHECK(count_temp_files(dir) == 0, "temp files left in %s", dir);
     remove_dir_contents(dir);
     rmdir(dir);

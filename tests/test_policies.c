@@ -236,7 +236,7 @@ static void check_plan(const Setup *s, Backend *backend) {
     }
     size_t expected = stored + (s->policy.weights == WEIGHTS_FP32 ? 0 : n * sizeof(float)) + n * sizeof(float) +
                       (s->policy.grads == GRADS_BF16 ? n * sizeof(bf16) : 0);
-    size_t plan = cpu_backend.plan_state_bytes(&s->table, &s->policy);
+    size_t plan = cpu_backend.plan_state_bytes(&s->table, &s->policy, 1);
     CHECK(plan == expected, "%s: plan %zu bytes, allocated %zu", s->name, plan, expected);
 }
 

@@ -5,12 +5,19 @@
 // int8), plus two fp32 buffers the CPU kernels need: the compute copy of the weights that the forward and
 // backward read (under fp32 weights it is the storage itself), and, under bf16 gradients, the scratch the
 // backward adds each micro-step's gradient into before it is rounded into the stored gradient.
+//
+// Data parallelism: the chunks are split among the ranks in whole chunks, rank r owning chunks
+// [chunk_bounds[r], chunk_bounds[r+1]), which are the parameters [param_bounds[r], param_bounds[r+1]).
+// Gradients are summed over ranks range by range (distributed.h). Under ZeRO-1 a rank keeps the optimizer
+// state (master, MCF lo, Kahan c, m, v) of its own range only, steps only its chunks, and then gathers the
+// other ranks' stored weights.
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "backend.h"
 #include "cpu/gpt_cpu.h"
+#include "distributed.h"
 #include "update_rules.h"
 #include "util.h"
 
@@ -59,6 +66,15 @@ struct Backend {
     Chunk *chunks;
     int num_chunks;
     UpdateSums *chunk_sums;  // (num_chunks) allocated by the first step that computes metrics
+    int rank, world;
+    size_t *chunk_bounds;    // (world + 1) the ranks' ranges of chunks ...
+    size_t *param_bounds;    // (world + 1) ... and of parameters
+    size_t *code_bounds;     // (world + 1) WEIGHTS_INT_GRID: the ranks' ranges of dqt_codes ...
+    size_t *vector_bounds;   // (world + 1) ... and of dqt_vectors
+    int zero;                // ZeRO-1: the optimizer state is this rank's shard
+    int first_chunk, end_chunk;  // the chunks optimizer_step steps: all, or under ZeRO-1 this rank's
+    size_t state_base;       // the parameter index of the optimizer state's first element
+    size_t state_numel;      // elements of optimizer state held (master, lo, c, m, v)
     BackendState state;
 };
 
@@ -212,6 +228,42 @@ static int list_chunks(const ParamTable *table, Chunk *chunks) {
     return count;
 }
 
+// Rank r's share starts at the first chunk at or after parameter r*N/world: whole chunks, so each rank's
+// range is whole runs of layer slices, and about N/world parameters (empty for a rank with nothing left).
+static void split_among_ranks(Backend *b) {
+    size_t n = b->table.num_params;
+    b->chunk_bounds = xmalloc((size_t)(b->world + 1) * sizeof(size_t));
+    b->param_bounds = xmalloc((size_t)(b->world + 1) * sizeof(size_t));
+    int c = 0;
+    for (int r = 0; r <= b->world; r++) {
+        size_t target = r == b->world ? n : n / (size_t)b->world * (size_t)r;
+        while (c < b->num_chunks && b->chunks[c].begin < target) c++;
+        b->chunk_bounds[r] = (size_t)c;
+        b->param_bounds[r] = c < b->num_chunks ? b->chunks[c].begin : n;
+    }
+}
+
+// How many elements of the matrices (or of the 1-D parameters) come before parameter index p: the same
+// split in the DQT arrays, which hold the matrices' codes and the 1-D parameters in table order.
+static size_t elements_before(const ParamTable *table, size_t p, int matrices) {
+    size_t count = 0;
+    for (int t = 0; t < NUM_PARAM_TENSORS; t++) {
+        const ParamTensor *tensor = &table->tensors[t];
+        if (tensor->is_matrix != matrices || tensor->offset >= p) continue;
+        count += p - tensor->offset < tensor->numel ? p - tensor->offset : tensor->numel;
+    }
+    return count;
+}
+
+static void split_dqt_among_ranks(Backend *b) {
+    b->code_bounds = xmalloc((size_t)(b->world + 1) * sizeof(size_t));
+    b->vector_bounds = xmalloc((size_t)(b->world + 1) * sizeof(size_t));
+    for (int r = 0; r <= b->world; r++) {
+        b->code_bounds[r] = elements_before(&b->table, b->param_bounds[r], 1);
+        b->vector_bounds[r] = elements_before(&b->table, b->param_bounds[r], 0);
+    }
+}
+
 static Backend *cpu_create(const ParamTable *table, const Policy *policy, int B, int T, const float *init) {
     Backend *b = xcalloc(1, sizeof *b);
     size_t n = table->num_params;
@@ -222,6 +274,14 @@ static Backend *cpu_create(const ParamTable *table, const Policy *policy, int B,
     b->num_chunks = list_chunks(table, NULL);
     b->chunks = xmalloc((size_t)b->num_chunks * sizeof(Chunk));
     list_chunks(table, b->chunks);
+    b->rank = dist_rank();
+    b->world = dist_world();
+    split_among_ranks(b);
+    if (policy->weights == WEIGHTS_INT_GRID) split_dqt_among_ranks(b);
+    b->first_chunk = 0;
+    b->end_chunk = b->num_chunks;
+    b->state_base = 0;
+    b->state_numel = n;
     b->params = xmalloc(n * sizeof(float));
     init_weights(b, init);
     decode_weights(b);
@@ -248,6 +308,10 @@ static void cpu_destroy(Backend *b) {
     free_moment(&b->v);
     free(b->chunks);
     free(b->chunk_sums);
+    free(b->chunk_bounds);
+    free(b->param_bounds);
+    free(b->code_bounds);
+    free(b->vector_bounds);
     free(b);
 }
 
@@ -282,16 +346,37 @@ static void cpu_backward(Backend *b, float loss_scale) {
     for (size_t i = 0; i < n; i++) b->grads_bf16[i] = bf16_from_f32(bf16_to_f32(b->grads_bf16[i]) + b->grads[i]);
 }
 
+// Each rank sums its own range of every rank's gradients (in fp32, also for bf16 gradients, which are then
+// rounded once); without ZeRO-1 the sums are then gathered, so that every rank holds all of them.
+static void cpu_reduce_gradients(Backend *b) {
+    if (b->world == 1) return;
+    size_t n = b->table.num_params, begin = b->param_bounds[b->rank], end = b->param_bounds[b->rank + 1];
+    if (b->grads_bf16) {
+#pragma omp parallel for schedule(static)
+        for (size_t i = 0; i < n; i++) b->grads[i] = bf16_to_f32(b->grads_bf16[i]);
+    }
+    dist_reduce_scatter_sum(b->grads, b->param_bounds);
+    if (b->grads_bf16) {
+#pragma omp parallel for schedule(static)
+        for (size_t i = begin; i < end; i++) b->grads_bf16[i] = bf16_from_f32(b->grads[i]);
+    }
+    if (b->zero) return;
+    if (b->grads_bf16) dist_all_gather(b->grads_bf16, sizeof(bf16), b->param_bounds);
+    else dist_all_gather(b->grads, sizeof(float), b->param_bounds);
+}
+
 static float stored_grad(const Backend *b, size_t i) {
     return b->grads_bf16 ? bf16_to_f32(b->grads_bf16[i]) : b->grads[i];
 }
 
 // Sum of squares of the stored gradients in fixed chunks, each in double, added in chunk order: the same
 // result for any thread count, so runs and resumes are bit-reproducible.
+// Under ZeRO-1 a rank has summed only its own range of the gradients: it takes its chunks' partial sums,
+// and gathers the others'.
 static float cpu_grad_norm(Backend *b) {
     double *partial = xmalloc((size_t)b->num_chunks * sizeof(double));
 #pragma omp parallel for schedule(static)
-    for (int c = 0; c < b->num_chunks; c++) {
+    for (int c = b->first_chunk; c < b->end_chunk; c++) {
         double sum = 0.0;
         for (size_t i = b->chunks[c].begin; i < b->chunks[c].end; i++) {
             double g = stored_grad(b, i);
@@ -299,6 +384,7 @@ static float cpu_grad_norm(Backend *b) {
         }
         partial[c] = sum;
     }
+    if (b->zero) dist_all_gather(partial, sizeof(double), b->chunk_bounds);
     double total = 0.0;
     for (int c = 0; c < b->num_chunks; c++) total += partial[c];
     free(partial);
@@ -340,6 +426,7 @@ typedef struct {
     int decay;        // 2-D weight: weight decay applies
     RngKey key;       // stochastic rounding: the tensor's key ...
     uint64_t index;   // ... and the element's index in its tensor
+    size_t state;     // the element's index in the optimizer state (its parameter index less state_base)
     UpdateSums *sums; // NULL: no metrics
 } ElementStep;
 
@@ -352,8 +439,8 @@ static void step_fp32(float *weight, const ElementStep *e) {
 }
 
 static void step_master(Backend *b, size_t i, const ElementStep *e) {
-    step_fp32(&b->master[i], e);
-    b->weights_bf16[i] = bf16_from_f32(b->master[i]);
+    step_fp32(&b->master[e->state], e);
+    b->weights_bf16[i] = bf16_from_f32(b->master[e->state]);
     b->params[i] = bf16_to_f32(b->weights_bf16[i]);
 }
 
@@ -366,11 +453,11 @@ static void step_rne(Backend *b, size_t i, const ElementStep *e) {
 }
 
 static void step_mcf(Backend *b, size_t i, const ElementStep *e) {
-    Mcf before = mcf_make(b->weights_bf16[i], b->mcf_lo[i]);
+    Mcf before = mcf_make(b->weights_bf16[i], b->mcf_lo[e->state]);
     bf16 delta = adamw_delta_bf16(before.hi, e->m.operand, e->v.operand, e->k, e->decay);
     Mcf after = weight_step_mcf(before, delta);
     b->weights_bf16[i] = after.hi;
-    b->mcf_lo[i] = after.lo;
+    b->mcf_lo[e->state] = after.lo;
     b->params[i] = bf16_to_f32(after.hi);
     if (e->sums) {
         double raw = bf16_to_f32(delta);
@@ -383,11 +470,11 @@ static void step_mcf(Backend *b, size_t i, const ElementStep *e) {
 static double kahan_value(KahanPair x) { return (double)bf16_to_f32(x.value) - bf16_to_f32(x.compensation); }
 
 static void step_kahan(Backend *b, size_t i, const ElementStep *e) {
-    KahanPair before = {b->weights_bf16[i], b->kahan_c[i]};
+    KahanPair before = {b->weights_bf16[i], b->kahan_c[e->state]};
     bf16 delta = adamw_delta_bf16(before.value, e->m.operand, e->v.operand, e->k, e->decay);
     KahanPair after = weight_step_kahan(before, delta);
     b->weights_bf16[i] = after.value;
-    b->kahan_c[i] = after.compensation;
+    b->kahan_c[e->state] = after.compensation;
     b->params[i] = bf16_to_f32(after.value);
     if (e->sums) {
         double raw = bf16_to_f32(delta);
@@ -436,8 +523,9 @@ static void step_chunk(Backend *b, const Chunk *chunk, const UpdateConstants *k,
     e.sums = sums;
     for (size_t i = chunk->begin; i < chunk->end; i++) {
         float g = stored_grad(b, i) * k->fp32.grad_scale;
-        e.m = step_moment(&b->m, i, g, &k->m);
-        e.v = step_moment(&b->v, i, g, &k->v);
+        e.state = i - b->state_base;
+        e.m = step_moment(&b->m, e.state, g, &k->m);
+        e.v = step_moment(&b->v, e.state, g, &k->v);
         e.index = i - tensor->offset;
         switch (b->policy.update) {
         case UPDATE_EXACT: step_fp32(&b->params[i], &e); break;
@@ -460,13 +548,55 @@ static void gather_metrics(const Backend *b, UpdateMetrics *metrics) {
     for (int g = 0; g < metrics->num_groups; g++) update_sums_add(&metrics->total, &metrics->groups[g]);
 }
 
+// ZeRO-1: every rank's stored weights of its range (and metric sums of its chunks) to every rank, then the
+// compute copy decoded from the stored weights.
+static void gather_shards(Backend *b, int with_metrics) {
+    if (b->policy.weights == WEIGHTS_FP32) dist_all_gather(b->params, sizeof(float), b->param_bounds);
+    if (b->weights_bf16) dist_all_gather(b->weights_bf16, sizeof(bf16), b->param_bounds);
+    if (b->policy.weights == WEIGHTS_INT_GRID) {
+        dist_all_gather(b->dqt_codes, sizeof(int8_t), b->code_bounds);
+        dist_all_gather(b->dqt_vectors, sizeof(float), b->vector_bounds);
+    }
+    decode_weights(b);
+    if (with_metrics) dist_all_gather(b->chunk_sums, sizeof(UpdateSums), b->chunk_bounds);
+}
+
 static void cpu_optimizer_step(Backend *b, const AdamWStep *step, UpdateMetrics *metrics) {
     UpdateConstants k = update_constants(step);
     if (metrics && !b->chunk_sums) b->chunk_sums = xmalloc((size_t)b->num_chunks * sizeof(UpdateSums));
     if (metrics) memset(b->chunk_sums, 0, (size_t)b->num_chunks * sizeof(UpdateSums));
 #pragma omp parallel for schedule(static)
-    for (int c = 0; c < b->num_chunks; c++) step_chunk(b, &b->chunks[c], &k, metrics ? &b->chunk_sums[c] : NULL);
+    for (int c = b->first_chunk; c < b->end_chunk; c++) step_chunk(b, &b->chunks[c], &k, metrics ? &b->chunk_sums[c] : NULL);
+    if (b->zero) gather_shards(b, metrics != NULL);
     if (metrics) gather_metrics(b, metrics);
+}
+
+// A buffer's elements [base, base + count) in a buffer of their own; the whole one is freed.
+static void *keep_range(void *whole, size_t elem_bytes, size_t base, size_t count) {
+    if (!whole) return NULL;
+    void *part = xmalloc(count * elem_bytes);
+    memcpy(part, (char *)whole + base * elem_bytes, count * elem_bytes);
+    free(whole);
+    return part;
+}
+
+static void cpu_shard_optimizer_state(Backend *b) {
+    if (b->world == 1) return;  // one shard: the whole state, as without ZeRO
+    b->zero = 1;
+    b->first_chunk = (int)b->chunk_bounds[b->rank];
+    b->end_chunk = (int)b->chunk_bounds[b->rank + 1];
+    b->state_base = b->param_bounds[b->rank];
+    b->state_numel = b->param_bounds[b->rank + 1] - b->state_base;
+    size_t base = b->state_base, count = b->state_numel;
+    b->master = keep_range(b->master, sizeof(float), base, count);
+    b->mcf_lo = keep_range(b->mcf_lo, sizeof(bf16), base, count);
+    b->kahan_c = keep_range(b->kahan_c, sizeof(bf16), base, count);
+    MomentBuffer *moments[2] = {&b->m, &b->v};
+    for (int i = 0; i < 2; i++) {
+        moments[i]->fp32 = keep_range(moments[i]->fp32, sizeof(float), base, count);
+        moments[i]->hi = keep_range(moments[i]->hi, sizeof(bf16), base, count);
+        moments[i]->lo = keep_range(moments[i]->lo, sizeof(bf16), base, count);
+    }
 }
 
 static void cpu_read_params(Backend *b, float *params) {
@@ -491,24 +621,26 @@ static void add_moment_sections(BackendState *state, const MomentBuffer *moment,
     }
 }
 
-// The sections point straight at the stored quantities (the compute copy is rebuilt from them on load).
+// The sections point straight at the stored quantities (the compute copy is rebuilt from them on load);
+// under ZeRO-1 the optimizer state's sections are this rank's shard.
 static BackendState *cpu_state_save(Backend *b) {
     size_t n = b->table.num_params;
     BackendState *state = &b->state;
     state->count = 0;
     if (b->policy.weights == WEIGHTS_FP32) add_section(state, "weights_fp32", b->params, n * sizeof(float));
     if (b->weights_bf16) add_section(state, "weights_bf16", b->weights_bf16, n * sizeof(bf16));
-    if (b->master) add_section(state, "master_fp32", b->master, n * sizeof(float));
-    if (b->mcf_lo) add_section(state, "mcf_lo_bf16", b->mcf_lo, n * sizeof(bf16));
-    if (b->kahan_c) add_section(state, "kahan_c_bf16", b->kahan_c, n * sizeof(bf16));
+    size_t shard = b->state_numel;
+    if (b->master) add_section(state, "master_fp32", b->master, shard * sizeof(float));
+    if (b->mcf_lo) add_section(state, "mcf_lo_bf16", b->mcf_lo, shard * sizeof(bf16));
+    if (b->kahan_c) add_section(state, "kahan_c_bf16", b->kahan_c, shard * sizeof(bf16));
     if (b->policy.weights == WEIGHTS_INT_GRID) {
         TableCounts counts = count_table(&b->table);
         add_section(state, "dqt_codes_int8", b->dqt_codes, counts.matrix_elements);
         add_section(state, "dqt_scales_fp32", b->dqt_scales, counts.matrix_slices * sizeof(float));
         add_section(state, "weights_1d_fp32", b->dqt_vectors, counts.vector_elements * sizeof(float));
     }
-    add_moment_sections(state, &b->m, 0, n);
-    add_moment_sections(state, &b->v, 1, n);
+    add_moment_sections(state, &b->m, 0, shard);
+    add_moment_sections(state, &b->v, 1, shard);
     float *scaling;
     size_t scaling_floats = gpt_cpu_scaling_state(b->model, &scaling);
     if (scaling_floats) add_section(state, "matmul_scaling", scaling, scaling_floats * sizeof(float));
@@ -522,8 +654,9 @@ static size_t moment_bytes(MomentStorage storage) {
 }
 
 // The policy's storage plus the CPU's fp32 buffers, exactly as cpu_create allocates them (besides the
-// chunk list and the metric sums: a few dozen bytes per CHUNK_ELEMENTS parameters).
-static size_t cpu_plan_state_bytes(const ParamTable *table, const Policy *policy) {
+// chunk list and the metric sums: a few dozen bytes per CHUNK_ELEMENTS parameters). Sharded, the optimizer
+// state counts its even share (a rank's whole chunks make it up to CHUNK_ELEMENTS elements more or less).
+static size_t cpu_plan_state_bytes(const ParamTable *table, const Policy *policy, int shards) {
     size_t n = table->num_params;
     TableCounts counts = count_table(table);
     size_t bytes = n * sizeof(float);  // the compute copy, or the fp32 weights themselves
@@ -531,9 +664,10 @@ static size_t cpu_plan_state_bytes(const ParamTable *table, const Policy *policy
     if (policy->weights == WEIGHTS_INT_GRID) {
         bytes += counts.matrix_elements + counts.matrix_slices * sizeof(float) + counts.vector_elements * sizeof(float);
     }
-    if (policy->update == UPDATE_FP32_MASTER) bytes += n * sizeof(float);
-    if (policy->update == UPDATE_MCF_GROW || policy->update == UPDATE_KAHAN) bytes += n * sizeof(bf16);
-    bytes += n * (moment_bytes(policy->adam_m) + moment_bytes(policy->adam_v));
+    size_t optimizer = n * (moment_bytes(policy->adam_m) + moment_bytes(policy->adam_v));
+    if (policy->update == UPDATE_FP32_MASTER) optimizer += n * sizeof(float);
+    if (policy->update == UPDATE_MCF_GROW || policy->update == UPDATE_KAHAN) optimizer += n * sizeof(bf16);
+    bytes += (optimizer + (size_t)shards - 1) / (size_t)shards;
     bytes += n * sizeof(float);  // fp32 gradients, or the backward's scratch under bf16 gradients
     if (policy->grads == GRADS_BF16) bytes += n * sizeof(bf16);
     return bytes;
@@ -548,6 +682,8 @@ const BackendOps cpu_backend = {
     .logits = cpu_logits,
     .zero_grad = cpu_zero_grad,
     .backward = cpu_backward,
+    .reduce_gradients = cpu_reduce_gradients,
+    .shard_optimizer_state = cpu_shard_optimizer_state,
     .grad_norm = cpu_grad_norm,
     .optimizer_step = cpu_optimizer_step,
     .read_params = cpu_read_params,
