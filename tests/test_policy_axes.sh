@@ -1,0 +1,33 @@
+# Policy axes end to end: e8m7 matmuls with nearest rounding are bf16 matmuls, bit for bit; an axis a
+# preset does not use changes nothing; fp32 equals fp32 with every axis spelled out.
+source "$(dirname "$0")/e2e_common.sh"
+prepare_test_data
+write_tiny_config
+
+run() {  # run NAME ARGS...: 20 steps of the tiny config into $tmp/NAME
+  local name=$1; shift
+  "$train_gpt" --config "$tmp/tiny.json" --set output.dir="$tmp/$name" "$@" >/dev/null
+}
+same_losses() { cmp -s <(losses "$tmp/$1") <(losses "$tmp/$2") || fail "$1 and $2 give different losses"; }
+
+run bf16 --set precision.policy=bf16
+run bf16_e8m7 --set precision.policy=bf16 --set precision.matmul=e8m7 --set precision.matmul_rounding=nearest
+same_losses bf16 bf16_e8m7
+run bf16_unused --set precision.policy=bf16 --set precision.scaling=current --set precision.amax_history=4 \
+  --set precision.margin=2 --set precision.matmul_rounding=toward_zero
+same_losses bf16 bf16_unused
+
+run fp32 --set precision.policy=fp32
+run fp32_explicit --set precision.policy=fp32 --set precision.weights=fp32 --set precision.update=exact \
+  --set precision.adam_m=fp32 --set precision.adam_v=fp32 --set precision.grads=fp32 --set precision.matmul=fp32 \
+  --set precision.attention=fp32 --set precision.scaling=current --set precision.margin=3
+same_losses fp32 fp32_explicit
+
+run fp8 --set precision.policy=fp8_sim
+run fp8_unused --set precision.policy=fp8_sim --set precision.matmul_rounding=toward_zero
+same_losses fp8 fp8_unused
+
+# And the axes do act where they are used: e8m3 toward zero is not bf16.
+run bf16_e8m3 --set precision.policy=bf16 --set precision.matmul=e8m3 --set precision.matmul_rounding=toward_zero
+cmp -s <(losses "$tmp/bf16") <(losses "$tmp/bf16_e8m3") && fail "e8m3 toward zero gave the bf16 losses"
+echo ok
