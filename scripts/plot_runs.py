@@ -12,7 +12,8 @@ Written to --out (default: plots):
   update_quality.png  edq_rel and lost_frac against step (when a log has them: metrics.every > 0)
   lr.png              learning rate against step
   summary.md          a markdown table (also printed): run, policy, final and best validation loss,
-                      tokens/s, peak memory, bytes per parameter, diverged or not and at which step
+                      tokens/s, peak memory, bytes per parameter, edq_rel and lost_frac averaged over
+                      the last 20% of steps, diverged or not and at which step
 
 Runs are named in the legends by their policy (from summary.json or config.json, plus the matmul format
 when config.json overrides it); the run directory's name is added when two runs would share a name.
@@ -211,6 +212,16 @@ def mean_tokens_per_s(run: Run):
     return sum(values) / len(values) if values else None
 
 
+def late_mean(run: Run, key: str, fraction: float = 0.2):
+    """Mean of a metric over the last `fraction` of the run's steps (the metric steps among them)."""
+    steps, values = series(run, key)
+    if not steps:
+        return None
+    start = steps[-1] * (1.0 - fraction)
+    late = [v for s, v in zip(steps, values) if s > start]
+    return sum(late) / len(late) if late else None
+
+
 # ---- the table ----
 
 def format_number(value, digits: int = 4) -> str:
@@ -240,12 +251,14 @@ def summary_row(run: Run) -> list:
         f"{tokens_per_s:,.0f}" if is_finite_number(tokens_per_s) else "—",
         format_memory(run.summary),
         str(bytes_per_param) if bytes_per_param is not None else "—",
+        format_number(late_mean(run, "edq_rel")),
+        format_number(late_mean(run, "lost_frac")),
         "no" if step is None else f"yes (step {step})",
     ]
 
 
 SUMMARY_HEADER = ["run", "policy", "final val loss", "best val loss", "tokens/s", "peak memory",
-                  "bytes/param", "diverged"]
+                  "bytes/param", "edq_rel (last 20%)", "lost_frac (last 20%)", "diverged"]
 
 
 def markdown_table(header: list, rows: list) -> str:
