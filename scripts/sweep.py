@@ -46,6 +46,8 @@ import tempfile
 import time
 from dataclasses import dataclass
 
+from plot_runs import positive_int  # the same argument check as plot_runs.py's
+
 from plot_runs import is_finite_number, pyplot, read_json_file, read_log, RunError
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -682,16 +684,6 @@ def write_results(settings: Settings, out_dir: str) -> list:
 
 
 # ---- command line ----
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not a positive integer")
-    return value
-
 
 def positive_float(text: str) -> float:
     value = non_negative_float(text)
