@@ -45,6 +45,7 @@ static const char *const grad_choices[] = {"preset", "fp32", "bf16", NULL};
 static const char *const attention_choices[] = {"preset", "fp32", "bf16", NULL};
 static const char *const rounding_choices[] = {"nearest", "toward_zero", NULL};
 static const char *const scaling_choices[] = {"delayed", "current", NULL};
+static const char *const export_choices[] = {"fp32", "bf16", "none", NULL};
 
 // One row per key, fields as in ConfigKey. The order here is the order of config_to_json's output.
 static const ConfigKey config_keys[] = {
@@ -93,6 +94,7 @@ static const ConfigKey config_keys[] = {
     {"metrics", "sharpness", KEY_FLOAT, offsetof(Config, metrics.sharpness), "0", 0, 1, CLOSED, NULL},
     {"metrics", "sharpness_steps", KEY_INT, offsetof(Config, metrics.sharpness_steps), "5", 1, 1000, CLOSED, NULL},
     {"output", "dir", KEY_STRING, offsetof(Config, output.dir), "runs/default", 1, PATH_LEN, CLOSED, NULL},
+    {"output", "export", KEY_STRING, offsetof(Config, output.export_format), "fp32", 1, NAME_LEN, CLOSED, export_choices},
 };
 
 #define NUM_KEYS (sizeof(config_keys) / sizeof(config_keys[0]))

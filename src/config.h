@@ -55,6 +55,7 @@ typedef struct {
     } metrics;
     struct {
         char dir[CONFIG_PATH_MAX];
+        char export_format[CONFIG_NAME_MAX];  // model.bin at the end: fp32 (llm.c version 3) | bf16 (5) | none
     } output;
 } Config;
 

@@ -462,12 +462,15 @@ static void write_summary(Trainer *tr, double seconds, float final_loss) {
     run_log_summary(&tr->log, json);
 }
 
+// The final weights as an llm.c GPT-2 model file, in the format output.export names.
 static void export_model(Trainer *tr) {
+    const char *format = tr->cfg.output.export_format;
+    if (strcmp(format, "none") == 0) return;
     float *params = xmalloc(tr->table.num_params * sizeof(float));
     tr->ops->read_params(tr->backend, params);
     char path[CONFIG_PATH_MAX + 16];
     snprintf(path, sizeof path, "%s/model.bin", tr->cfg.output.dir);
-    llmc_model_save(path, &tr->table, params, LLMC_VERSION_FP32);
+    llmc_model_save(path, &tr->table, params, strcmp(format, "bf16") == 0 ? LLMC_VERSION_BF16 : LLMC_VERSION_FP32);
     free(params);
 }
 

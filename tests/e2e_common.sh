@@ -32,4 +32,10 @@ JSON
 }
 
 # The losses of a run's log.jsonl, one per line, exactly as written.
-losses() { python3 -c 'import json,sys; [print(repr(json.loads(l)["loss"])) for l in open(sys.argv[1])]' "$1/log.jsonl"; }
+# (SIGPIPE kills it quietly when a reader such as head stops early.)
+losses() {
+  python3 -c 'import json, signal, sys
+signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+for line in open(sys.argv[1]):
+    print(repr(json.loads(line)["loss"]))' "$1/log.jsonl"
+}

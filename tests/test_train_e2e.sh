@@ -53,6 +53,25 @@ straight_last = [json.loads(l)["loss"] for l in open(sys.argv[2] + "/log.jsonl")
 assert first < straight_last + 0.3, f"imported model starts at {first}, trained one ended at {straight_last}"
 PY
 
+# output.export: bf16 writes an llm.c version 5 file holding the nearest bf16 of each fp32 weight (the same
+# run exported in fp32: run "a"); none writes no model file.
+"$train_gpt" --config "$tmp/tiny.json" --set output.export=bf16 --set output.dir="$tmp/a_bf16" >/dev/null
+"$train_gpt" --config "$tmp/tiny.json" --set output.export=none --set output.dir="$tmp/a_none" >/dev/null
+[ -e "$tmp/a_none/model.bin" ] && fail "output.export=none wrote model.bin"
+python3 - "$tmp/a/model.bin" "$tmp/a_bf16/model.bin" <<'PY' || fail "bf16 export"
+import struct, sys
+fp32, bf16 = open(sys.argv[1], "rb").read(), open(sys.argv[2], "rb").read()
+h32, h16 = struct.unpack("<256i", fp32[:1024]), struct.unpack("<256i", bf16[:1024])
+assert h32[1] == 3 and h16[1] == 5 and h32[2:8] == h16[2:8], (h32[:8], h16[:8])
+words = struct.unpack(f"<{(len(fp32) - 1024) // 4}I", fp32[1024:])
+halves = struct.unpack(f"<{(len(bf16) - 1024) // 2}H", bf16[1024:])
+assert len(words) == len(halves)
+def nearest_even(w):  # the upper 16 bits, rounded to nearest, ties to even (the weights are finite)
+    upper, rest = w >> 16, w & 0xFFFF
+    return upper + (rest > 0x8000 or (rest == 0x8000 and upper & 1))
+assert all(nearest_even(w) == h for w, h in zip(words, halves)), "bf16 export is not RNE of the fp32 weights"
+PY
+
 # mixed: learns, and the weights it trains are bf16 values (low 16 bits of every fp32 zero).
 "$train_gpt" --config "$tmp/tiny.json" --set precision.policy=mixed --set training.max_steps=60 \
   --set output.dir="$tmp/mixed" >/dev/null
