@@ -512,6 +512,7 @@ static void train(Trainer *tr) {
 }
 
 static int run_program(int argc, char **argv, const BackendOps *cuda_ops, int cuda_devices) {
+    cleanup_on_interrupt();
     CliOptions opt = cli_parse(argc, argv);
     if (opt.help) {
         cli_print_help();

@@ -1,6 +1,7 @@
 #include "util.h"
 
 #include <errno.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,16 +26,37 @@ void fatal_cleanup_register(const char *path) {
 void fatal_cleanup_unregister(const char *path) {
     for (int i = 0; i < MAX_CLEANUP_FILES; i++) {
         if (cleanup_files[i] && strcmp(cleanup_files[i], path) == 0) {
-            free(cleanup_files[i]);
-            cleanup_files[i] = NULL;
+            char *registered = cleanup_files[i];
+            cleanup_files[i] = NULL;  // first, so that a signal handler never sees a freed name
+            free(registered);
         }
     }
 }
 
-void fatal(const char *fmt, ...) {
+static void remove_cleanup_files(void) {
     for (int i = 0; i < MAX_CLEANUP_FILES; i++) {
         if (cleanup_files[i]) unlink(cleanup_files[i]);
     }
+}
+
+// Removes the temporary files, then dies of the same signal (unlink is async-signal-safe).
+static void remove_files_and_die(int sig) {
+    remove_cleanup_files();
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
+
+void cleanup_on_interrupt(void) {
+    struct sigaction action;
+    memset(&action, 0, sizeof action);
+    action.sa_handler = remove_files_and_die;
+    sigemptyset(&action.sa_mask);
+    sigaction(SIGINT, &action, NULL);
+    sigaction(SIGTERM, &action, NULL);
+}
+
+void fatal(const char *fmt, ...) {
+    remove_cleanup_files();
     fflush(stdout);
     char message[4096];
     va_list args;

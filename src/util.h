@@ -20,6 +20,9 @@ void fatal(const char *fmt, ...);
 // A temporary file that must not survive a fatal error (unregister once it has been renamed into place).
 void fatal_cleanup_register(const char *path);
 void fatal_cleanup_unregister(const char *path);
+// On SIGINT or SIGTERM (Ctrl-C, mpirun tearing a job down), remove the registered files too, so that an
+// interrupted checkpoint write leaves the last complete checkpoint and no temporary file.
+void cleanup_on_interrupt(void);
 
 void *xmalloc(size_t nbytes);
 void *xcalloc(size_t count, size_t size);
