@@ -102,6 +102,15 @@ static ChildResult expect_refused(const char *path, const CheckpointSection *exp
     return res;
 }
 
+// Writes the checkpoint of fill_state(seed) to path.
+static void write_state_checkpoint(const char *path, int seed) {
+    State state;
+    CheckpointSection sections[NUM_SECTIONS];
+    fill_state(&state, seed);
+    describe(&state, sections);
+    checkpoint_write(path, sections, NUM_SECTIONS);
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // Tests
 
@@ -148,11 +157,7 @@ static void test_every_flipped_byte_is_refused(const char *dir) {
     char good[512], bad[512];
     snprintf(good, sizeof good, "%s/good.ckpt", dir);
     snprintf(bad, sizeof bad, "%s/flipped.ckpt", dir);
-    State a;
-    CheckpointSection sa[NUM_SECTIONS];
-    fill_state(&a, 2);
-    describe(&a, sa);
-    checkpoint_write(good, sa, NUM_SECTIONS);
+    write_state_checkpoint(good, 2);
     size_t n;
     unsigned char *bytes = (unsigned char *)read_whole_file(good, &n);
     State *dest = shared_state();
@@ -184,11 +189,7 @@ static void test_truncated_or_extended_is_refused(const char *dir) {
     char good[512], bad[512];
     snprintf(good, sizeof good, "%s/good.ckpt", dir);
     snprintf(bad, sizeof bad, "%s/truncated.ckpt", dir);
-    State a;
-    CheckpointSection sa[NUM_SECTIONS];
-    fill_state(&a, 3);
-    describe(&a, sa);
-    checkpoint_write(good, sa, NUM_SECTIONS);
+    write_state_checkpoint(good, 3);
     size_t n;
     unsigned char *bytes = (unsigned char *)read_whole_file(good, &n);
     State *dest = shared_state();
@@ -220,11 +221,7 @@ static void test_truncated_or_extended_is_refused(const char *dir) {
 static void test_foreign_section_list_is_refused(const char *dir) {
     char path[512];
     snprintf(path, sizeof path, "%s/sections.ckpt", dir);
-    State a;
-    CheckpointSection sa[NUM_SECTIONS];
-    fill_state(&a, 4);
-    describe(&a, sa);
-    checkpoint_write(path, sa, NUM_SECTIONS);
+    write_state_checkpoint(path, 4);
     State *dest = shared_state();
     CheckpointSection into[NUM_SECTIONS], other[NUM_SECTIONS + 1];
     describe(dest, into);

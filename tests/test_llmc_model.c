@@ -49,25 +49,6 @@ static size_t file_size(const char *path) {
     return n;
 }
 
-static uint32_t bits_of(float x) {
-    uint32_t u;
-    memcpy(&u, &x, sizeof u);
-    return u;
-}
-
-static float from_bits(uint32_t u) {
-    float x;
-    memcpy(&x, &u, sizeof x);
-    return x;
-}
-
-static uint64_t splitmix64(uint64_t *state) {
-    uint64_t z = (*state += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
 // Edge cases of rounding to bf16 first (ties to even, carries into the exponent, overflow, subnormals,
 // infinities, NaNs), then arbitrary bit patterns.
 static void fill_params(float *params, size_t n) {
@@ -79,7 +60,7 @@ static void fill_params(float *params, size_t n) {
     size_t n_special = sizeof special / sizeof special[0];
     uint64_t rng = 42;
     for (size_t i = 0; i < n; i++) {
-        params[i] = i < n_special ? from_bits(special[i]) : from_bits((uint32_t)splitmix64(&rng));
+        params[i] = i < n_special ? float_of_bits(special[i]) : float_of_bits((uint32_t)splitmix64_next(&rng));
     }
 }
 
@@ -204,14 +185,14 @@ static void test_bf16_round_trip(const char *dir, const ParamTable *table, const
             if (!isnan(back[i]) || signbit(back[i]) != signbit(params[i])) bad++;
             continue;
         }
-        uint32_t want = bits_of(reference_bf16(params[i])), got = bits_of(back[i]);
+        uint32_t want = bits_of_float(reference_bf16(params[i])), got = bits_of_float(back[i]);
         if (want != got && bad++ < 5) {
-            fprintf(stderr, "param %zu: %08x -> %08x, expected %08x\n", i, bits_of(params[i]), got, want);
+            fprintf(stderr, "param %zu: %08x -> %08x, expected %08x\n", i, bits_of_float(params[i]), got, want);
         }
     }
     CHECK(bad == 0, "%d of %zu parameters differ from nearest-even bf16 rounding", bad, table->num_params);
-    CHECK(bits_of(back[0]) == 0x3f800000u && bits_of(back[1]) == 0x3f820000u && bits_of(back[6]) == 0x7f800000u,
-          "tie or overflow cases: %08x %08x %08x", bits_of(back[0]), bits_of(back[1]), bits_of(back[6]));
+    CHECK(bits_of_float(back[0]) == 0x3f800000u && bits_of_float(back[1]) == 0x3f820000u && bits_of_float(back[6]) == 0x7f800000u,
+          "tie or overflow cases: %08x %08x %08x", bits_of_float(back[0]), bits_of_float(back[1]), bits_of_float(back[6]));
     free(back);
 }
 
