@@ -1,5 +1,5 @@
 // The CPU backend: GPT-2 forward/backward of gpt_cpu.c, each policy's storage, and the optimizer step, which
-// loops over the per-element rules of update_rules.h (the CUDA backend calls the same ones).
+// loops over optimizer_element.h's per-element step (the CUDA backend's optimizer kernel calls the same one).
 //
 // Every quantity is held in its real format (bf16 as uint16, an MCF pair as two bf16 arrays, DQT codes as
 // int8), plus two fp32 buffers the CPU kernels need: the compute copy of the weights that the forward and
@@ -18,34 +18,8 @@
 #include "backend.h"
 #include "cpu/gpt_cpu.h"
 #include "distributed.h"
-#include "update_rules.h"
+#include "optimizer_element.h"
 #include "util.h"
-
-// The optimizer loops over runs of at most this many elements of one layer slice of one tensor.
-#define CHUNK_ELEMENTS 8192
-
-// An Adam moment in its storage.
-typedef struct {
-    MomentStorage storage;
-    float *fp32;  // (N) STATE_FP32
-    bf16 *hi;     // (N) STATE_BF16: the moment; STATE_MCF: the pair's hi part
-    bf16 *lo;     // (N) STATE_MCF: the pair's lo part
-} MomentBuffer;
-
-// A moment after this step's gradient, as the update reads it.
-typedef struct {
-    float value;   // the stored value in fp32 (a pair: hi + lo)
-    bf16 operand;  // the operand of a bf16-op update: the bf16 moment, the pair's hi, or bf16(fp32 moment)
-} MomentValue;
-
-// A run of elements within one layer slice of one tensor: the unit of the optimizer's parallel loop, and
-// of the metric sums, which are added up in chunk order so that they do not depend on the thread count.
-typedef struct {
-    int tensor;
-    int group;          // update-metrics layer group
-    int slice;          // DQT matrices: the slice's scale in dqt_scales
-    size_t begin, end;  // parameter indices
-} Chunk;
 
 struct Backend {
     ParamTable table;
@@ -365,8 +339,30 @@ static void cpu_reduce_gradients(Backend *b) {
     else dist_all_gather(b->grads, sizeof(float), b->param_bounds);
 }
 
-static float stored_grad(const Backend *b, size_t i) {
-    return b->grads_bf16 ? bf16_to_f32(b->grads_bf16[i]) : b->grads[i];
+// The backend's buffers as the shared element step sees them.
+static OptimizerBuffers optimizer_buffers(const Backend *b) {
+    OptimizerBuffers o;
+    o.update = b->policy.update;
+    o.grid_bits = b->policy.grid_bits;
+    o.params = b->params;
+    o.weights_bf16 = b->weights_bf16;
+    o.master = b->master;
+    o.mcf_lo = b->mcf_lo;
+    o.kahan_c = b->kahan_c;
+    o.dqt_codes = b->dqt_codes;
+    o.dqt_scales = b->dqt_scales;
+    o.dqt_vectors = b->dqt_vectors;
+    o.grads = b->grads;
+    o.grads_bf16 = b->grads_bf16;
+    o.m = b->m;
+    o.v = b->v;
+    o.state_base = b->state_base;
+    for (int t = 0; t < NUM_PARAM_TENSORS; t++) {
+        o.tensor_offset[t] = b->table.tensors[t].offset;
+        o.dqt_offset[t] = b->dqt_offset[t];
+        o.is_matrix[t] = b->table.tensors[t].is_matrix;
+    }
+    return o;
 }
 
 // Sum of squares of the stored gradients in fixed chunks, each in double, added in chunk order: the same
@@ -374,12 +370,13 @@ static float stored_grad(const Backend *b, size_t i) {
 // Under ZeRO-1 a rank has summed only its own range of the gradients: it takes its chunks' partial sums,
 // and gathers the others'.
 static float cpu_grad_norm(Backend *b) {
+    OptimizerBuffers o = optimizer_buffers(b);
     double *partial = xmalloc((size_t)b->num_chunks * sizeof(double));
 #pragma omp parallel for schedule(static)
     for (int c = b->first_chunk; c < b->end_chunk; c++) {
         double sum = 0.0;
         for (size_t i = b->chunks[c].begin; i < b->chunks[c].end; i++) {
-            double g = stored_grad(b, i);
+            double g = optimizer_stored_grad(&o, i);
             sum += g * g;
         }
         partial[c] = sum;
@@ -394,149 +391,8 @@ static float cpu_grad_norm(Backend *b) {
 // ----------------------------------------------------------------------------------------------------
 // the optimizer step
 
-static MomentValue step_moment(MomentBuffer *moment, size_t i, float g, const MomentRule *rule) {
-    MomentValue out = {0.0f, 0};
-    switch (moment->storage) {
-    case STATE_FP32:
-        moment->fp32[i] = moment_step_fp32(moment->fp32[i], g, rule);
-        out.value = moment->fp32[i];
-        out.operand = bf16_from_f32(out.value);
-        break;
-    case STATE_BF16:
-        moment->hi[i] = moment_step_bf16(moment->hi[i], g, rule);
-        out.value = bf16_to_f32(moment->hi[i]);
-        out.operand = moment->hi[i];
-        break;
-    case STATE_MCF: {
-        Mcf pair = moment_step_mcf(mcf_make(moment->hi[i], moment->lo[i]), g, rule);
-        moment->hi[i] = pair.hi;
-        moment->lo[i] = pair.lo;
-        out.value = mcf_to_f32(pair);
-        out.operand = pair.hi;
-        break;
-    }
-    }
-    return out;
-}
-
-// What one element's step needs besides its own storage.
-typedef struct {
-    const UpdateConstants *k;
-    MomentValue m, v;
-    int decay;        // 2-D weight: weight decay applies
-    RngKey key;       // stochastic rounding: the tensor's key ...
-    uint64_t index;   // ... and the element's index in its tensor
-    size_t state;     // the element's index in the optimizer state (its parameter index less state_base)
-    UpdateSums *sums; // NULL: no metrics
-} ElementStep;
-
-// An fp32 weight stepped by the fp32 AdamW update: fp32 weights, the master copy, 1-D parameters under DQT.
-static void step_fp32(float *weight, const ElementStep *e) {
-    float before = *weight;
-    float delta = adamw_delta_fp32(before, e->m.value, e->v.value, &e->k->fp32, e->decay);
-    *weight = before + delta;
-    if (e->sums) update_sums_add_element(e->sums, delta, (double)*weight - before);
-}
-
-static void step_master(Backend *b, size_t i, const ElementStep *e) {
-    step_fp32(&b->master[e->state], e);
-    b->weights_bf16[i] = bf16_from_f32(b->master[e->state]);
-    b->params[i] = bf16_to_f32(b->weights_bf16[i]);
-}
-
-static void step_rne(Backend *b, size_t i, const ElementStep *e) {
-    bf16 before = b->weights_bf16[i];
-    bf16 delta = adamw_delta_bf16(before, e->m.operand, e->v.operand, e->k, e->decay);
-    b->weights_bf16[i] = weight_step_rne(before, delta);
-    b->params[i] = bf16_to_f32(b->weights_bf16[i]);
-    if (e->sums) update_sums_add_element(e->sums, bf16_to_f32(delta), (double)b->params[i] - bf16_to_f32(before));
-}
-
-static void step_mcf(Backend *b, size_t i, const ElementStep *e) {
-    Mcf before = mcf_make(b->weights_bf16[i], b->mcf_lo[e->state]);
-    bf16 delta = adamw_delta_bf16(before.hi, e->m.operand, e->v.operand, e->k, e->decay);
-    Mcf after = weight_step_mcf(before, delta);
-    b->weights_bf16[i] = after.hi;
-    b->mcf_lo[e->state] = after.lo;
-    b->params[i] = bf16_to_f32(after.hi);
-    if (e->sums) {
-        double raw = bf16_to_f32(delta);
-        update_sums_add_element(e->sums, raw, mcf_to_double(after) - mcf_to_double(before));
-        update_sums_add_compensation(e->sums, bf16_to_f32(after.lo), raw);
-    }
-}
-
-// The weight a Kahan pair stands for: θ − c.
-static double kahan_value(KahanPair x) { return (double)bf16_to_f32(x.value) - bf16_to_f32(x.compensation); }
-
-static void step_kahan(Backend *b, size_t i, const ElementStep *e) {
-    KahanPair before = {b->weights_bf16[i], b->kahan_c[e->state]};
-    bf16 delta = adamw_delta_bf16(before.value, e->m.operand, e->v.operand, e->k, e->decay);
-    KahanPair after = weight_step_kahan(before, delta);
-    b->weights_bf16[i] = after.value;
-    b->kahan_c[e->state] = after.compensation;
-    b->params[i] = bf16_to_f32(after.value);
-    if (e->sums) {
-        double raw = bf16_to_f32(delta);
-        update_sums_add_element(e->sums, raw, kahan_value(after) - kahan_value(before));
-        update_sums_add_compensation(e->sums, -(double)bf16_to_f32(after.compensation), raw);
-    }
-}
-
-static void step_sr(Backend *b, size_t i, const ElementStep *e) {
-    bf16 before = b->weights_bf16[i];
-    float delta = adamw_delta_fp32(bf16_to_f32(before), e->m.value, e->v.value, &e->k->fp32, e->decay);
-    b->weights_bf16[i] = weight_step_sr(before, delta, e->key, e->index);
-    b->params[i] = bf16_to_f32(b->weights_bf16[i]);
-    if (e->sums) update_sums_add_element(e->sums, delta, (double)b->params[i] - bf16_to_f32(before));
-}
-
-static void step_grid(Backend *b, size_t i, size_t code, float scale, const ElementStep *e) {
-    int32_t before = b->dqt_codes[code];
-    float delta = adamw_delta_fp32(int_grid_dequantize(before, scale), e->m.value, e->v.value, &e->k->fp32, e->decay);
-    int32_t after = weight_step_grid_sr(before, delta, scale, dqt_grid(b->policy.grid_bits), e->key, e->index);
-    b->dqt_codes[code] = (int8_t)after;
-    b->params[i] = int_grid_dequantize(after, scale);
-    if (e->sums) {
-        update_sums_add_element(e->sums, delta, (double)(after - before) * scale);
-        update_sums_add_code(e->sums, before, after);
-    }
-}
-
-// DQT: 2-D weights on the grid, 1-D parameters in fp32 with the exact step.
-static void step_dqt(Backend *b, size_t i, const Chunk *chunk, const ElementStep *e) {
-    size_t stored = b->dqt_offset[chunk->tensor] + e->index;
-    if (is_dqt_matrix(b, chunk->tensor)) {
-        step_grid(b, i, stored, b->dqt_scales[chunk->slice], e);
-    } else {
-        step_fp32(&b->dqt_vectors[stored], e);
-        b->params[i] = b->dqt_vectors[stored];
-    }
-}
-
-static void step_chunk(Backend *b, const Chunk *chunk, const UpdateConstants *k, UpdateSums *sums) {
-    const ParamTensor *tensor = &b->table.tensors[chunk->tensor];
-    ElementStep e;
-    e.k = k;
-    e.decay = tensor->is_matrix;
-    e.key = update_rng_key(&k->fp32, chunk->tensor);
-    e.sums = sums;
-    for (size_t i = chunk->begin; i < chunk->end; i++) {
-        float g = stored_grad(b, i) * k->fp32.grad_scale;
-        e.state = i - b->state_base;
-        e.m = step_moment(&b->m, e.state, g, &k->m);
-        e.v = step_moment(&b->v, e.state, g, &k->v);
-        e.index = i - tensor->offset;
-        switch (b->policy.update) {
-        case UPDATE_EXACT: step_fp32(&b->params[i], &e); break;
-        case UPDATE_FP32_MASTER: step_master(b, i, &e); break;
-        case UPDATE_BF16_RNE: step_rne(b, i, &e); break;
-        case UPDATE_MCF_GROW: step_mcf(b, i, &e); break;
-        case UPDATE_KAHAN: step_kahan(b, i, &e); break;
-        case UPDATE_SR: step_sr(b, i, &e); break;
-        case UPDATE_GRID_SR: step_dqt(b, i, chunk, &e); break;
-        }
-    }
+static void step_chunk(const OptimizerBuffers *o, const Chunk *chunk, const UpdateConstants *k, UpdateSums *sums) {
+    for (size_t i = chunk->begin; i < chunk->end; i++) optimizer_step_element(o, chunk, k, i, sums);
 }
 
 // The chunks' sums into their groups, then the groups into the total, each in a fixed order.
@@ -565,8 +421,9 @@ static void cpu_optimizer_step(Backend *b, const AdamWStep *step, UpdateMetrics 
     UpdateConstants k = update_constants(step);
     if (metrics && !b->chunk_sums) b->chunk_sums = xmalloc((size_t)b->num_chunks * sizeof(UpdateSums));
     if (metrics) memset(b->chunk_sums, 0, (size_t)b->num_chunks * sizeof(UpdateSums));
+    OptimizerBuffers o = optimizer_buffers(b);
 #pragma omp parallel for schedule(static)
-    for (int c = b->first_chunk; c < b->end_chunk; c++) step_chunk(b, &b->chunks[c], &k, metrics ? &b->chunk_sums[c] : NULL);
+    for (int c = b->first_chunk; c < b->end_chunk; c++) step_chunk(&o, &b->chunks[c], &k, metrics ? &b->chunk_sums[c] : NULL);
     if (b->zero) gather_shards(b, metrics != NULL);
     if (metrics) gather_metrics(b, metrics);
 }

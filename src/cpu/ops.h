@@ -10,6 +10,7 @@
 
 #include "cpu/gpt_cpu.h"
 #include "numerics/exmy.h"
+#include "operand_cast.h"
 
 // encoder.c: out = wte[token] + wpe[position].
 // out: (B, T, C), tokens: (B, T), wte: (Vp, C), wpe: (block_size, C)
@@ -31,21 +32,8 @@ void matmul_forward(float *out, const float *inp, const float *weight, const flo
 void matmul_backward(float *dinp, float *dweight, float *dbias, const float *dout, const float *inp,
                      const float *weight, int N, int C, int OC);
 
-// quantize.c: a matmul operand as its format sees it: each element cast to the format and kept in fp32
-// (the products still accumulate in fp32). The one place where operands meet their format: the linear
-// layers, the attention products and the LM head all cast through here.
-typedef struct {
-    MatmulFormat format;    // MATMUL_FP32 leaves values unchanged
-    ExmyFormat grid;        // MATMUL_EXMY, MATMUL_FP8: the format cast to
-    RoundingMode rounding;  // MATMUL_EXMY: nearest-even or toward zero; MATMUL_FP8 rounds to nearest-even
-    float scale;            // MATMUL_FP8: x * scale is clamped and cast, the result multiplied by 1/scale
-} OperandCast;
-
-// The cast a precision asks for, with scale 1 and, for fp8, the E4M3 grid of forward operands (the caller
-// switches gradients to E5M2 and sets each use's scale). Overflow saturates in every format. fatal() for an
-// eXmY rounding other than nearest-even or toward zero.
-OperandCast operand_cast_for(const MatmulPrecision *precision);
-float quantize_operand_value(float x, const OperandCast *cast);
+// quantize.c: the matmul operand casts of operand_cast.h over a whole tensor. The one place where
+// operands meet their format: the linear layers, the attention products and the LM head all cast through here.
 // out = each element of inp cast. out and inp: (n); out may equal inp.
 void quantize_operand(float *out, const float *inp, size_t n, const OperandCast *cast);
 

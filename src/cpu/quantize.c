@@ -28,16 +28,6 @@ OperandCast operand_cast_for(const MatmulPrecision *precision) {
     return cast;
 }
 
-float quantize_operand_value(float x, const OperandCast *cast) {
-    switch (cast->format) {
-    case MATMUL_BF16: return round_bf16(x);
-    case MATMUL_EXMY: return exmy_quantize(x, cast->grid, cast->rounding, OVERFLOW_SATURATE, 0u);
-    case MATMUL_FP8: return quantize_dequantize_scaled(x, cast->scale, cast->grid, ROUND_NEAREST_EVEN, 0u);
-    case MATMUL_FP32: break;
-    }
-    return x;
-}
-
 void quantize_operand(float *out, const float *inp, size_t n, const OperandCast *cast) {
 #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++) out[i] = quantize_operand_value(inp[i], cast);
