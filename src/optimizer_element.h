@@ -188,6 +188,14 @@ LP_HD void optimizer_step_dqt(const OptimizerBuffers *b, size_t i, const Chunk *
     }
 }
 
+// DQT: the value forward reads for parameter i, a 2-D weight's code times its slice's scale, or the fp32
+// 1-D parameter.
+LP_HD float dqt_decoded_weight(const OptimizerBuffers *b, const Chunk *chunk, size_t i) {
+    size_t stored = b->dqt_offset[chunk->tensor] + (i - b->tensor_offset[chunk->tensor]);
+    if (!b->is_matrix[chunk->tensor]) return b->dqt_vectors[stored];
+    return int_grid_dequantize(b->dqt_codes[stored], b->dqt_scales[chunk->slice]);
+}
+
 // Parameter i (within chunk) takes one AdamW step under the policy's rule; sums: NULL, or this element's
 // update-quality sums are added to it.
 LP_HD void optimizer_step_element(const OptimizerBuffers *b, const Chunk *chunk, const UpdateConstants *k, size_t i,

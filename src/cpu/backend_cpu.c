@@ -18,7 +18,7 @@
 #include "backend.h"
 #include "cpu/gpt_cpu.h"
 #include "distributed.h"
-#include "optimizer_element.h"
+#include "param_storage.h"
 #include "util.h"
 
 struct Backend {
@@ -33,18 +33,12 @@ struct Backend {
     int8_t *dqt_codes;    // WEIGHTS_INT_GRID: the 2-D weights' grid codes, tensor after tensor
     float *dqt_scales;    // WEIGHTS_INT_GRID: one scale per layer slice of a 2-D weight
     float *dqt_vectors;   // WEIGHTS_INT_GRID: the 1-D parameters in fp32, tensor after tensor
-    size_t dqt_offset[NUM_PARAM_TENSORS];  // a tensor's start in dqt_codes (2-D) or dqt_vectors (1-D)
     float *grads;         // (N) fp32 gradients; under bf16 gradients, the backward's fp32 scratch
     bf16 *grads_bf16;     // (N) bf16 gradients, else NULL
     MomentBuffer m, v;
-    Chunk *chunks;
-    int num_chunks;
+    ParamLayout layout;   // chunks, the ranks' ranges, DQT offsets
     UpdateSums *chunk_sums;  // (num_chunks) allocated by the first step that computes metrics
     int rank, world;
-    size_t *chunk_bounds;    // (world + 1) the ranks' ranges of chunks ...
-    size_t *param_bounds;    // (world + 1) ... and of parameters
-    size_t *code_bounds;     // (world + 1) WEIGHTS_INT_GRID: the ranks' ranges of dqt_codes ...
-    size_t *vector_bounds;   // (world + 1) ... and of dqt_vectors
     int zero;                // ZeRO-1: the optimizer state is this rank's shard
     int first_chunk, end_chunk;  // the chunks optimizer_step steps: all, or under ZeRO-1 this rank's
     size_t state_base;       // the parameter index of the optimizer state's first element
@@ -54,37 +48,6 @@ struct Backend {
 
 // ----------------------------------------------------------------------------------------------------
 // storage
-
-static int is_dqt_matrix(const Backend *b, int tensor) {
-    return b->policy.weights == WEIGHTS_INT_GRID && b->table.tensors[tensor].is_matrix;
-}
-
-static int slices_of(const ParamTable *table, int tensor) {
-    return table->tensors[tensor].per_layer ? table->shape.n_layer : 1;
-}
-
-// Elements of a slice that are weights: wte's padded vocabulary rows are not, and stay 0.
-static size_t real_numel(const ParamTable *table, int tensor, size_t slice_numel) {
-    return tensor == PARAM_WTE ? (size_t)table->shape.vocab_size * table->shape.n_embd : slice_numel;
-}
-
-typedef struct {
-    size_t matrix_elements, vector_elements, matrix_slices;
-} TableCounts;
-
-static TableCounts count_table(const ParamTable *table) {
-    TableCounts c = {0, 0, 0};
-    for (int t = 0; t < NUM_PARAM_TENSORS; t++) {
-        const ParamTensor *tensor = &table->tensors[t];
-        if (tensor->is_matrix) {
-            c.matrix_elements += tensor->numel;
-            c.matrix_slices += (size_t)slices_of(table, t);
-        } else {
-            c.vector_elements += tensor->numel;
-        }
-    }
-    return c;
-}
 
 static void alloc_moment(MomentBuffer *moment, MomentStorage storage, size_t n) {
     moment->storage = storage;
@@ -99,40 +62,6 @@ static void free_moment(MomentBuffer *moment) {
     free(moment->lo);
 }
 
-// DQT: codes on the grid by round-to-nearest from the initial weights, with each slice's scale the absmean
-// of its initial values, fixed for the whole run (DQT keeps no higher-precision copy to re-derive it from).
-// 1-D parameters stay fp32.
-static void init_dqt(Backend *b, const float *init) {
-    TableCounts counts = count_table(&b->table);
-    b->dqt_codes = xmalloc(counts.matrix_elements);
-    b->dqt_scales = xmalloc(counts.matrix_slices * sizeof(float));
-    b->dqt_vectors = xmalloc(counts.vector_elements * sizeof(float));
-    IntGrid grid = dqt_grid(b->policy.grid_bits);
-    size_t codes = 0, vectors = 0, slice_index = 0;
-    for (int t = 0; t < NUM_PARAM_TENSORS; t++) {
-        const ParamTensor *tensor = &b->table.tensors[t];
-        const float *values = init + tensor->offset;
-        if (!tensor->is_matrix) {
-            b->dqt_offset[t] = vectors;
-            memcpy(b->dqt_vectors + vectors, values, tensor->numel * sizeof(float));
-            vectors += tensor->numel;
-            continue;
-        }
-        b->dqt_offset[t] = codes;
-        size_t slice_numel = tensor->numel / (size_t)slices_of(&b->table, t);
-        for (int s = 0; s < slices_of(&b->table, t); s++, slice_index++) {
-            const float *slice = values + (size_t)s * slice_numel;
-            float scale = absmean_scale(slice, real_numel(&b->table, t, slice_numel));
-            b->dqt_scales[slice_index] = scale;
-            for (size_t e = 0; e < slice_numel; e++) {
-                int32_t q = int_grid_quantize(slice[e], scale, grid, ROUND_NEAREST_EVEN, 0u);
-                b->dqt_codes[codes + (size_t)s * slice_numel + e] = (int8_t)q;
-            }
-        }
-        codes += tensor->numel;
-    }
-}
-
 static void init_weights(Backend *b, const float *init) {
     size_t n = b->table.num_params;
     if (b->policy.weights == WEIGHTS_FP32) {
@@ -140,7 +69,11 @@ static void init_weights(Backend *b, const float *init) {
         return;
     }
     if (b->policy.weights == WEIGHTS_INT_GRID) {
-        init_dqt(b, init);
+        ParamCounts counts = param_counts(&b->table);
+        b->dqt_codes = xmalloc(counts.matrix_elements);
+        b->dqt_scales = xmalloc(counts.matrix_slices * sizeof(float));
+        b->dqt_vectors = xmalloc(counts.vector_elements * sizeof(float));
+        dqt_init_storage(&b->table, b->policy.grid_bits, init, b->dqt_codes, b->dqt_scales, b->dqt_vectors);
         return;
     }
     b->weights_bf16 = xmalloc(n * sizeof(bf16));
@@ -157,6 +90,32 @@ static void init_weights(Backend *b, const float *init) {
     }
 }
 
+// The backend's buffers as the shared element step sees them.
+static OptimizerBuffers optimizer_buffers(const Backend *b) {
+    OptimizerBuffers o;
+    o.update = b->policy.update;
+    o.grid_bits = b->policy.grid_bits;
+    o.params = b->params;
+    o.weights_bf16 = b->weights_bf16;
+    o.master = b->master;
+    o.mcf_lo = b->mcf_lo;
+    o.kahan_c = b->kahan_c;
+    o.dqt_codes = b->dqt_codes;
+    o.dqt_scales = b->dqt_scales;
+    o.dqt_vectors = b->dqt_vectors;
+    o.grads = b->grads;
+    o.grads_bf16 = b->grads_bf16;
+    o.m = b->m;
+    o.v = b->v;
+    o.state_base = b->state_base;
+    for (int t = 0; t < NUM_PARAM_TENSORS; t++) {
+        o.tensor_offset[t] = b->table.tensors[t].offset;
+        o.dqt_offset[t] = b->layout.dqt_offset[t];
+        o.is_matrix[t] = b->table.tensors[t].is_matrix;
+    }
+    return o;
+}
+
 // Refreshes the compute copy from the stored weights (at creation and after a checkpoint load).
 static void decode_weights(Backend *b) {
     if (b->policy.weights == WEIGHTS_BF16) {
@@ -166,75 +125,11 @@ static void decode_weights(Backend *b) {
         return;
     }
     if (b->policy.weights != WEIGHTS_INT_GRID) return;
-    for (int c = 0; c < b->num_chunks; c++) {
-        const Chunk *chunk = &b->chunks[c];
-        size_t tensor_offset = b->table.tensors[chunk->tensor].offset;
-        for (size_t i = chunk->begin; i < chunk->end; i++) {
-            size_t stored = b->dqt_offset[chunk->tensor] + (i - tensor_offset);
-            b->params[i] = is_dqt_matrix(b, chunk->tensor)
-                               ? int_grid_dequantize(b->dqt_codes[stored], b->dqt_scales[chunk->slice])
-                               : b->dqt_vectors[stored];
-        }
-    }
-}
-
-// Chunks of every layer slice of every tensor, in table order; with chunks NULL, only counts them.
-static int list_chunks(const ParamTable *table, Chunk *chunks) {
-    int count = 0, matrix_slice = 0;
-    for (int t = 0; t < NUM_PARAM_TENSORS; t++) {
-        const ParamTensor *tensor = &table->tensors[t];
-        int slices = slices_of(table, t);
-        size_t slice_numel = tensor->numel / (size_t)slices;
-        for (int s = 0; s < slices; s++) {
-            size_t slice_begin = tensor->offset + (size_t)s * slice_numel, slice_end = slice_begin + slice_numel;
-            for (size_t begin = slice_begin; begin < slice_end; begin += CHUNK_ELEMENTS, count++) {
-                if (!chunks) continue;
-                Chunk *c = &chunks[count];
-                c->tensor = t;
-                c->group = update_group_of(table, t, s);
-                c->slice = tensor->is_matrix ? matrix_slice : -1;
-                c->begin = begin;
-                c->end = begin + CHUNK_ELEMENTS < slice_end ? begin + CHUNK_ELEMENTS : slice_end;
-            }
-            if (tensor->is_matrix) matrix_slice++;
-        }
-    }
-    return count;
-}
-
-// Rank r's share starts at the first chunk at or after parameter r*N/world: whole chunks, so each rank's
-// range is whole runs of layer slices, and about N/world parameters (empty for a rank with nothing left).
-static void split_among_ranks(Backend *b) {
-    size_t n = b->table.num_params;
-    b->chunk_bounds = xmalloc((size_t)(b->world + 1) * sizeof(size_t));
-    b->param_bounds = xmalloc((size_t)(b->world + 1) * sizeof(size_t));
-    int c = 0;
-    for (int r = 0; r <= b->world; r++) {
-        size_t target = r == b->world ? n : n / (size_t)b->world * (size_t)r;
-        while (c < b->num_chunks && b->chunks[c].begin < target) c++;
-        b->chunk_bounds[r] = (size_t)c;
-        b->param_bounds[r] = c < b->num_chunks ? b->chunks[c].begin : n;
-    }
-}
-
-// How many elements of the matrices (or of the 1-D parameters) come before parameter index p: the same
-// split in the DQT arrays, which hold the matrices' codes and the 1-D parameters in table order.
-static size_t elements_before(const ParamTable *table, size_t p, int matrices) {
-    size_t count = 0;
-    for (int t = 0; t < NUM_PARAM_TENSORS; t++) {
-        const ParamTensor *tensor = &table->tensors[t];
-        if (tensor->is_matrix != matrices || tensor->offset >= p) continue;
-        count += p - tensor->offset < tensor->numel ? p - tensor->offset : tensor->numel;
-    }
-    return count;
-}
-
-static void split_dqt_among_ranks(Backend *b) {
-    b->code_bounds = xmalloc((size_t)(b->world + 1) * sizeof(size_t));
-    b->vector_bounds = xmalloc((size_t)(b->world + 1) * sizeof(size_t));
-    for (int r = 0; r <= b->world; r++) {
-        b->code_bounds[r] = elements_before(&b->table, b->param_bounds[r], 1);
-        b->vector_bounds[r] = elements_before(&b->table, b->param_bounds[r], 0);
+    OptimizerBuffers o = optimizer_buffers(b);
+#pragma omp parallel for schedule(static)
+    for (int c = 0; c < b->layout.num_chunks; c++) {
+        const Chunk *chunk = &b->layout.chunks[c];
+        for (size_t i = chunk->begin; i < chunk->end; i++) b->params[i] = dqt_decoded_weight(&o, chunk, i);
     }
 }
 
@@ -245,15 +140,11 @@ static Backend *cpu_create(const ParamTable *table, const Policy *policy, int B,
     b->policy = *policy;
     b->model = gpt_cpu_create(table, B, T);
     gpt_cpu_set_precision(b->model, &policy->matmul, policy->attention);
-    b->num_chunks = list_chunks(table, NULL);
-    b->chunks = xmalloc((size_t)b->num_chunks * sizeof(Chunk));
-    list_chunks(table, b->chunks);
     b->rank = dist_rank();
     b->world = dist_world();
-    split_among_ranks(b);
-    if (policy->weights == WEIGHTS_INT_GRID) split_dqt_among_ranks(b);
+    param_layout_init(&b->layout, table, policy, b->world);
     b->first_chunk = 0;
-    b->end_chunk = b->num_chunks;
+    b->end_chunk = b->layout.num_chunks;
     b->state_base = 0;
     b->state_numel = n;
     b->params = xmalloc(n * sizeof(float));
@@ -280,12 +171,8 @@ static void cpu_destroy(Backend *b) {
     free(b->grads_bf16);
     free_moment(&b->m);
     free_moment(&b->v);
-    free(b->chunks);
+    param_layout_free(&b->layout);
     free(b->chunk_sums);
-    free(b->chunk_bounds);
-    free(b->param_bounds);
-    free(b->code_bounds);
-    free(b->vector_bounds);
     free(b);
 }
 
@@ -324,45 +211,19 @@ static void cpu_backward(Backend *b, float loss_scale) {
 // rounded once); without ZeRO-1 the sums are then gathered, so that every rank holds all of them.
 static void cpu_reduce_gradients(Backend *b) {
     if (b->world == 1) return;
-    size_t n = b->table.num_params, begin = b->param_bounds[b->rank], end = b->param_bounds[b->rank + 1];
+    size_t n = b->table.num_params, begin = b->layout.param_bounds[b->rank], end = b->layout.param_bounds[b->rank + 1];
     if (b->grads_bf16) {
 #pragma omp parallel for schedule(static)
         for (size_t i = 0; i < n; i++) b->grads[i] = bf16_to_f32(b->grads_bf16[i]);
     }
-    dist_reduce_scatter_sum(b->grads, b->param_bounds);
+    dist_reduce_scatter_sum(b->grads, b->layout.param_bounds);
     if (b->grads_bf16) {
 #pragma omp parallel for schedule(static)
         for (size_t i = begin; i < end; i++) b->grads_bf16[i] = bf16_from_f32(b->grads[i]);
     }
     if (b->zero) return;
-    if (b->grads_bf16) dist_all_gather(b->grads_bf16, sizeof(bf16), b->param_bounds);
-    else dist_all_gather(b->grads, sizeof(float), b->param_bounds);
-}
-
-// The backend's buffers as the shared element step sees them.
-static OptimizerBuffers optimizer_buffers(const Backend *b) {
-    OptimizerBuffers o;
-    o.update = b->policy.update;
-    o.grid_bits = b->policy.grid_bits;
-    o.params = b->params;
-    o.weights_bf16 = b->weights_bf16;
-    o.master = b->master;
-    o.mcf_lo = b->mcf_lo;
-    o.kahan_c = b->kahan_c;
-    o.dqt_codes = b->dqt_codes;
-    o.dqt_scales = b->dqt_scales;
-    o.dqt_vectors = b->dqt_vectors;
-    o.grads = b->grads;
-    o.grads_bf16 = b->grads_bf16;
-    o.m = b->m;
-    o.v = b->v;
-    o.state_base = b->state_base;
-    for (int t = 0; t < NUM_PARAM_TENSORS; t++) {
-        o.tensor_offset[t] = b->table.tensors[t].offset;
-        o.dqt_offset[t] = b->dqt_offset[t];
-        o.is_matrix[t] = b->table.tensors[t].is_matrix;
-    }
-    return o;
+    if (b->grads_bf16) dist_all_gather(b->grads_bf16, sizeof(bf16), b->layout.param_bounds);
+    else dist_all_gather(b->grads, sizeof(float), b->layout.param_bounds);
 }
 
 // Sum of squares of the stored gradients in fixed chunks, each in double, added in chunk order: the same
@@ -371,19 +232,19 @@ static OptimizerBuffers optimizer_buffers(const Backend *b) {
 // and gathers the others'.
 static float cpu_grad_norm(Backend *b) {
     OptimizerBuffers o = optimizer_buffers(b);
-    double *partial = xmalloc((size_t)b->num_chunks * sizeof(double));
+    double *partial = xmalloc((size_t)b->layout.num_chunks * sizeof(double));
 #pragma omp parallel for schedule(static)
     for (int c = b->first_chunk; c < b->end_chunk; c++) {
         double sum = 0.0;
-        for (size_t i = b->chunks[c].begin; i < b->chunks[c].end; i++) {
+        for (size_t i = b->layout.chunks[c].begin; i < b->layout.chunks[c].end; i++) {
             double g = optimizer_stored_grad(&o, i);
             sum += g * g;
         }
         partial[c] = sum;
     }
-    if (b->zero) dist_all_gather(partial, sizeof(double), b->chunk_bounds);
+    if (b->zero) dist_all_gather(partial, sizeof(double), b->layout.chunk_bounds);
     double total = 0.0;
-    for (int c = 0; c < b->num_chunks; c++) total += partial[c];
+    for (int c = 0; c < b->layout.num_chunks; c++) total += partial[c];
     free(partial);
     return (float)sqrt(total);
 }
@@ -395,37 +256,28 @@ static void step_chunk(const OptimizerBuffers *o, const Chunk *chunk, const Upda
     for (size_t i = chunk->begin; i < chunk->end; i++) optimizer_step_element(o, chunk, k, i, sums);
 }
 
-// The chunks' sums into their groups, then the groups into the total, each in a fixed order.
-static void gather_metrics(const Backend *b, UpdateMetrics *metrics) {
-    update_metrics_clear(metrics);
-    metrics->has_compensation = b->policy.update == UPDATE_MCF_GROW || b->policy.update == UPDATE_KAHAN;
-    metrics->has_codes = b->policy.update == UPDATE_GRID_SR;
-    for (int c = 0; c < b->num_chunks; c++) update_sums_add(&metrics->groups[b->chunks[c].group], &b->chunk_sums[c]);
-    for (int g = 0; g < metrics->num_groups; g++) update_sums_add(&metrics->total, &metrics->groups[g]);
-}
-
 // ZeRO-1: every rank's stored weights of its range (and metric sums of its chunks) to every rank, then the
 // compute copy decoded from the stored weights.
 static void gather_shards(Backend *b, int with_metrics) {
-    if (b->policy.weights == WEIGHTS_FP32) dist_all_gather(b->params, sizeof(float), b->param_bounds);
-    if (b->weights_bf16) dist_all_gather(b->weights_bf16, sizeof(bf16), b->param_bounds);
+    if (b->policy.weights == WEIGHTS_FP32) dist_all_gather(b->params, sizeof(float), b->layout.param_bounds);
+    if (b->weights_bf16) dist_all_gather(b->weights_bf16, sizeof(bf16), b->layout.param_bounds);
     if (b->policy.weights == WEIGHTS_INT_GRID) {
-        dist_all_gather(b->dqt_codes, sizeof(int8_t), b->code_bounds);
-        dist_all_gather(b->dqt_vectors, sizeof(float), b->vector_bounds);
+        dist_all_gather(b->dqt_codes, sizeof(int8_t), b->layout.code_bounds);
+        dist_all_gather(b->dqt_vectors, sizeof(float), b->layout.vector_bounds);
     }
     decode_weights(b);
-    if (with_metrics) dist_all_gather(b->chunk_sums, sizeof(UpdateSums), b->chunk_bounds);
+    if (with_metrics) dist_all_gather(b->chunk_sums, sizeof(UpdateSums), b->layout.chunk_bounds);
 }
 
 static void cpu_optimizer_step(Backend *b, const AdamWStep *step, UpdateMetrics *metrics) {
     UpdateConstants k = update_constants(step);
-    if (metrics && !b->chunk_sums) b->chunk_sums = xmalloc((size_t)b->num_chunks * sizeof(UpdateSums));
-    if (metrics) memset(b->chunk_sums, 0, (size_t)b->num_chunks * sizeof(UpdateSums));
+    if (metrics && !b->chunk_sums) b->chunk_sums = xmalloc((size_t)b->layout.num_chunks * sizeof(UpdateSums));
+    if (metrics) memset(b->chunk_sums, 0, (size_t)b->layout.num_chunks * sizeof(UpdateSums));
     OptimizerBuffers o = optimizer_buffers(b);
 #pragma omp parallel for schedule(static)
-    for (int c = b->first_chunk; c < b->end_chunk; c++) step_chunk(&o, &b->chunks[c], &k, metrics ? &b->chunk_sums[c] : NULL);
+    for (int c = b->first_chunk; c < b->end_chunk; c++) step_chunk(&o, &b->layout.chunks[c], &k, metrics ? &b->chunk_sums[c] : NULL);
     if (b->zero) gather_shards(b, metrics != NULL);
-    if (metrics) gather_metrics(b, metrics);
+    if (metrics) update_metrics_from_chunks(metrics, &b->policy, &b->layout, b->chunk_sums);
 }
 
 // A buffer's elements [base, base + count) in a buffer of their own; the whole one is freed.
@@ -440,10 +292,10 @@ static void *keep_range(void *whole, size_t elem_bytes, size_t base, size_t coun
 static void cpu_shard_optimizer_state(Backend *b) {
     if (b->world == 1) return;  // one shard: the whole state, as without ZeRO
     b->zero = 1;
-    b->first_chunk = (int)b->chunk_bounds[b->rank];
-    b->end_chunk = (int)b->chunk_bounds[b->rank + 1];
-    b->state_base = b->param_bounds[b->rank];
-    b->state_numel = b->param_bounds[b->rank + 1] - b->state_base;
+    b->first_chunk = (int)b->layout.chunk_bounds[b->rank];
+    b->end_chunk = (int)b->layout.chunk_bounds[b->rank + 1];
+    b->state_base = b->layout.param_bounds[b->rank];
+    b->state_numel = b->layout.param_bounds[b->rank + 1] - b->state_base;
     size_t base = b->state_base, count = b->state_numel;
     b->master = keep_range(b->master, sizeof(float), base, count);
     b->mcf_lo = keep_range(b->mcf_lo, sizeof(bf16), base, count);
@@ -463,67 +315,46 @@ static void cpu_read_params(Backend *b, float *params) {
 // ----------------------------------------------------------------------------------------------------
 // checkpoint state
 
-static void add_section(BackendState *state, const char *name, void *data, size_t nbytes) {
-    state->sections[state->count++] = (CheckpointSection){name, data, nbytes};
-}
-
-static void add_moment_sections(BackendState *state, const MomentBuffer *moment, int is_v, size_t n) {
-    switch (moment->storage) {
-    case STATE_FP32: add_section(state, is_v ? "adam_v_fp32" : "adam_m_fp32", moment->fp32, n * sizeof(float)); break;
-    case STATE_BF16: add_section(state, is_v ? "adam_v_bf16" : "adam_m_bf16", moment->hi, n * sizeof(bf16)); break;
-    case STATE_MCF:
-        add_section(state, is_v ? "adam_v_hi_bf16" : "adam_m_hi_bf16", moment->hi, n * sizeof(bf16));
-        add_section(state, is_v ? "adam_v_lo_bf16" : "adam_m_lo_bf16", moment->lo, n * sizeof(bf16));
-        break;
-    }
-}
-
 // The sections point straight at the stored quantities (the compute copy is rebuilt from them on load);
 // under ZeRO-1 the optimizer state's sections are this rank's shard.
 static BackendState *cpu_state_save(Backend *b) {
     size_t n = b->table.num_params;
     BackendState *state = &b->state;
     state->count = 0;
-    if (b->policy.weights == WEIGHTS_FP32) add_section(state, "weights_fp32", b->params, n * sizeof(float));
-    if (b->weights_bf16) add_section(state, "weights_bf16", b->weights_bf16, n * sizeof(bf16));
+    if (b->policy.weights == WEIGHTS_FP32) backend_state_add(state, "weights_fp32", b->params, n * sizeof(float));
+    if (b->weights_bf16) backend_state_add(state, "weights_bf16", b->weights_bf16, n * sizeof(bf16));
     size_t shard = b->state_numel;
-    if (b->master) add_section(state, "master_fp32", b->master, shard * sizeof(float));
-    if (b->mcf_lo) add_section(state, "mcf_lo_bf16", b->mcf_lo, shard * sizeof(bf16));
-    if (b->kahan_c) add_section(state, "kahan_c_bf16", b->kahan_c, shard * sizeof(bf16));
+    if (b->master) backend_state_add(state, "master_fp32", b->master, shard * sizeof(float));
+    if (b->mcf_lo) backend_state_add(state, "mcf_lo_bf16", b->mcf_lo, shard * sizeof(bf16));
+    if (b->kahan_c) backend_state_add(state, "kahan_c_bf16", b->kahan_c, shard * sizeof(bf16));
     if (b->policy.weights == WEIGHTS_INT_GRID) {
-        TableCounts counts = count_table(&b->table);
-        add_section(state, "dqt_codes_int8", b->dqt_codes, counts.matrix_elements);
-        add_section(state, "dqt_scales_fp32", b->dqt_scales, counts.matrix_slices * sizeof(float));
-        add_section(state, "weights_1d_fp32", b->dqt_vectors, counts.vector_elements * sizeof(float));
+        ParamCounts counts = param_counts(&b->table);
+        backend_state_add(state, "dqt_codes_int8", b->dqt_codes, counts.matrix_elements);
+        backend_state_add(state, "dqt_scales_fp32", b->dqt_scales, counts.matrix_slices * sizeof(float));
+        backend_state_add(state, "weights_1d_fp32", b->dqt_vectors, counts.vector_elements * sizeof(float));
     }
-    add_moment_sections(state, &b->m, 0, shard);
-    add_moment_sections(state, &b->v, 1, shard);
+    backend_state_add_moment(state, &b->m, 0, shard);
+    backend_state_add_moment(state, &b->v, 1, shard);
     float *scaling;
     size_t scaling_floats = gpt_cpu_scaling_state(b->model, &scaling);
-    if (scaling_floats) add_section(state, "matmul_scaling", scaling, scaling_floats * sizeof(float));
+    if (scaling_floats) backend_state_add(state, "matmul_scaling", scaling, scaling_floats * sizeof(float));
     return state;
 }
 
 static void cpu_state_load(Backend *b) { decode_weights(b); }
-
-static size_t moment_bytes(MomentStorage storage) {
-    return storage == STATE_FP32 ? sizeof(float) : storage == STATE_BF16 ? sizeof(bf16) : 2 * sizeof(bf16);
-}
 
 // The policy's storage plus the CPU's fp32 buffers, exactly as cpu_create allocates them (besides the
 // chunk list and the metric sums: a few dozen bytes per CHUNK_ELEMENTS parameters). Sharded, the optimizer
 // state counts its even share (a rank's whole chunks make it up to CHUNK_ELEMENTS elements more or less).
 static size_t cpu_plan_state_bytes(const ParamTable *table, const Policy *policy, int shards) {
     size_t n = table->num_params;
-    TableCounts counts = count_table(table);
+    ParamCounts counts = param_counts(table);
     size_t bytes = n * sizeof(float);  // the compute copy, or the fp32 weights themselves
     if (policy->weights == WEIGHTS_BF16) bytes += n * sizeof(bf16);
     if (policy->weights == WEIGHTS_INT_GRID) {
         bytes += counts.matrix_elements + counts.matrix_slices * sizeof(float) + counts.vector_elements * sizeof(float);
     }
-    size_t optimizer = n * (moment_bytes(policy->adam_m) + moment_bytes(policy->adam_v));
-    if (policy->update == UPDATE_FP32_MASTER) optimizer += n * sizeof(float);
-    if (policy->update == UPDATE_MCF_GROW || policy->update == UPDATE_KAHAN) optimizer += n * sizeof(bf16);
+    size_t optimizer = n * optimizer_state_bytes_per_param(policy);
     bytes += (optimizer + (size_t)shards - 1) / (size_t)shards;
     bytes += n * sizeof(float);  // fp32 gradients, or the backward's scratch under bf16 gradients
     if (policy->grads == GRADS_BF16) bytes += n * sizeof(bf16);

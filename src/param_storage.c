@@ -1,0 +1,186 @@
+// The storage layout shared by the backends (param_storage.h).
+#include "param_storage.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "numerics/scaling.h"
+#include "util.h"
+
+int param_slices(const ParamTable *table, int tensor) {
+    return table->tensors[tensor].per_layer ? table->shape.n_layer : 1;
+}
+
+// Elements of a slice that are weights: wte's padded vocabulary rows are not, and stay 0.
+static size_t real_numel(const ParamTable *table, int tensor, size_t slice_numel) {
+    return tensor == PARAM_WTE ? (size_t)table->shape.vocab_size * table->shape.n_embd : slice_numel;
+}
+
+ParamCounts param_counts(const ParamTable *table) {
+    ParamCounts c = {0, 0, 0};
+    for (int t = 0; t < NUM_PARAM_TENSORS; t++) {
+        const ParamTensor *tensor = &table->tensors[t];
+        if (tensor->is_matrix) {
+            c.matrix_elements += tensor->numel;
+            c.matrix_slices += (size_t)param_slices(table, t);
+        } else {
+            c.vector_elements += tensor->numel;
+        }
+    }
+    return c;
+}
+
+void dqt_init_storage(const ParamTable *table, int grid_bits, const float *init, int8_t *codes, float *scales,
+                      float *vectors) {
+    IntGrid grid = dqt_grid(grid_bits);
+    size_t code_at = 0, vector_at = 0, slice_index = 0;
+    for (int t = 0; t < NUM_PARAM_TENSORS; t++) {
+        const ParamTensor *tensor = &table->tensors[t];
+        const float *values = init + tensor->offset;
+        if (!tensor->is_matrix) {
+            memcpy(vectors + vector_at, values, tensor->numel * sizeof(float));
+            vector_at += tensor->numel;
+            continue;
+        }
+        size_t slice_numel = tensor->numel / (size_t)param_slices(table, t);
+        for (int s = 0; s < param_slices(table, t); s++, slice_index++) {
+            const float *slice = values + (size_t)s * slice_numel;
+            float scale = absmean_scale(slice, real_numel(table, t, slice_numel));
+            scales[slice_index] = scale;
+            for (size_t e = 0; e < slice_numel; e++) {
+                int32_t q = int_grid_quantize(slice[e], scale, grid, ROUND_NEAREST_EVEN, 0u);
+                codes[code_at + (size_t)s * slice_numel + e] = (int8_t)q;
+            }
+        }
+        code_at += tensor->numel;
+    }
+}
+
+// Where each tensor starts in the DQT arrays: the 2-D weights' codes and the 1-D parameters, each in table order.
+static void dqt_offsets(const ParamTable *table, size_t offsets[NUM_PARAM_TENSORS]) {
+    size_t code_at = 0, vector_at = 0;
+    for (int t = 0; t < NUM_PARAM_TENSORS; t++) {
+        const ParamTensor *tensor = &table->tensors[t];
+        size_t *at = tensor->is_matrix ? &code_at : &vector_at;
+        offsets[t] = *at;
+        *at += tensor->numel;
+    }
+}
+
+// Chunks of every layer slice of every tensor, in table order; with chunks NULL, only counts them.
+static int list_chunks(const ParamTable *table, Chunk *chunks) {
+    int count = 0, matrix_slice = 0;
+    for (int t = 0; t < NUM_PARAM_TENSORS; t++) {
+        const ParamTensor *tensor = &table->tensors[t];
+        int slices = param_slices(table, t);
+        size_t slice_numel = tensor->numel / (size_t)slices;
+        for (int s = 0; s < slices; s++) {
+            size_t slice_begin = tensor->offset + (size_t)s * slice_numel, slice_end = slice_begin + slice_numel;
+            for (size_t begin = slice_begin; begin < slice_end; begin += CHUNK_ELEMENTS, count++) {
+                if (!chunks) continue;
+                Chunk *c = &chunks[count];
+                c->tensor = t;
+                c->group = update_group_of(table, t, s);
+                c->slice = tensor->is_matrix ? matrix_slice : -1;
+                c->begin = begin;
+                c->end = begin + CHUNK_ELEMENTS < slice_end ? begin + CHUNK_ELEMENTS : slice_end;
+            }
+            if (tensor->is_matrix) matrix_slice++;
+        }
+    }
+    return count;
+}
+
+// Rank r's share starts at the first chunk at or after parameter r*N/world: whole chunks, so each rank's
+// range is whole runs of layer slices, and about N/world parameters (empty for a rank with nothing left).
+static void split_among_ranks(ParamLayout *layout, size_t n) {
+    int world = layout->world;
+    layout->chunk_bounds = xmalloc((size_t)(world + 1) * sizeof(size_t));
+    layout->param_bounds = xmalloc((size_t)(world + 1) * sizeof(size_t));
+    int c = 0;
+    for (int r = 0; r <= world; r++) {
+        size_t target = r == world ? n : n / (size_t)world * (size_t)r;
+        while (c < layout->num_chunks && layout->chunks[c].begin < target) c++;
+        layout->chunk_bounds[r] = (size_t)c;
+        layout->param_bounds[r] = c < layout->num_chunks ? layout->chunks[c].begin : n;
+    }
+}
+
+// How many elements of the matrices (or of the 1-D parameters) come before parameter index p: the same
+// split in the DQT arrays, which hold the matrices' codes and the 1-D parameters in table order.
+static size_t elements_before(const ParamTable *table, size_t p, int matrices) {
+    size_t count = 0;
+    for (int t = 0; t < NUM_PARAM_TENSORS; t++) {
+        const ParamTensor *tensor = &table->tensors[t];
+        if (tensor->is_matrix != matrices || tensor->offset >= p) continue;
+        count += p - tensor->offset < tensor->numel ? p - tensor->offset : tensor->numel;
+    }
+    return count;
+}
+
+static void split_dqt_among_ranks(ParamLayout *layout, const ParamTable *table) {
+    layout->code_bounds = xmalloc((size_t)(layout->world + 1) * sizeof(size_t));
+    layout->vector_bounds = xmalloc((size_t)(layout->world + 1) * sizeof(size_t));
+    for (int r = 0; r <= layout->world; r++) {
+        layout->code_bounds[r] = elements_before(table, layout->param_bounds[r], 1);
+        layout->vector_bounds[r] = elements_before(table, layout->param_bounds[r], 0);
+    }
+}
+
+void param_layout_init(ParamLayout *layout, const ParamTable *table, const Policy *policy, int world) {
+    memset(layout, 0, sizeof *layout);
+    layout->world = world;
+    layout->num_chunks = list_chunks(table, NULL);
+    layout->chunks = xmalloc((size_t)layout->num_chunks * sizeof(Chunk));
+    list_chunks(table, layout->chunks);
+    split_among_ranks(layout, table->num_params);
+    dqt_offsets(table, layout->dqt_offset);
+    if (policy->weights == WEIGHTS_INT_GRID) split_dqt_among_ranks(layout, table);
+}
+
+void param_layout_free(ParamLayout *layout) {
+    free(layout->chunks);
+    free(layout->chunk_bounds);
+    free(layout->param_bounds);
+    free(layout->code_bounds);
+    free(layout->vector_bounds);
+    memset(layout, 0, sizeof *layout);
+}
+
+void update_metrics_from_chunks(UpdateMetrics *metrics, const Policy *policy, const ParamLayout *layout,
+                                const UpdateSums *chunk_sums) {
+    update_metrics_clear(metrics);
+    metrics->has_compensation = policy->update == UPDATE_MCF_GROW || policy->update == UPDATE_KAHAN;
+    metrics->has_codes = policy->update == UPDATE_GRID_SR;
+    for (int c = 0; c < layout->num_chunks; c++)
+        update_sums_add(&metrics->groups[layout->chunks[c].group], &chunk_sums[c]);
+    for (int g = 0; g < metrics->num_groups; g++) update_sums_add(&metrics->total, &metrics->groups[g]);
+}
+
+size_t moment_storage_bytes(MomentStorage storage) {
+    return storage == STATE_FP32 ? sizeof(float) : storage == STATE_BF16 ? sizeof(bf16) : 2 * sizeof(bf16);
+}
+
+size_t optimizer_state_bytes_per_param(const Policy *policy) {
+    size_t bytes = moment_storage_bytes(policy->adam_m) + moment_storage_bytes(policy->adam_v);
+    if (policy->update == UPDATE_FP32_MASTER) bytes += sizeof(float);
+    if (policy->update == UPDATE_MCF_GROW || policy->update == UPDATE_KAHAN) bytes += sizeof(bf16);
+    return bytes;
+}
+
+void backend_state_add(BackendState *state, const char *name, void *data, size_t nbytes) {
+    int capacity = (int)(sizeof state->sections / sizeof state->sections[0]);
+    if (state->count == capacity) fatal("internal: more than %d checkpoint sections", capacity);
+    state->sections[state->count++] = (CheckpointSection){name, data, nbytes};
+}
+
+void backend_state_add_moment(BackendState *state, const MomentBuffer *moment, int is_v, size_t n) {
+    switch (moment->storage) {
+    case STATE_FP32: backend_state_add(state, is_v ? "adam_v_fp32" : "adam_m_fp32", moment->fp32, n * sizeof(float)); break;
+    case STATE_BF16: backend_state_add(state, is_v ? "adam_v_bf16" : "adam_m_bf16", moment->hi, n * sizeof(bf16)); break;
+    case STATE_MCF:
+        backend_state_add(state, is_v ? "adam_v_hi_bf16" : "adam_m_hi_bf16", moment->hi, n * sizeof(bf16));
+        backend_state_add(state, is_v ? "adam_v_lo_bf16" : "adam_m_lo_bf16", moment->lo, n * sizeof(bf16));
+        break;
+    }
+}
