@@ -57,14 +57,23 @@ typedef struct {
     BackendState *(*state_save)(Backend *backend);
     // After the caller filled state_save's buffers from a checkpoint: load them into the backend.
     void (*state_load)(Backend *backend);
+    // Tests: replaces the accumulated gradients with grads (num_params fp32 values), rounded to the policy's
+    // gradient storage, so that two backends can take an optimizer step from the same gradients.
+    void (*load_grads)(Backend *backend, const float *grads);
+    // A device backend: the device memory this run has taken, measured (its peak so far), and the device's
+    // name. NULL for the CPU backend.
+    size_t (*device_memory_bytes)(Backend *backend);
+    const char *(*device_name)(Backend *backend);
     // The memory plan, without allocating: bytes of parameters + gradients + optimizer state as this
     // backend stores them (the optimizer state split over `shards` ranks; 1 = not sharded), and of
-    // activations for batches of (B, T).
+    // activations (with their scratch and the cast copies of matmul operands) for batches of (B, T).
     size_t (*plan_state_bytes)(const ParamTable *table, const Policy *policy, int shards);
-    size_t (*plan_activation_bytes)(const ParamTable *table, int B, int T);
+    size_t (*plan_activation_bytes)(const ParamTable *table, const Policy *policy, int B, int T);
 } BackendOps;
 
 extern const BackendOps cpu_backend;
+// The CUDA backend (src/cuda/), in builds with nvcc.
+extern const BackendOps cuda_backend;
 
 #ifdef __cplusplus
 }

@@ -196,19 +196,30 @@ static void print_memory_plan(const Trainer *tr) {
     const double MiB = 1024.0 * 1024.0;
     int shards = tr->cfg.training.zero ? tr->world : 1;
     size_t state = tr->ops->plan_state_bytes(&tr->table, &tr->policy, shards);
-    size_t acts = tr->ops->plan_activation_bytes(&tr->table, tr->B, tr->T);
+    size_t acts = tr->ops->plan_activation_bytes(&tr->table, &tr->policy, tr->B, tr->T);
     printf("memory plan (%s backend, micro-batch %d x %d, %d accumulation step%s):\n", tr->ops->name, tr->B, tr->T,
            tr->accum_steps, tr->accum_steps == 1 ? "" : "s");
     printf("  weights + gradients + optimizer state  %10.1f MiB  (%zu params x %zu bytes/param by policy",
            state / MiB, tr->table.num_params, policy_bytes_per_param(&tr->policy));
     if (state != tr->table.num_params * policy_bytes_per_param(&tr->policy)) {
-        printf("; the CPU backend adds the fp32 copy of the weights that its forward reads, and an fp32 "
-               "gradient scratch under bf16 gradients");
+        printf("; the %s backend adds the fp32 copy of the weights that its forward reads, and an fp32 "
+               "gradient scratch under bf16 gradients", tr->ops->name);
     }
     if (shards > 1) printf("; per rank, the optimizer state sharded over %d ranks by ZeRO-1", shards);
     printf(")\n");
     printf("  activations                            %10.1f MiB\n", acts / MiB);
     printf("  total                                  %10.1f MiB\n", (state + acts) / MiB);
+}
+
+// The measured device memory beside the plan that --dry-run prints.
+static void print_device_memory(const Trainer *tr) {
+    const double MiB = 1024.0 * 1024.0;
+    int shards = tr->cfg.training.zero ? tr->world : 1;
+    size_t plan = tr->ops->plan_state_bytes(&tr->table, &tr->policy, shards) +
+                  tr->ops->plan_activation_bytes(&tr->table, &tr->policy, tr->B, tr->T);
+    size_t measured = tr->ops->device_memory_bytes(tr->backend);
+    printf("device memory on %s: peak %.1f MiB measured, %.1f MiB planned (%+.1f%%)\n",
+           tr->ops->device_name(tr->backend), measured / MiB, plan / MiB, 100.0 * ((double)measured - plan) / plan);
 }
 
 static void dry_run(const Trainer *tr) {
@@ -447,18 +458,22 @@ static void json_float(char *buf, size_t len, int has_value, float value) {
 static void write_summary(Trainer *tr, double seconds, float final_loss) {
     struct rusage usage;
     getrusage(RUSAGE_SELF, &usage);
-    char final_val[32], best_val[32], json[2048];
+    char final_val[32], best_val[32], json[2048], device[512] = "";
+    if (tr->ops->device_memory_bytes) {
+        snprintf(device, sizeof device, "  \"device_name\": \"%s\",\n  \"peak_device_memory_bytes\": %zu,\n",
+                 tr->ops->device_name(tr->backend), tr->ops->device_memory_bytes(tr->backend));
+    }
     json_float(final_val, sizeof final_val, tr->val_data != NULL, tr->last_val_loss);
     json_float(best_val, sizeof best_val, tr->val_data != NULL, tr->best_val_loss);
     snprintf(json, sizeof json,
              "{\n  \"policy\": \"%s\",\n  \"backend\": \"%s\",\n  \"num_params\": %zu,\n"
              "  \"bytes_per_param\": %zu,\n  \"steps\": %d,\n  \"tokens\": %lld,\n  \"final_loss\": %.9g,\n"
              "  \"final_val_loss\": %s,\n  \"best_val_loss\": %s,\n  \"mean_tokens_per_s\": %.1f,\n"
-             "  \"seconds\": %.3f,\n  \"peak_host_memory_bytes\": %lld,\n  \"diverged\": false\n}\n",
+             "  \"seconds\": %.3f,\n  \"peak_host_memory_bytes\": %lld,\n%s  \"diverged\": false\n}\n",
              tr->policy.name, tr->ops->name, tr->table.num_params, policy_bytes_per_param(&tr->policy),
              (int)tr->state.step, (long long)tr->state.step * tr->accum_steps * tr->B * tr->T * tr->world, final_loss,
              final_val, best_val, tr->timed_steps ? tr->tokens_per_s_sum / tr->timed_steps : 0.0, seconds,
-             (long long)usage.ru_maxrss * 1024);
+             (long long)usage.ru_maxrss * 1024, device);
     run_log_summary(&tr->log, json);
 }
 
@@ -507,6 +522,7 @@ static void train(Trainer *tr) {
     run_log_close(&tr->log);
     export_model(tr);
     write_summary(tr, wall_time_seconds() - start, loss);
+    if (tr->ops->device_memory_bytes) print_device_memory(tr);
     printf("done: %d steps; outputs in %s (log.jsonl, samples.txt, model.bin, summary.json, checkpoints/)\n",
            (int)tr->state.step, cfg->output.dir);
 }

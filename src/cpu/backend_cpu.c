@@ -308,6 +308,15 @@ static void cpu_shard_optimizer_state(Backend *b) {
     }
 }
 
+static void cpu_load_grads(Backend *b, const float *grads) {
+    size_t n = b->table.num_params;
+    if (!b->grads_bf16) {
+        memcpy(b->grads, grads, n * sizeof(float));
+        return;
+    }
+    for (size_t i = 0; i < n; i++) b->grads_bf16[i] = bf16_from_f32(grads[i]);
+}
+
 static void cpu_read_params(Backend *b, float *params) {
     memcpy(params, b->params, b->table.num_params * sizeof(float));
 }
@@ -361,6 +370,13 @@ static size_t cpu_plan_state_bytes(const ParamTable *table, const Policy *policy
     return bytes;
 }
 
+// gpt_cpu.c's activations, and the cast copies of matmul operands for a format other than fp32.
+static size_t cpu_plan_activation_bytes(const ParamTable *table, const Policy *policy, int B, int T) {
+    size_t bytes = gpt_cpu_activation_bytes(table, B, T);
+    if (policy->matmul.format == MATMUL_FP32 && policy->attention == MATMUL_FP32) return bytes;
+    return bytes + gpt_cpu_operand_copy_bytes(table, B, T);
+}
+
 const BackendOps cpu_backend = {
     .name = "cpu",
     .create = cpu_create,
@@ -375,8 +391,9 @@ const BackendOps cpu_backend = {
     .grad_norm = cpu_grad_norm,
     .optimizer_step = cpu_optimizer_step,
     .read_params = cpu_read_params,
+    .load_grads = cpu_load_grads,
     .state_save = cpu_state_save,
     .state_load = cpu_state_load,
     .plan_state_bytes = cpu_plan_state_bytes,
-    .plan_activation_bytes = gpt_cpu_activation_bytes,
+    .plan_activation_bytes = cpu_plan_activation_bytes,
 };

@@ -175,14 +175,29 @@ size_t gpt_cpu_activation_bytes(const ParamTable *table, int B, int T) {
     return activation_numel(&table->shape, B, T) * sizeof(float);
 }
 
+// Elements of the three operand copies at (B, T): the largest matmul input, weight and output gradient.
+static void operand_copy_numel(const ParamTable *table, int B, int T, size_t *inp, size_t *weight, size_t *dout) {
+    size_t N = (size_t)B * T;
+    size_t C = (size_t)table->shape.n_embd, Vp = (size_t)table->shape.padded_vocab;
+    size_t widest = Vp > 4 * C ? Vp : 4 * C;  // the most output channels of any matmul
+    *inp = N * 4 * C;
+    *weight = widest * C;
+    *dout = N * widest;
+}
+
+size_t gpt_cpu_operand_copy_bytes(const ParamTable *table, int B, int T) {
+    size_t inp, weight, dout;
+    operand_copy_numel(table, B, T, &inp, &weight, &dout);
+    return (inp + weight + dout) * sizeof(float);
+}
+
 static void allocate_operand_copies(GPTCpu *model) {
     if (model->operands.inp) return;
-    size_t N = (size_t)model->max_B * model->max_T;
-    size_t C = (size_t)model->table.shape.n_embd, Vp = (size_t)model->table.shape.padded_vocab;
-    size_t widest = Vp > 4 * C ? Vp : 4 * C;  // the most output channels of any matmul
-    model->operands.inp = xmalloc(N * 4 * C * sizeof(float));
-    model->operands.weight = xmalloc(widest * C * sizeof(float));
-    model->operands.dout = xmalloc(N * widest * sizeof(float));
+    size_t inp, weight, dout;
+    operand_copy_numel(&model->table, model->max_B, model->max_T, &inp, &weight, &dout);
+    model->operands.inp = xmalloc(inp * sizeof(float));
+    model->operands.weight = xmalloc(weight * sizeof(float));
+    model->operands.dout = xmalloc(dout * sizeof(float));
 }
 
 // Fresh fp8 state: empty histories, scales 1.

@@ -42,6 +42,8 @@ size_t gpt_cpu_scaling_state(GPTCpu *model, float **data);
 // Matmul formats other than fp32 add copies of the cast operands on top (gpt_cpu_set_precision allocates
 // them): (B*T*4C + max(4C, Vp)*C + B*T*max(4C, Vp)) floats.
 size_t gpt_cpu_activation_bytes(const ParamTable *table, int B, int T);
+// Bytes of those operand copies at (B, T).
+size_t gpt_cpu_operand_copy_bytes(const ParamTable *table, int B, int T);
 
 // inputs, targets: (B, T) token ids. targets may be NULL (no loss). Returns the mean cross-entropy over
 // the B*T positions (or 0 with NULL targets).
