@@ -27,6 +27,11 @@ CUDA_LDLIBS := -lcublasLt -lcublas -lcudart $(filter -L% -l%,$(LDLIBS)) -lgomp
 
 HAVE_CUBLASLT := $(if $(wildcard $(CUDA_HOME)/include/cublasLt.h),yes,no)
 HAVE_NCCL := $(if $(wildcard $(CUDA_HOME)/include/nccl.h /usr/include/nccl.h),yes,no)
+# NCCL carries data-parallel GPU training; without it the CUDA backend runs one rank.
+ifeq ($(HAVE_NCCL),yes)
+NVCCFLAGS += -DLP_WITH_NCCL
+CUDA_LDLIBS += -lnccl
+endif
 HAVE_CJSON := $(if $(wildcard /usr/include/cjson/cJSON.h),yes,no)
 HAVE_OPENMP := $(if $(shell echo 'int main(void){return 0;}' | $(CC) -fopenmp -x c - -o /dev/null 2>/dev/null && echo y),yes,no)
 
@@ -34,7 +39,10 @@ LIB_SRCS := $(wildcard src/*.c src/cpu/*.c)
 LIB_OBJS := $(LIB_SRCS:%.c=$(BUILD)/%.o)
 # An archive, so a test links only the objects it uses.
 LIB := $(BUILD)/liblpgpt.a
-HEADERS := $(wildcard src/*.h src/numerics/*.h src/cpu/*.h kernels/*.cuh)
+HEADERS := $(wildcard src/*.h src/numerics/*.h src/cpu/*.h src/cuda/*.h kernels/*.cuh)
+# The CUDA backend (nvcc builds only): src/cuda/*.cu over the kernels of kernels/*.cuh.
+CUDA_SRCS := $(wildcard src/cuda/*.cu)
+CUDA_OBJS := $(CUDA_SRCS:%.cu=$(BUILD)/%.o)
 TEST_SRCS := $(wildcard tests/test_*.c)
 TEST_BINS := $(TEST_SRCS:tests/%.c=$(BUILD)/tests/%)
 GPU_TEST_SRCS := $(wildcard tests/gpu/*.cu)
@@ -62,12 +70,16 @@ $(BUILD)/train_gpt.o: train_gpt.cu $(HEADERS)
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCCFLAGS) -DLP_WITH_CUDA -x cu -c $< -o $@
 
-train_gpt: $(BUILD)/train_gpt.o $(LIB)
+$(BUILD)/src/cuda/%.o: src/cuda/%.cu $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCCFLAGS) -I. -c $< -o $@
+
+train_gpt: $(BUILD)/train_gpt.o $(CUDA_OBJS) $(LIB)
 	$(NVCC) $(NVCCFLAGS) $^ -o $@ $(CUDA_LDLIBS)
 
-$(BUILD)/tests/gpu/%: tests/gpu/%.cu $(LIB) $(HEADERS)
+$(BUILD)/tests/gpu/%: tests/gpu/%.cu $(CUDA_OBJS) $(LIB) $(HEADERS) tests/testing.h
 	@mkdir -p $(dir $@)
-	$(NVCC) $(NVCCFLAGS) $< $(LIB) -o $@ $(CUDA_LDLIBS)
+	$(NVCC) $(NVCCFLAGS) -I. -Itests $< $(CUDA_OBJS) $(LIB) -o $@ $(CUDA_LDLIBS)
 
 DEVICE_BUILD := $(GPU_TEST_BINS)
 else

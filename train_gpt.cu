@@ -1,9 +1,12 @@
-// train_gpt: the program's entry point. Compiled by nvcc when the CUDA toolkit is present (then GPUs are
-// detected here), else by the C compiler as C. The training program itself lives in src/trainer.c.
+// train_gpt: the program's entry point. Compiled by nvcc when the CUDA toolkit is present (then the CUDA
+// backend of src/cuda/ is linked in and GPUs are detected here), else by the C compiler as C, CPU only.
+// The training program itself lives in src/trainer.c.
 #include "trainer.h"
 
 #ifdef LP_WITH_CUDA
 #include <cuda_runtime.h>
+
+#include "backend.h"
 
 static int cuda_device_count(void) {
     int count = 0;
@@ -14,8 +17,7 @@ static int cuda_device_count(void) {
 
 int main(int argc, char **argv) {
 #ifdef LP_WITH_CUDA
-    // The CUDA backend is not written yet (issue "CUDA backend"): GPUs are detected, training runs on the CPU.
-    return train_main(argc, argv, NULL, cuda_device_count());
+    return train_main(argc, argv, &cuda_backend, cuda_device_count());
 #else
     return train_main(argc, argv, NULL, 0);
 #endif

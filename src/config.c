@@ -90,6 +90,7 @@ static const ConfigKey config_keys[] = {
     {"precision", "scaling", KEY_STRING, offsetof(Config, precision.scaling), "delayed", 1, NAME_LEN, CLOSED, scaling_choices},
     {"precision", "amax_history", KEY_INT, offsetof(Config, precision.amax_history), "16", 1, 1024, CLOSED, NULL},
     {"precision", "margin", KEY_INT, offsetof(Config, precision.margin), "0", 0, 64, CLOSED, NULL},
+    {"precision", "allow_tf32", KEY_INT, offsetof(Config, precision.allow_tf32), "0", 0, 1, CLOSED, NULL},
     {"metrics", "every", KEY_INT, offsetof(Config, metrics.every), "0", 0, INFINITY, CLOSED, NULL},
     {"metrics", "sharpness", KEY_FLOAT, offsetof(Config, metrics.sharpness), "0", 0, 1, CLOSED, NULL},
     {"metrics", "sharpness_steps", KEY_INT, offsetof(Config, metrics.sharpness_steps), "5", 1, 1000, CLOSED, NULL},

@@ -47,6 +47,7 @@ typedef struct {
         char scaling[CONFIG_NAME_MAX];          // fp8 matmuls: delayed | current
         int amax_history;                       // fp8 delayed scaling: history length in steps
         int margin;                             // fp8: scale = (fmt_max / amax) / 2^margin
+        int allow_tf32;                         // 1: fp32 products may use TF32 (CUDA backend only)
     } precision;
     struct {
         int every;            // update-quality metrics every N steps (0 = off)

@@ -16,6 +16,7 @@ static int launched_by_mpi(void) {
 #include <mpi.h>
 
 static int mpi_joined = 0;
+static int local_rank = 0;
 
 void dist_init(int *argc, char ***argv) {
     if (!launched_by_mpi()) return;
@@ -25,6 +26,11 @@ void dist_init(int *argc, char ***argv) {
     mpi_joined = 1;
     MPI_Comm_rank(MPI_COMM_WORLD, &world_rank);
     MPI_Comm_size(MPI_COMM_WORLD, &world_size);
+    // The ranks sharing this node, numbered in rank order: rank r drives GPU local_rank.
+    MPI_Comm node;
+    MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, world_rank, MPI_INFO_NULL, &node);
+    MPI_Comm_rank(node, &local_rank);
+    MPI_Comm_free(&node);
 }
 
 void dist_finalize(void) {
@@ -46,6 +52,12 @@ static int mpi_count(size_t n) {
     if (n > INT_MAX) fatal("internal: a collective of %zu elements exceeds MPI's int counts", n);
     return (int)n;
 }
+
+void dist_broadcast(void *data, size_t nbytes, int root) {
+    if (world_size > 1) MPI_Bcast(data, mpi_count(nbytes), MPI_BYTE, root, MPI_COMM_WORLD);
+}
+
+int dist_local_rank(void) { return local_rank; }
 
 void dist_reduce_scatter_sum(float *data, const size_t *bounds) {
     if (world_size == 1) return;
@@ -115,6 +127,8 @@ void dist_barrier(void) {}
 void dist_reduce_scatter_sum(float *data, const size_t *bounds) {}
 void dist_all_gather(void *data, size_t elem_bytes, const size_t *bounds) {}
 void dist_all_reduce_sum_doubles(double *data, size_t n) {}
+void dist_broadcast(void *data, size_t nbytes, int root) {}
+int dist_local_rank(void) { return 0; }
 
 #endif
 

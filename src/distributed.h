@@ -24,6 +24,8 @@ void dist_init(int *argc, char ***argv);
 void dist_finalize(void);
 int dist_rank(void);
 int dist_world(void);
+// This rank's index among the ranks on its node (the GPU it drives).
+int dist_local_rank(void);
 // Ends every rank of the job with status 1 (mpirun tears the others down); a lone process just exits.
 #if defined(__GNUC__)
 __attribute__((noreturn))
@@ -36,6 +38,8 @@ void dist_barrier(void);
 void dist_reduce_scatter_sum(float *data, const size_t *bounds);
 // Every rank's range of data (elements of elem_bytes bytes) is copied to all other ranks.
 void dist_all_gather(void *data, size_t elem_bytes, const size_t *bounds);
+// root's nbytes of data to every rank (the NCCL communicator's unique id).
+void dist_broadcast(void *data, size_t nbytes, int root);
 // data (n values, the same n on every rank) becomes the rank-ordered sum over all ranks.
 void dist_all_reduce_sum_doubles(double *data, size_t n);
 

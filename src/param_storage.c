@@ -168,6 +168,22 @@ size_t optimizer_state_bytes_per_param(const Policy *policy) {
     return bytes;
 }
 
+StateBytes state_bytes(const ParamTable *table, const Policy *policy, int shards) {
+    size_t n = table->num_params;
+    ParamCounts counts = param_counts(table);
+    StateBytes bytes;
+    bytes.weights = n * sizeof(float);  // the compute copy, or the fp32 weights themselves
+    if (policy->weights == WEIGHTS_BF16) bytes.weights += n * sizeof(bf16);
+    if (policy->weights == WEIGHTS_INT_GRID) {
+        bytes.weights += counts.matrix_elements + counts.matrix_slices * sizeof(float) +
+                         counts.vector_elements * sizeof(float);
+    }
+    bytes.gradients = n * sizeof(float);  // fp32 gradients, or the backward's scratch under bf16 gradients
+    if (policy->grads == GRADS_BF16) bytes.gradients += n * sizeof(bf16);
+    bytes.optimizer = (n * optimizer_state_bytes_per_param(policy) + (size_t)shards - 1) / (size_t)shards;
+    return bytes;
+}
+
 void backend_state_add(BackendState *state, const char *name, void *data, size_t nbytes) {
     int capacity = (int)(sizeof state->sections / sizeof state->sections[0]);
     if (state->count == capacity) fatal("internal: more than %d checkpoint sections", capacity);

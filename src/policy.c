@@ -155,6 +155,7 @@ Policy policy_from_config(const Config *cfg) {
     if (!is_preset(cfg->precision.grads)) p.grads = (GradStorage)index_of(cfg->precision.grads, grad_names, 2);
     if (!is_preset(cfg->precision.attention)) p.attention = parse_attention(cfg->precision.attention);
     apply_matmul(&p, cfg);
+    p.allow_tf32 = cfg->precision.allow_tf32;
     check_combination(&p);
     describe_overrides(&p, cfg);
     return p;

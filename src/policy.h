@@ -59,6 +59,7 @@ typedef struct {
     GradStorage grads;
     MatmulPrecision matmul;      // the four linear layers of each block, forward and backward
     MatmulFormat attention;      // attention products (QK^T, PV) and the LM head: MATMUL_FP32 or MATMUL_BF16
+    int allow_tf32;              // fp32 products may round their operands to TF32 (CUDA backend; the CPU has no TF32)
 } Policy;
 
 // The policy a config asks for: its preset (aliases included) with the `precision` section's overrides.

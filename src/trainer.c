@@ -180,11 +180,11 @@ static const BackendOps *choose_backend(DeviceChoice device, const BackendOps *c
     if (device == DEVICE_CPU) return &cpu_backend;
     if (device == DEVICE_CUDA) {
         if (cuda_devices == 0) fatal("--device cuda: no CUDA GPU is visible (use --device cpu or auto)");
-        if (!cuda_ops) fatal("--device cuda: this build has no CUDA backend yet (use --device cpu or auto)");
+        if (!cuda_ops) fatal("--device cuda: this build has no CUDA backend (built without nvcc; use --device cpu)");
         return cuda_ops;
     }
     if (cuda_devices > 0 && cuda_ops) return cuda_ops;
-    if (cuda_devices > 0) printf("note: %d GPU(s) found, but the CUDA backend is not built yet: training on the CPU\n", cuda_devices);
+    if (cuda_devices > 0) printf("note: %d GPU(s) found, but this build has no CUDA backend: training on the CPU\n", cuda_devices);
     else printf("note: no GPU found: training on the CPU backend\n");
     return &cpu_backend;
 }

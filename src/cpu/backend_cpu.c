@@ -352,22 +352,11 @@ static BackendState *cpu_state_save(Backend *b) {
 
 static void cpu_state_load(Backend *b) { decode_weights(b); }
 
-// The policy's storage plus the CPU's fp32 buffers, exactly as cpu_create allocates them (besides the
-// chunk list and the metric sums: a few dozen bytes per CHUNK_ELEMENTS parameters). Sharded, the optimizer
-// state counts its even share (a rank's whole chunks make it up to CHUNK_ELEMENTS elements more or less).
+// The policy's storage plus the fp32 compute copy and gradient buffer (param_storage.h), exactly as
+// cpu_create allocates them besides the chunk list and the metric sums.
 static size_t cpu_plan_state_bytes(const ParamTable *table, const Policy *policy, int shards) {
-    size_t n = table->num_params;
-    ParamCounts counts = param_counts(table);
-    size_t bytes = n * sizeof(float);  // the compute copy, or the fp32 weights themselves
-    if (policy->weights == WEIGHTS_BF16) bytes += n * sizeof(bf16);
-    if (policy->weights == WEIGHTS_INT_GRID) {
-        bytes += counts.matrix_elements + counts.matrix_slices * sizeof(float) + counts.vector_elements * sizeof(float);
-    }
-    size_t optimizer = n * optimizer_state_bytes_per_param(policy);
-    bytes += (optimizer + (size_t)shards - 1) / (size_t)shards;
-    bytes += n * sizeof(float);  // fp32 gradients, or the backward's scratch under bf16 gradients
-    if (policy->grads == GRADS_BF16) bytes += n * sizeof(bf16);
-    return bytes;
+    StateBytes bytes = state_bytes(table, policy, shards);
+    return bytes.weights + bytes.gradients + bytes.optimizer;
 }
 
 // gpt_cpu.c's activations, and the cast copies of matmul operands for a format other than fp32.

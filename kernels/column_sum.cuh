@@ -1,0 +1,71 @@
+// Column sums (bias gradients) and the bias add of the linear layers (src/cpu/reduce.c).
+// Deterministic in two phases, no atomics: phase 1 sums each block of COLUMN_SUM_ROWS rows per column into
+// a partial (rows in order), phase 2 adds the partials of each column in row-block order. The order is
+// fixed by the shapes alone, so two runs give the same bits (it differs from the CPU's plain row order, so
+// the result agrees with the CPU to rounding, not bit for bit). layernorm.cuh uses the same phase 2.
+#ifndef LP_KERNELS_COLUMN_SUM_CUH
+#define LP_KERNELS_COLUMN_SUM_CUH
+
+#include "common.cuh"
+
+#define COLUMN_SUM_ROWS 64      // rows per partial sum
+#define COLUMN_SUM_THREADS 256  // columns per block
+
+static int column_sum_row_blocks(int N) { return (N + COLUMN_SUM_ROWS - 1) / COLUMN_SUM_ROWS; }
+
+// Floats of scratch that column_sums_add_gpu needs: one partial per (row block, column).
+static size_t column_sum_scratch_floats(int N, int C) { return (size_t)column_sum_row_blocks(N) * C; }
+
+// Phase 1: partials (row_blocks, C); block (x: column tile, y: row block), one thread per column.
+static __global__ void column_partials_kernel(float *partials, const float *src, int N, int C) {
+    int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= C) return;
+    int first = blockIdx.y * COLUMN_SUM_ROWS;
+    int last = min(first + COLUMN_SUM_ROWS, N);
+    float sum = 0.0f;
+    for (int n = first; n < last; n++) sum += src[(size_t)n * C + c];
+    partials[(size_t)blockIdx.y * C + c] = sum;
+}
+
+// Phase 2: dst (C) += the partials (row_blocks, C) of each column, summed in row-block order.
+static __global__ void column_partials_reduce_kernel(float *dst, const float *partials, int row_blocks, int C) {
+    int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= C) return;
+    float sum = 0.0f;
+    for (int k = 0; k < row_blocks; k++) sum += partials[(size_t)k * C + c];
+    dst[c] += sum;
+}
+
+static void column_partials_reduce_gpu(float *dst, const float *partials, int row_blocks, int C, cudaStream_t stream) {
+    column_partials_reduce_kernel<<<ceil_div(C, COLUMN_SUM_THREADS), COLUMN_SUM_THREADS, 0, stream>>>(dst, partials,
+                                                                                                     row_blocks, C);
+    CUDA_CHECK_LAUNCH();
+}
+
+// dst: (C) += the sum of the N rows of src (N, C). scratch: column_sum_scratch_floats(N, C) floats, free for
+// the duration of the call (stream order).
+static void column_sums_add_gpu(float *dst, const float *src, int N, int C, float *scratch, cudaStream_t stream) {
+    if (N == 0 || C == 0) return;
+    int row_blocks = column_sum_row_blocks(N);
+    if (row_blocks > 65535) fatal("column sums: %d rows exceed the grid (at most %d)", N, 65535 * COLUMN_SUM_ROWS);
+    dim3 grid(ceil_div(C, COLUMN_SUM_THREADS), row_blocks);
+    column_partials_kernel<<<grid, COLUMN_SUM_THREADS, 0, stream>>>(scratch, src, N, C);
+    CUDA_CHECK_LAUNCH();
+    column_partials_reduce_gpu(dst, scratch, row_blocks, C, stream);
+}
+
+static __global__ void add_bias_kernel(float *out, const float *bias, int N, int OC) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (size_t)N * OC) return;
+    out[i] += bias[i % OC];
+}
+
+// out: (N, OC) += bias (OC) on every row.
+static void add_bias_gpu(float *out, const float *bias, int N, int OC, cudaStream_t stream) {
+    size_t n = (size_t)N * OC;
+    if (n == 0) return;
+    add_bias_kernel<<<ceil_div(n, COLUMN_SUM_THREADS), COLUMN_SUM_THREADS, 0, stream>>>(out, bias, N, OC);
+    CUDA_CHECK_LAUNCH();
+}
+
+#endif

@@ -1,0 +1,114 @@
+// LayerNorm over the channels of each row on the device (src/cpu/layernorm.c): out = (x - mean) * rstd *
+// weight + bias, rstd = 1 / sqrt(var + eps) with the biased variance from a second pass over the deviations.
+// One warp per row; the per-element expressions are the CPU's, the row sums are reordered (warp lanes),
+// so results agree with the CPU to rounding. dweight and dbias are summed deterministically in two phases
+// (column_sum.cuh): partials per block of COLUMN_SUM_ROWS rows, then the partials in row-block order.
+#ifndef LP_KERNELS_LAYERNORM_CUH
+#define LP_KERNELS_LAYERNORM_CUH
+
+#include "column_sum.cuh"
+#include "common.cuh"
+
+#define LAYERNORM_EPS 1e-5f
+#define LAYERNORM_THREADS 256  // 8 warps: 8 rows per block
+
+// Floats of scratch that layernorm_backward_gpu needs: the dweight and the dbias partials.
+static size_t layernorm_backward_scratch_floats(int N, int C) { return 2 * column_sum_scratch_floats(N, C); }
+
+// One warp per row. mean, rstd: (N), or NULL where not needed (no backward follows).
+static __global__ void layernorm_forward_kernel(float *out, float *mean, float *rstd, const float *inp,
+                                                const float *weight, const float *bias, int N, int C) {
+    int row = blockIdx.x * (blockDim.x / WARP_SIZE) + threadIdx.x / WARP_SIZE;
+    int lane = threadIdx.x % WARP_SIZE;
+    if (row >= N) return;  // the whole warp leaves together
+    const float *x = inp + (size_t)row * C;  // (C)
+    float *o = out + (size_t)row * C;        // (C)
+    float sum = 0.0f;
+    for (int c = lane; c < C; c += WARP_SIZE) sum += x[c];
+    float m = warp_sum(sum) / (float)C;
+    // Two passes: the variance from deviations, not E[x^2] - E[x]^2, which cancels badly.
+    float sq = 0.0f;
+    for (int c = lane; c < C; c += WARP_SIZE) sq += (x[c] - m) * (x[c] - m);
+    float s = 1.0f / sqrtf(warp_sum(sq) / (float)C + LAYERNORM_EPS);
+    for (int c = lane; c < C; c += WARP_SIZE) o[c] = (x[c] - m) * s * weight[c] + bias[c];
+    if (lane == 0 && mean) mean[row] = m;
+    if (lane == 0 && rstd) rstd[row] = s;
+}
+
+// out, inp: (N, C); mean, rstd: (N) or NULL; weight, bias: (C)
+static void layernorm_forward_gpu(float *out, float *mean, float *rstd, const float *inp, const float *weight,
+                                  const float *bias, int N, int C, cudaStream_t stream) {
+    if (N == 0) return;
+    int rows_per_block = LAYERNORM_THREADS / WARP_SIZE;
+    layernorm_forward_kernel<<<ceil_div(N, rows_per_block), LAYERNORM_THREADS, 0, stream>>>(out, mean, rstd, inp,
+                                                                                          weight, bias, N, C);
+    CUDA_CHECK_LAUNCH();
+}
+
+// dinp += rstd * (g - mean(g) - xhat * mean(g * xhat)) with g = dout * weight; one warp per row.
+static __global__ void layernorm_backward_input_kernel(float *dinp, const float *dout, const float *inp,
+                                                      const float *weight, const float *mean, const float *rstd,
+                                                      int N, int C) {
+    int row = blockIdx.x * (blockDim.x / WARP_SIZE) + threadIdx.x / WARP_SIZE;
+    int lane = threadIdx.x % WARP_SIZE;
+    if (row >= N) return;
+    const float *x = inp + (size_t)row * C;   // (C)
+    const float *d = dout + (size_t)row * C;  // (C)
+    float *dx = dinp + (size_t)row * C;       // (C)
+    float m = mean[row], s = rstd[row];
+    float g_sum = 0.0f, gx_sum = 0.0f;
+    for (int c = lane; c < C; c += WARP_SIZE) {
+        float g = d[c] * weight[c];
+        g_sum += g;
+        gx_sum += g * (x[c] - m) * s;
+    }
+    float g_mean = warp_sum(g_sum) / (float)C, gx_mean = warp_sum(gx_sum) / (float)C;
+    for (int c = lane; c < C; c += WARP_SIZE) {
+        float xhat = (x[c] - m) * s;
+        dx[c] += s * (d[c] * weight[c] - g_mean - xhat * gx_mean);
+    }
+}
+
+// Phase 1 of dweight and dbias: per block of COLUMN_SUM_ROWS rows and per column, the sums of dout * xhat
+// and of dout, rows in order. partials_w, partials_b: (row_blocks, C)
+static __global__ void layernorm_weight_partials_kernel(float *partials_w, float *partials_b, const float *dout,
+                                                       const float *inp, const float *mean, const float *rstd, int N,
+                                                       int C) {
+    int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= C) return;
+    int first = blockIdx.y * COLUMN_SUM_ROWS;
+    int last = min(first + COLUMN_SUM_ROWS, N);
+    float dw = 0.0f, db = 0.0f;
+    for (int n = first; n < last; n++) {
+        size_t i = (size_t)n * C + c;
+        dw += dout[i] * ((inp[i] - mean[n]) * rstd[n]);
+        db += dout[i];
+    }
+    partials_w[(size_t)blockIdx.y * C + c] = dw;
+    partials_b[(size_t)blockIdx.y * C + c] = db;
+}
+
+// dinp, dout, inp: (N, C); dweight, dbias, weight: (C); mean, rstd: (N). All three gradients are added to.
+// scratch: layernorm_backward_scratch_floats(N, C) floats, free for the duration of the call (stream order).
+static void layernorm_backward_gpu(float *dinp, float *dweight, float *dbias, const float *dout, const float *inp,
+                                   const float *weight, const float *mean, const float *rstd, int N, int C,
+                                   float *scratch, cudaStream_t stream) {
+    if (N == 0 || C == 0) return;
+    int rows_per_block = LAYERNORM_THREADS / WARP_SIZE;
+    layernorm_backward_input_kernel<<<ceil_div(N, rows_per_block), LAYERNORM_THREADS, 0, stream>>>(
+        dinp, dout, inp, weight, mean, rstd, N, C);
+    CUDA_CHECK_LAUNCH();
+
+    int row_blocks = column_sum_row_blocks(N);
+    if (row_blocks > 65535) fatal("layernorm backward: %d rows exceed the grid (at most %d)", N, 65535 * COLUMN_SUM_ROWS);
+    float *partials_w = scratch;                         // (row_blocks, C)
+    float *partials_b = scratch + (size_t)row_blocks * C;  // (row_blocks, C)
+    dim3 grid(ceil_div(C, COLUMN_SUM_THREADS), row_blocks);
+    layernorm_weight_partials_kernel<<<grid, COLUMN_SUM_THREADS, 0, stream>>>(partials_w, partials_b, dout, inp, mean,
+                                                                              rstd, N, C);
+    CUDA_CHECK_LAUNCH();
+    column_partials_reduce_gpu(dweight, partials_w, row_blocks, C, stream);
+    column_partials_reduce_gpu(dbias, partials_b, row_blocks, C, stream);
+}
+
+#endif

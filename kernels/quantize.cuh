@@ -1,0 +1,64 @@
+// Matmul operand casts on the device (src/cpu/quantize.c), the bf16 cast of fp32 tensors, and the amax of
+// a tensor (src/scaling.c's tensor_amax) for fp8 scaling. Every element goes through the shared
+// __host__ __device__ functions of src/operand_cast.h and src/numerics/bf16.h, so the bits are the CPU's.
+#ifndef LP_KERNELS_QUANTIZE_CUH
+#define LP_KERNELS_QUANTIZE_CUH
+
+#include "bf16_device.cuh"
+#include "common.cuh"
+#include "operand_cast.h"
+
+#define QUANTIZE_THREADS 256
+#define AMAX_MAX_BLOCKS 1024  // grid-stride beyond this: fewer atomics
+
+static __global__ void quantize_operand_kernel(float *out, const float *inp, size_t n, OperandCast cast) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = quantize_operand_value(inp[i], &cast);
+}
+
+// out = each element of inp cast as `cast` says (quantize_operand_value). out, inp: (n); out may equal inp.
+static void quantize_operand_gpu(float *out, const float *inp, size_t n, OperandCast cast, cudaStream_t stream) {
+    if (n == 0) return;
+    quantize_operand_kernel<<<ceil_div(n, QUANTIZE_THREADS), QUANTIZE_THREADS, 0, stream>>>(out, inp, n, cast);
+    CUDA_CHECK_LAUNCH();
+}
+
+static __global__ void cast_bf16_kernel(__nv_bfloat16 *out, const float *inp, size_t n) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = bf16_device_from_f32(inp[i]);
+}
+
+// out (n, bf16) = inp (n, fp32) rounded to nearest-even, bit-identical to bf16_from_f32.
+static void cast_bf16_gpu(__nv_bfloat16 *out, const float *inp, size_t n, cudaStream_t stream) {
+    if (n == 0) return;
+    cast_bf16_kernel<<<ceil_div(n, QUANTIZE_THREADS), QUANTIZE_THREADS, 0, stream>>>(out, inp, n);
+    CUDA_CHECK_LAUNCH();
+}
+
+// The max over |x| as fp32 bits: for non-negative floats the unsigned order of the bits is the numeric
+// order, and every NaN is mapped to the canonical quiet NaN 0x7fc00000, which is above +inf. So an integer
+// atomicMax gives max |x| exactly, or NaN when any element is NaN, the same bits in any launch order.
+// amax_bits starts at 0 (the launcher clears it).
+static __global__ void tensor_amax_kernel(unsigned int *amax_bits, const float *x, size_t n) {
+    unsigned int m = 0u;
+    size_t stride = (size_t)gridDim.x * blockDim.x;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+        unsigned int a = __float_as_uint(x[i]) & 0x7fffffffu;
+        m = max(m, a > 0x7f800000u ? 0x7fc00000u : a);
+    }
+    m = __reduce_max_sync(0xffffffffu, m);  // every lane is here: the loop has no early exit
+    if (threadIdx.x % WARP_SIZE == 0 && m > 0u) atomicMax(amax_bits, m);
+}
+
+// *amax_device (one float on the device) = max |x[i]| over x (n), NaN if any element is NaN (0 for n = 0),
+// bit-identical to tensor_amax of src/scaling.c (whose NaN is NAN, 0x7fc00000).
+static void tensor_amax_gpu(float *amax_device, const float *x, size_t n, cudaStream_t stream) {
+    CUDA_CHECK(cudaMemsetAsync(amax_device, 0, sizeof(float), stream));
+    if (n == 0) return;
+    unsigned int blocks = ceil_div(n, QUANTIZE_THREADS);
+    if (blocks > AMAX_MAX_BLOCKS) blocks = AMAX_MAX_BLOCKS;
+    tensor_amax_kernel<<<blocks, QUANTIZE_THREADS, 0, stream>>>((unsigned int *)amax_device, x, n);
+    CUDA_CHECK_LAUNCH();
+}
+
+#endif

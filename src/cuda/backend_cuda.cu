@@ -1,0 +1,582 @@
+// The CUDA backend: gpt_cuda.cu's forward and backward, each policy's storage in device memory, and the
+// optimizer kernel over optimizer_element.h's element step (the CPU backend's code, so both store the same
+// bits from the same gradients). Storage, chunks, rank ranges and checkpoint sections follow
+// param_storage.h exactly as on the CPU, so a checkpoint of either backend resumes on the other.
+//
+// Memory: the weights (with the fp32 compute copy the passes read), the gradients (with the backward's
+// fp32 scratch under bf16 gradients) and the optimizer state are one device allocation each; the
+// activations are gpt_cuda.c's one allocation.
+//
+// Data parallelism: one process per GPU (local rank -> device), gradients summed over NCCL in fp32 (bf16
+// gradients are widened, summed, and rounded once, as on the CPU). NCCL's ring order is fixed for a given
+// job, so runs repeat bit for bit, but the sums are not in rank order: multi-rank GPU runs agree with the
+// CPU's within rounding, not bit for bit. ZeRO-1: ncclReduce of each rank's range to its owner, each rank
+// steps its chunks, ncclBroadcast of each range's stored weights from its owner.
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend.h"
+#include "cuda/gpt_cuda.h"
+#include "distributed.h"
+#include "kernels/gradients.cuh"
+#include "kernels/optimizer.cuh"
+#include "param_storage.h"
+
+#ifdef LP_WITH_NCCL
+#include <nccl.h>
+
+static void nccl_check(ncclResult_t status, const char *call, const char *file, int line) {
+    if (status != ncclSuccess)
+        fatal("NCCL error at %s:%d: %s: %s", file, line, call, ncclGetErrorString(status));
+}
+#define NCCL_CHECK(call) nccl_check((call), #call, __FILE__, __LINE__)
+#endif
+
+// Sub-allocations of one device allocation, each 256-byte aligned.
+typedef struct {
+    char *base;
+    size_t used, size;
+} Arena;
+
+static size_t arena_round(size_t bytes) { return (bytes + 255) / 256 * 256; }
+
+static void *arena_take(Arena *arena, size_t bytes) {
+    if (bytes == 0) return NULL;
+    if (arena->used + arena_round(bytes) > arena->size) fatal("internal: device arena overflow");
+    void *ptr = arena->base + arena->used;
+    arena->used += arena_round(bytes);
+    return ptr;
+}
+
+// One allocation for what `bytes` lists (the rounding of each part included).
+static void arena_alloc(Arena *arena, const size_t *parts, int count, const char *what) {
+    arena->size = 0;
+    for (int i = 0; i < count; i++) arena->size += arena_round(parts[i]);
+    arena->used = 0;
+    arena->base = arena->size ? (char *)cuda_malloc_checked(arena->size, what) : NULL;
+}
+
+static void arena_free(Arena *arena) {
+    if (arena->base) CUDA_CHECK(cudaFree(arena->base));
+    arena->base = NULL;
+}
+
+struct Backend {
+    ParamTable table;
+    Policy policy;
+    cudaStream_t stream;
+    GPTCuda *model;
+    ParamLayout layout;
+    Chunk *chunks;             // (num_chunks) device copy of layout.chunks
+    OptimizerBuffers buffers;  // device pointers of every stored quantity
+    Arena weights, gradients, optimizer;
+    float *grads;              // (N) fp32 gradients, or the backward's scratch under bf16 gradients
+    UpdateSums *chunk_sums;    // (num_chunks) device
+    double *chunk_norms;       // (num_chunks) device
+    UpdateSums *host_chunk_sums;
+    double *host_chunk_norms;
+    int rank, world, zero;
+    int first_chunk, end_chunk;
+    size_t state_numel;
+    BackendState state;
+    void *staging[12];         // host copies of the checkpoint sections
+    size_t baseline_used;      // device memory in use before this backend allocated anything
+    size_t peak_used;
+    char device_name[256];
+#ifdef LP_WITH_NCCL
+    ncclComm_t comm;
+#endif
+};
+
+// ----------------------------------------------------------------------------------------------------
+// device, memory
+
+static size_t device_used_bytes(void) {
+    size_t free_bytes = 0, total_bytes = 0;
+    CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+    return total_bytes - free_bytes;
+}
+
+static void measure_memory(Backend *b) {
+    size_t used = device_used_bytes() - b->baseline_used;
+    if (used > b->peak_used) b->peak_used = used;
+}
+
+static void select_device(Backend *b) {
+    int count = 0;
+    CUDA_CHECK(cudaGetDeviceCount(&count));
+    if (count == 0) fatal("no CUDA GPU is visible");
+    int device = dist_local_rank() % count;
+    if (b->world > 1 && dist_local_rank() >= count)
+        fatal("rank %d is local rank %d on its node, which has only %d GPU(s): launch at most one rank per GPU",
+              b->rank, dist_local_rank(), count);
+    CUDA_CHECK(cudaSetDevice(device));
+    cudaDeviceProp prop;
+    CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
+    snprintf(b->device_name, sizeof b->device_name, "%s (GPU %d)", prop.name, device);
+    CUDA_CHECK(cudaFree(0));  // create the context now, so the baseline includes it
+    b->baseline_used = device_used_bytes();
+}
+
+#ifdef LP_WITH_NCCL
+static void init_nccl(Backend *b) {
+    if (b->world == 1) return;
+    ncclUniqueId id;
+    if (b->rank == 0) NCCL_CHECK(ncclGetUniqueId(&id));
+    dist_broadcast(&id, sizeof id, 0);
+    NCCL_CHECK(ncclCommInitRank(&b->comm, b->world, id, b->rank));
+}
+#else
+static void init_nccl(Backend *b) {
+    if (b->world > 1) fatal("this build has no NCCL (nccl.h was not found): data-parallel GPU training needs it");
+}
+#endif
+
+// ----------------------------------------------------------------------------------------------------
+// storage
+
+static void take_moment(Arena *arena, MomentBuffer *moment, MomentStorage storage, size_t n) {
+    moment->storage = storage;
+    moment->fp32 = storage == STATE_FP32 ? (float *)arena_take(arena, n * sizeof(float)) : NULL;
+    moment->hi = storage != STATE_FP32 ? (bf16 *)arena_take(arena, n * sizeof(bf16)) : NULL;
+    moment->lo = storage == STATE_MCF ? (bf16 *)arena_take(arena, n * sizeof(bf16)) : NULL;
+}
+
+// The optimizer state for `n` elements (all parameters, or a ZeRO-1 shard) as one zeroed allocation.
+static void alloc_optimizer_state(Backend *b, size_t n) {
+    const Policy *p = &b->policy;
+    size_t parts[7] = {
+        p->update == UPDATE_FP32_MASTER ? n * sizeof(float) : 0,
+        p->update == UPDATE_MCF_GROW ? n * sizeof(bf16) : 0,
+        p->update == UPDATE_KAHAN ? n * sizeof(bf16) : 0,
+        n * moment_storage_bytes(p->adam_m) / (p->adam_m == STATE_MCF ? 2 : 1),
+        p->adam_m == STATE_MCF ? n * sizeof(bf16) : 0,
+        n * moment_storage_bytes(p->adam_v) / (p->adam_v == STATE_MCF ? 2 : 1),
+        p->adam_v == STATE_MCF ? n * sizeof(bf16) : 0,
+    };
+    arena_alloc(&b->optimizer, parts, 7, "the optimizer state");
+    OptimizerBuffers *o = &b->buffers;
+    o->master = (float *)arena_take(&b->optimizer, parts[0]);
+    o->mcf_lo = (bf16 *)arena_take(&b->optimizer, parts[1]);
+    o->kahan_c = (bf16 *)arena_take(&b->optimizer, parts[2]);
+    take_moment(&b->optimizer, &o->m, p->adam_m, n);
+    take_moment(&b->optimizer, &o->v, p->adam_v, n);
+    if (b->optimizer.base) CUDA_CHECK(cudaMemset(b->optimizer.base, 0, b->optimizer.size));
+}
+
+static void alloc_storage(Backend *b) {
+    size_t n = b->table.num_params;
+    const Policy *p = &b->policy;
+    ParamCounts counts = param_counts(&b->table);
+    int dqt = p->weights == WEIGHTS_INT_GRID;
+    size_t weight_parts[5] = {
+        n * sizeof(float),
+        p->weights == WEIGHTS_BF16 ? n * sizeof(bf16) : 0,
+        dqt ? counts.matrix_elements : 0,
+        dqt ? counts.matrix_slices * sizeof(float) : 0,
+        dqt ? counts.vector_elements * sizeof(float) : 0,
+    };
+    arena_alloc(&b->weights, weight_parts, 5, "the weights");
+    OptimizerBuffers *o = &b->buffers;
+    o->params = (float *)arena_take(&b->weights, weight_parts[0]);
+    o->weights_bf16 = (bf16 *)arena_take(&b->weights, weight_parts[1]);
+    o->dqt_codes = (int8_t *)arena_take(&b->weights, weight_parts[2]);
+    o->dqt_scales = (float *)arena_take(&b->weights, weight_parts[3]);
+    o->dqt_vectors = (float *)arena_take(&b->weights, weight_parts[4]);
+
+    size_t gradient_parts[2] = {n * sizeof(float), p->grads == GRADS_BF16 ? n * sizeof(bf16) : 0};
+    arena_alloc(&b->gradients, gradient_parts, 2, "the gradients");
+    b->grads = (float *)arena_take(&b->gradients, gradient_parts[0]);
+    o->grads = b->grads;
+    o->grads_bf16 = (bf16 *)arena_take(&b->gradients, gradient_parts[1]);
+    CUDA_CHECK(cudaMemset(b->gradients.base, 0, b->gradients.size));
+    alloc_optimizer_state(b, n);
+}
+
+static void upload(void *device, const void *host, size_t bytes) {
+    if (bytes) CUDA_CHECK(cudaMemcpy(device, host, bytes, cudaMemcpyHostToDevice));
+}
+
+static void download(void *host, const void *device, size_t bytes) {
+    if (bytes) CUDA_CHECK(cudaMemcpy(host, device, bytes, cudaMemcpyDeviceToHost));
+}
+
+// Refreshes the compute copy from the stored weights (at creation, after a load, after a ZeRO-1 gather).
+static void decode_weights(Backend *b) {
+    if (b->policy.weights == WEIGHTS_BF16) bf16_to_f32_gpu(b->buffers.params, b->buffers.weights_bf16, b->table.num_params, b->stream);
+    if (b->policy.weights == WEIGHTS_INT_GRID) dqt_decode_gpu(&b->buffers, b->chunks, b->layout.num_chunks, b->stream);
+    CUDA_CHECK(cudaStreamSynchronize(b->stream));
+}
+
+// The initial stored quantities from fp32 weights, formed on the host with the CPU backend's functions.
+static void init_weights(Backend *b, const float *init) {
+    size_t n = b->table.num_params;
+    const Policy *p = &b->policy;
+    OptimizerBuffers *o = &b->buffers;
+    if (p->weights == WEIGHTS_FP32) {
+        upload(o->params, init, n * sizeof(float));
+        return;
+    }
+    if (p->weights == WEIGHTS_INT_GRID) {
+        ParamCounts counts = param_counts(&b->table);
+        int8_t *codes = (int8_t *)xmalloc(counts.matrix_elements);
+        float *scales = (float *)xmalloc(counts.matrix_slices * sizeof(float));
+        float *vectors = (float *)xmalloc(counts.vector_elements * sizeof(float));
+        dqt_init_storage(&b->table, p->grid_bits, init, codes, scales, vectors);
+        upload(o->dqt_codes, codes, counts.matrix_elements);
+        upload(o->dqt_scales, scales, counts.matrix_slices * sizeof(float));
+        upload(o->dqt_vectors, vectors, counts.vector_elements * sizeof(float));
+        free(codes);
+        free(scales);
+        free(vectors);
+        return;
+    }
+    bf16 *hi = (bf16 *)xmalloc(n * sizeof(bf16));
+    for (size_t i = 0; i < n; i++) hi[i] = bf16_from_f32(init[i]);
+    upload(o->weights_bf16, hi, n * sizeof(bf16));
+    if (p->update == UPDATE_FP32_MASTER) upload(o->master, init, n * sizeof(float));
+    if (p->update == UPDATE_MCF_GROW) {
+        // The pair holds the initial fp32 value to about 16 bits.
+        for (size_t i = 0; i < n; i++) hi[i] = mcf_from_f32(init[i]).lo;
+        upload(o->mcf_lo, hi, n * sizeof(bf16));
+    }
+    free(hi);
+}
+
+static void init_buffers(Backend *b) {
+    OptimizerBuffers *o = &b->buffers;
+    o->update = b->policy.update;
+    o->grid_bits = b->policy.grid_bits;
+    o->state_base = 0;
+    for (int t = 0; t < NUM_PARAM_TENSORS; t++) {
+        o->tensor_offset[t] = b->table.tensors[t].offset;
+        o->dqt_offset[t] = b->layout.dqt_offset[t];
+        o->is_matrix[t] = b->table.tensors[t].is_matrix;
+    }
+}
+
+static Backend *cuda_create(const ParamTable *table, const Policy *policy, int B, int T, const float *init) {
+    Backend *b = (Backend *)xcalloc(1, sizeof *b);
+    b->table = *table;
+    b->policy = *policy;
+    b->rank = dist_rank();
+    b->world = dist_world();
+    select_device(b);
+    init_nccl(b);
+    CUDA_CHECK(cudaStreamCreate(&b->stream));
+    param_layout_init(&b->layout, table, policy, b->world);
+    int num_chunks = b->layout.num_chunks;
+    b->chunks = (Chunk *)cuda_malloc_checked((size_t)num_chunks * sizeof(Chunk), "the chunk list");
+    upload(b->chunks, b->layout.chunks, (size_t)num_chunks * sizeof(Chunk));
+    b->chunk_sums = (UpdateSums *)cuda_malloc_checked((size_t)num_chunks * sizeof(UpdateSums), "the metric sums");
+    b->chunk_norms = (double *)cuda_malloc_checked((size_t)num_chunks * sizeof(double), "the gradient-norm sums");
+    b->host_chunk_sums = (UpdateSums *)xcalloc((size_t)num_chunks, sizeof(UpdateSums));
+    b->host_chunk_norms = (double *)xcalloc((size_t)num_chunks, sizeof(double));
+    b->first_chunk = 0;
+    b->end_chunk = num_chunks;
+    b->state_numel = table->num_params;
+    init_buffers(b);
+    alloc_storage(b);
+    init_weights(b, init);
+    decode_weights(b);
+    b->model = gpt_cuda_create(table, policy, B, T, policy->allow_tf32, b->stream);
+    measure_memory(b);
+    return b;
+}
+
+static void cuda_destroy(Backend *b) {
+    gpt_cuda_free(b->model);
+    arena_free(&b->weights);
+    arena_free(&b->gradients);
+    arena_free(&b->optimizer);
+    CUDA_CHECK(cudaFree(b->chunks));
+    CUDA_CHECK(cudaFree(b->chunk_sums));
+    CUDA_CHECK(cudaFree(b->chunk_norms));
+    free(b->host_chunk_sums);
+    free(b->host_chunk_norms);
+    for (int i = 0; i < 12; i++) free(b->staging[i]);
+    param_layout_free(&b->layout);
+#ifdef LP_WITH_NCCL
+    if (b->world > 1) NCCL_CHECK(ncclCommDestroy(b->comm));
+#endif
+    CUDA_CHECK(cudaStreamDestroy(b->stream));
+    free(b);
+}
+
+// ----------------------------------------------------------------------------------------------------
+// forward, backward, gradients
+
+static GPTWeights gpt_weights(const Backend *b) {
+    GPTWeights w;
+    w.params = b->buffers.params;
+    w.weights_bf16 = b->buffers.weights_bf16;
+    return w;
+}
+
+static float cuda_forward(Backend *b, const int *inputs, const int *targets, int B, int T) {
+    GPTWeights w = gpt_weights(b);
+    return gpt_cuda_forward(b->model, &w, inputs, targets, B, T);
+}
+
+static const float *cuda_probs(Backend *b) { return gpt_cuda_probs(b->model); }
+
+static const float *cuda_logits(Backend *b) { return gpt_cuda_logits(b->model); }
+
+static void cuda_zero_grad(Backend *b) {
+    size_t n = b->table.num_params;
+    if (b->buffers.grads_bf16) CUDA_CHECK(cudaMemsetAsync((void *)b->buffers.grads_bf16, 0, n * sizeof(bf16), b->stream));
+    else CUDA_CHECK(cudaMemsetAsync(b->grads, 0, n * sizeof(float), b->stream));
+}
+
+// bf16 gradients: the micro-step's gradient goes into the fp32 scratch, and the stored gradient becomes
+// bf16(grad + scratch), as on the CPU.
+static void cuda_backward(Backend *b, float loss_scale) {
+    GPTWeights w = gpt_weights(b);
+    size_t n = b->table.num_params;
+    if (b->buffers.grads_bf16) CUDA_CHECK(cudaMemsetAsync(b->grads, 0, n * sizeof(float), b->stream));
+    gpt_cuda_backward(b->model, &w, b->grads, loss_scale);
+    if (b->buffers.grads_bf16) accumulate_bf16_gpu((bf16 *)b->buffers.grads_bf16, b->grads, n, b->stream);
+}
+
+static void cuda_reduce_gradients(Backend *b) {
+    if (b->world == 1) return;
+#ifdef LP_WITH_NCCL
+    size_t n = b->table.num_params;
+    const size_t *bounds = b->layout.param_bounds;
+    bf16 *grads_bf16 = (bf16 *)b->buffers.grads_bf16;
+    if (grads_bf16) bf16_to_f32_gpu(b->grads, grads_bf16, n, b->stream);
+    if (b->zero) {
+        // Each range summed into its owner, which alone steps it.
+        NCCL_CHECK(ncclGroupStart());
+        for (int r = 0; r < b->world; r++) {
+            float *range = b->grads + bounds[r];
+            NCCL_CHECK(ncclReduce(range, range, bounds[r + 1] - bounds[r], ncclFloat, ncclSum, r, b->comm, b->stream));
+        }
+        NCCL_CHECK(ncclGroupEnd());
+        if (grads_bf16)
+            f32_to_bf16_gpu(grads_bf16 + bounds[b->rank], b->grads + bounds[b->rank], bounds[b->rank + 1] - bounds[b->rank],
+                            b->stream);
+        return;
+    }
+    NCCL_CHECK(ncclAllReduce(b->grads, b->grads, n, ncclFloat, ncclSum, b->comm, b->stream));
+    if (grads_bf16) f32_to_bf16_gpu(grads_bf16, b->grads, n, b->stream);
+#endif
+}
+
+// Sum of squares of the stored gradients per chunk in double on the device, added on the host in chunk
+// order (under ZeRO-1 each rank's chunks gathered first), as the CPU does.
+static float cuda_grad_norm(Backend *b) {
+    grad_square_sums_gpu(&b->buffers, b->chunks, b->first_chunk, b->end_chunk, b->chunk_norms, b->stream);
+    size_t count = (size_t)(b->end_chunk - b->first_chunk);
+    CUDA_CHECK(cudaMemcpyAsync(b->host_chunk_norms + b->first_chunk, b->chunk_norms + b->first_chunk,
+                               count * sizeof(double), cudaMemcpyDeviceToHost, b->stream));
+    CUDA_CHECK(cudaStreamSynchronize(b->stream));
+    if (b->zero) dist_all_gather(b->host_chunk_norms, sizeof(double), b->layout.chunk_bounds);
+    double total = 0.0;
+    for (int c = 0; c < b->layout.num_chunks; c++) total += b->host_chunk_norms[c];
+    return (float)sqrt(total);
+}
+
+// ----------------------------------------------------------------------------------------------------
+// the optimizer step
+
+#ifdef LP_WITH_NCCL
+// Every rank's range of a stored array (elements of elem_bytes) from its owner to all ranks.
+static void broadcast_ranges(Backend *b, void *data, size_t elem_bytes, const size_t *bounds) {
+    NCCL_CHECK(ncclGroupStart());
+    for (int r = 0; r < b->world; r++) {
+        char *range = (char *)data + bounds[r] * elem_bytes;
+        size_t bytes = (bounds[r + 1] - bounds[r]) * elem_bytes;
+        NCCL_CHECK(ncclBroadcast(range, range, bytes, ncclUint8, r, b->comm, b->stream));
+    }
+    NCCL_CHECK(ncclGroupEnd());
+}
+#endif
+
+// ZeRO-1: every rank's stored weights of its range to every rank, then the compute copy decoded.
+static void gather_shards(Backend *b) {
+#ifdef LP_WITH_NCCL
+    OptimizerBuffers *o = &b->buffers;
+    if (b->policy.weights == WEIGHTS_FP32) broadcast_ranges(b, o->params, sizeof(float), b->layout.param_bounds);
+    if (o->weights_bf16) broadcast_ranges(b, o->weights_bf16, sizeof(bf16), b->layout.param_bounds);
+    if (b->policy.weights == WEIGHTS_INT_GRID) {
+        broadcast_ranges(b, o->dqt_codes, sizeof(int8_t), b->layout.code_bounds);
+        broadcast_ranges(b, o->dqt_vectors, sizeof(float), b->layout.vector_bounds);
+    }
+    decode_weights(b);
+#endif
+}
+
+static void cuda_optimizer_step(Backend *b, const AdamWStep *step, UpdateMetrics *metrics) {
+    UpdateConstants k = update_constants(step);
+    optimizer_step_gpu(&b->buffers, b->chunks, b->first_chunk, b->end_chunk, &k, metrics ? b->chunk_sums : NULL,
+                       b->stream);
+    if (b->zero) gather_shards(b);
+    if (metrics) {
+        size_t count = (size_t)(b->end_chunk - b->first_chunk);
+        CUDA_CHECK(cudaMemcpyAsync(b->host_chunk_sums + b->first_chunk, b->chunk_sums + b->first_chunk,
+                                   count * sizeof(UpdateSums), cudaMemcpyDeviceToHost, b->stream));
+    }
+    CUDA_CHECK(cudaStreamSynchronize(b->stream));
+    if (metrics) {
+        if (b->zero) dist_all_gather(b->host_chunk_sums, sizeof(UpdateSums), b->layout.chunk_bounds);
+        update_metrics_from_chunks(metrics, &b->policy, &b->layout, b->host_chunk_sums);
+    }
+    measure_memory(b);
+}
+
+// ZeRO-1: the optimizer state shrinks to this rank's range (a new allocation holding that range's values).
+static void cuda_shard_optimizer_state(Backend *b) {
+    if (b->world == 1) return;
+    b->zero = 1;
+    b->first_chunk = (int)b->layout.chunk_bounds[b->rank];
+    b->end_chunk = (int)b->layout.chunk_bounds[b->rank + 1];
+    size_t base = b->layout.param_bounds[b->rank];
+    b->state_numel = b->layout.param_bounds[b->rank + 1] - base;
+    OptimizerBuffers whole = b->buffers;
+    Arena old = b->optimizer;
+    alloc_optimizer_state(b, b->state_numel);
+    b->buffers.state_base = base;
+    const OptimizerBuffers *o = &b->buffers;
+    size_t n = b->state_numel;
+    const void *from[9] = {whole.master, whole.mcf_lo, whole.kahan_c, whole.m.fp32, whole.m.hi, whole.m.lo,
+                           whole.v.fp32, whole.v.hi, whole.v.lo};
+    void *to[9] = {o->master, o->mcf_lo, o->kahan_c, o->m.fp32, o->m.hi, o->m.lo, o->v.fp32, o->v.hi, o->v.lo};
+    size_t elem[9] = {sizeof(float), sizeof(bf16), sizeof(bf16), sizeof(float), sizeof(bf16), sizeof(bf16),
+                      sizeof(float), sizeof(bf16), sizeof(bf16)};
+    for (int i = 0; i < 9; i++)
+        if (from[i]) CUDA_CHECK(cudaMemcpy(to[i], (const char *)from[i] + base * elem[i], n * elem[i], cudaMemcpyDeviceToDevice));
+    arena_free(&old);
+}
+
+static void cuda_read_params(Backend *b, float *params) {
+    download(params, b->buffers.params, b->table.num_params * sizeof(float));
+}
+
+static void cuda_load_grads(Backend *b, const float *grads) {
+    size_t n = b->table.num_params;
+    upload(b->grads, grads, n * sizeof(float));
+    if (b->buffers.grads_bf16) f32_to_bf16_gpu((bf16 *)b->buffers.grads_bf16, b->grads, n, b->stream);
+    CUDA_CHECK(cudaStreamSynchronize(b->stream));
+}
+
+// ----------------------------------------------------------------------------------------------------
+// checkpoint state
+
+// A checkpoint section of the device state: the CPU backend's names and layouts.
+typedef struct {
+    const char *name;
+    void *device;  // NULL: a host quantity (the fp8 amax histories), at host
+    void *host;
+    size_t bytes;
+} DeviceSection;
+
+static int add_device_section(DeviceSection *list, int count, const char *name, void *device, size_t bytes) {
+    list[count].name = name;
+    list[count].device = device;
+    list[count].host = NULL;
+    list[count].bytes = bytes;
+    return count + 1;
+}
+
+// Every stored quantity, in the order of the CPU backend's state_save; returns the count.
+static int device_sections(Backend *b, DeviceSection list[12]) {
+    size_t n = b->table.num_params, shard = b->state_numel;
+    OptimizerBuffers *o = &b->buffers;
+    int count = 0;
+    if (b->policy.weights == WEIGHTS_FP32) count = add_device_section(list, count, "weights_fp32", o->params, n * sizeof(float));
+    if (o->weights_bf16) count = add_device_section(list, count, "weights_bf16", o->weights_bf16, n * sizeof(bf16));
+    if (o->master) count = add_device_section(list, count, "master_fp32", o->master, shard * sizeof(float));
+    if (o->mcf_lo) count = add_device_section(list, count, "mcf_lo_bf16", o->mcf_lo, shard * sizeof(bf16));
+    if (o->kahan_c) count = add_device_section(list, count, "kahan_c_bf16", o->kahan_c, shard * sizeof(bf16));
+    if (b->policy.weights == WEIGHTS_INT_GRID) {
+        ParamCounts counts = param_counts(&b->table);
+        count = add_device_section(list, count, "dqt_codes_int8", o->dqt_codes, counts.matrix_elements);
+        count = add_device_section(list, count, "dqt_scales_fp32", o->dqt_scales, counts.matrix_slices * sizeof(float));
+        count = add_device_section(list, count, "weights_1d_fp32", o->dqt_vectors, counts.vector_elements * sizeof(float));
+    }
+    const MomentBuffer *moments[2] = {&o->m, &o->v};
+    const char *names[2][4] = {{"adam_m_fp32", "adam_m_bf16", "adam_m_hi_bf16", "adam_m_lo_bf16"},
+                               {"adam_v_fp32", "adam_v_bf16", "adam_v_hi_bf16", "adam_v_lo_bf16"}};
+    for (int i = 0; i < 2; i++) {
+        const MomentBuffer *m = moments[i];
+        if (m->storage == STATE_FP32) count = add_device_section(list, count, names[i][0], m->fp32, shard * sizeof(float));
+        if (m->storage == STATE_BF16) count = add_device_section(list, count, names[i][1], m->hi, shard * sizeof(bf16));
+        if (m->storage == STATE_MCF) {
+            count = add_device_section(list, count, names[i][2], m->hi, shard * sizeof(bf16));
+            count = add_device_section(list, count, names[i][3], m->lo, shard * sizeof(bf16));
+        }
+    }
+    float *scaling;
+    size_t scaling_floats = gpt_cuda_scaling_state(b->model, &scaling);
+    if (scaling_floats) {
+        count = add_device_section(list, count, "matmul_scaling", NULL, scaling_floats * sizeof(float));
+        list[count - 1].host = scaling;
+    }
+    return count;
+}
+
+// Sections staged in host memory: filled from the device here; on load the caller fills the same buffers
+// and cuda_state_load copies them back.
+static BackendState *cuda_state_save(Backend *b) {
+    DeviceSection list[12];
+    int count = device_sections(b, list);
+    CUDA_CHECK(cudaStreamSynchronize(b->stream));
+    b->state.count = 0;
+    for (int i = 0; i < count; i++) {
+        void *host = list[i].host;
+        if (list[i].device) {
+            free(b->staging[i]);
+            b->staging[i] = xmalloc(list[i].bytes ? list[i].bytes : 1);
+            download(b->staging[i], list[i].device, list[i].bytes);
+            host = b->staging[i];
+        }
+        backend_state_add(&b->state, list[i].name, host, list[i].bytes);
+    }
+    return &b->state;
+}
+
+static void cuda_state_load(Backend *b) {
+    DeviceSection list[12];
+    int count = device_sections(b, list);
+    if (count != b->state.count) fatal("internal: cuda_state_load without a matching state_save");
+    for (int i = 0; i < count; i++)
+        if (list[i].device) upload(list[i].device, b->state.sections[i].data, list[i].bytes);
+    decode_weights(b);
+}
+
+static size_t cuda_plan_state_bytes(const ParamTable *table, const Policy *policy, int shards) {
+    StateBytes bytes = state_bytes(table, policy, shards);
+    return bytes.weights + bytes.gradients + bytes.optimizer;
+}
+
+static size_t cuda_device_memory_bytes(Backend *b) {
+    measure_memory(b);
+    return b->peak_used;
+}
+
+static const char *cuda_device_name(Backend *b) { return b->device_name; }
+
+extern "C" const BackendOps cuda_backend = {
+    "cuda",
+    cuda_create,
+    cuda_destroy,
+    cuda_forward,
+    cuda_probs,
+    cuda_logits,
+    cuda_zero_grad,
+    cuda_backward,
+    cuda_reduce_gradients,
+    cuda_shard_optimizer_state,
+    cuda_grad_norm,
+    cuda_optimizer_step,
+    cuda_read_params,
+    cuda_state_save,
+    cuda_state_load,
+    cuda_load_grads,
+    cuda_device_memory_bytes,
+    cuda_device_name,
+    cuda_plan_state_bytes,
+    gpt_cuda_activation_bytes,
+};

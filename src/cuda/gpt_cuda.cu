@@ -1,0 +1,615 @@
+// GPT-2 on one GPU: the layer sequence of src/cpu/gpt_cpu.c (same order, same operand casts, same fp8
+// scaling rules) over the kernels of kernels/ and cuBLASLt products.
+#include "cuda/gpt_cuda.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/attention.cuh"
+#include "kernels/classifier.cuh"
+#include "kernels/column_sum.cuh"
+#include "kernels/encoder.cuh"
+#include "kernels/gelu.cuh"
+#include "kernels/layernorm.cuh"
+#include "kernels/matmul.cuh"
+#include "kernels/quantize.cuh"
+#include "kernels/residual.cuh"
+
+extern "C" {
+#include "cpu/ops.h"  // OperandScaling (fp8 scales) and operand_cast_for: host code shared with the CPU
+}
+
+// What the forward keeps for the backward (per-layer buffers stack L slices, as on the CPU), one layer's
+// worth of activation gradients, the attention's per-head scratch, and the cast copies of matmul operands.
+typedef struct {
+    float *encoded;    // (B, T, C)
+    float *ln1;        // (L, B, T, C)
+    float *ln1_mean;   // (L, B, T)
+    float *ln1_rstd;   // (L, B, T)
+    float *qkv;        // (L, B, T, 3C)
+    float *atty;       // (L, B, T, C)
+    float *att;        // (L, B, NH, T, T) softmax probabilities
+    float *residual2;  // (L, B, T, C)
+    float *ln2;        // (L, B, T, C)
+    float *ln2_mean;   // (L, B, T)
+    float *ln2_rstd;   // (L, B, T)
+    float *fch;        // (L, B, T, 4C)
+    float *fch_gelu;   // (L, B, T, 4C)
+    float *residual3;  // (L, B, T, C)
+    float *lnf;        // (B, T, C)
+    float *lnf_mean;   // (B, T)
+    float *lnf_rstd;   // (B, T)
+    float *logits;     // (B, T, Vp); the backward overwrites them with their gradient
+    float *probs;      // (B, T, Vp)
+    float *losses;     // (B, T)
+    float *proj_out;   // (B, T, C)
+    float *dresidual;  // (B, T, C)
+    float *dln;        // (B, T, C)
+    float *dqkv;       // (B, T, 3C)
+    float *datty;      // (B, T, C)
+    float *dfch_gelu;  // (B, T, 4C)
+    float *dfch;       // (B, T, 4C)
+    float *q, *k, *v;  // (B, NH, T, hs) each, fp32 or (the first half) bf16
+    float *heads;      // (B, NH, T, hs) the attention output per head; in the backward, its gradient
+    float *dq, *dk, *dv;  // (B, NH, T, hs)
+    float *heads_cast; // (B, NH, T, hs) bf16 copy of the output gradient per head
+    float *scores;     // (B, NH, T, T) the backward's probability and score gradients
+    float *att_cast;   // (B, NH, T, T) bf16 copy of the probabilities or of the score gradients
+    float *copy_inp;   // (B, T, max(4C, C)) cast copy of a matmul input (fp32 values or bf16)
+    float *copy_weight;  // (max(4C, Vp), C) cast copy of a weight
+    float *copy_dout;  // (B, T, max(4C, Vp)) cast copy of an output gradient
+    float *scratch;    // column sums and layernorm weight gradients
+    float *amax;       // (1) fp8: a tensor's amax
+    int *tokens;       // (B, T) inputs
+    int *targets;      // (B, T)
+} Activations;
+
+#define NUM_ACTIVATION_BUFFERS 45
+
+typedef struct {
+    void *buffer;  // float ** or int **
+    size_t numel;  // 4-byte elements
+} ActivationBuffer;
+
+// The one description of the activation buffers that allocation and the memory plan both read.
+static int activation_buffers(Activations *a, const ModelShape *s, const Policy *policy, int B, int T,
+                              ActivationBuffer list[NUM_ACTIVATION_BUFFERS]) {
+    size_t L = (size_t)s->n_layer, C = (size_t)s->n_embd, NH = (size_t)s->n_head, Vp = (size_t)s->padded_vocab;
+    size_t N = (size_t)B * (size_t)T, TT = (size_t)B * NH * (size_t)T * (size_t)T;
+    size_t widest = Vp > 4 * C ? Vp : 4 * C;
+    int casts = policy->matmul.format != MATMUL_FP32 || policy->attention != MATMUL_FP32;
+    int bf16_attention = policy->attention == MATMUL_BF16;
+    size_t scratch = layernorm_backward_scratch_floats((int)N, (int)C);
+    size_t bias_scratch = column_sum_scratch_floats((int)N, (int)widest);
+    if (bias_scratch > scratch) scratch = bias_scratch;
+    ActivationBuffer buffers[NUM_ACTIVATION_BUFFERS] = {
+        {&a->encoded, N * C},         {&a->ln1, L * N * C},         {&a->ln1_mean, L * N},
+        {&a->ln1_rstd, L * N},        {&a->qkv, L * N * 3 * C},     {&a->atty, L * N * C},
+        {&a->att, L * TT},            {&a->residual2, L * N * C},   {&a->ln2, L * N * C},
+        {&a->ln2_mean, L * N},        {&a->ln2_rstd, L * N},        {&a->fch, L * N * 4 * C},
+        {&a->fch_gelu, L * N * 4 * C}, {&a->residual3, L * N * C},  {&a->lnf, N * C},
+        {&a->lnf_mean, N},            {&a->lnf_rstd, N},            {&a->logits, N * Vp},
+        {&a->probs, N * Vp},          {&a->losses, N},              {&a->proj_out, N * C},
+        {&a->dresidual, N * C},       {&a->dln, N * C},             {&a->dqkv, N * 3 * C},
+        {&a->datty, N * C},           {&a->dfch_gelu, N * 4 * C},   {&a->dfch, N * 4 * C},
+        {&a->q, N * C},               {&a->k, N * C},               {&a->v, N * C},
+        {&a->heads, N * C},           {&a->dq, N * C},              {&a->dk, N * C},
+        {&a->dv, N * C},              {&a->heads_cast, bf16_attention ? N * C : 0},
+        {&a->scores, TT},             {&a->att_cast, bf16_attention ? TT : 0},
+        {&a->copy_inp, casts ? N * 4 * C : 0}, {&a->copy_weight, casts ? widest * C : 0},
+        {&a->copy_dout, casts ? N * widest : 0}, {&a->scratch, scratch},
+        {&a->amax, 1},                {&a->tokens, N},              {&a->targets, N},
+        {NULL, 0},
+    };
+    memcpy(list, buffers, sizeof buffers);
+    return NUM_ACTIVATION_BUFFERS - 1;
+}
+
+// 256-byte aligned buffers: cuBLASLt's fastest algorithms want their operands so.
+static size_t aligned_numel(size_t numel) { return (numel + 63) / 64 * 64; }
+
+static size_t activation_numel(const ModelShape *shape, const Policy *policy, int B, int T) {
+    Activations unused;
+    ActivationBuffer list[NUM_ACTIVATION_BUFFERS];
+    int count = activation_buffers(&unused, shape, policy, B, T, list);
+    size_t total = 0;
+    for (int i = 0; i < count; i++) total += aligned_numel(list[i].numel);
+    return total;
+}
+
+// fp8 scales of the linear layers' operands, as on the CPU: amaxes reduced on the device, the histories and
+// the scale rule on the host (operand_scaling.c), so that both backends scale alike.
+typedef struct {
+    OperandScaling scaling;
+    float *scales;           // (count) host
+    float *forward_amax;     // (count) host
+    int forward_unrecorded;
+} Fp8State;
+
+struct GPTCuda {
+    ParamTable table;
+    Policy policy;
+    int max_B, max_T;
+    cudaStream_t stream;
+    MatmulContext matmul;
+    OperandCast linear_cast, attention_cast;
+    Fp8State fp8;
+    Activations acts;
+    float *act_memory;  // the one device allocation
+    EncoderIndex encoder_index;
+    int *index_scratch;  // host scratch of encoder_index_build
+    float *host_probs, *host_logits, *host_losses;
+    int B, T, has_targets;
+};
+
+// Block linear layers and operand roles, numbered as gpt_cpu.h's (BlockLinear, OperandRole).
+static int operand_id(const GPTCuda *model, int layer, int linear, int role) {
+    (void)model;
+    return (layer * NUM_BLOCK_LINEARS + linear) * NUM_OPERAND_ROLES + role;
+}
+
+static int num_operand_tensors(const GPTCuda *model) {
+    return model->table.shape.n_layer * NUM_BLOCK_LINEARS * NUM_OPERAND_ROLES;
+}
+
+size_t gpt_cuda_activation_bytes(const ParamTable *table, const Policy *policy, int B, int T) {
+    size_t N = (size_t)B * T;
+    size_t encoder_index = (3 * N + 1) * sizeof(int);  // encoder_index_alloc's arrays
+    return activation_numel(&table->shape, policy, B, T) * sizeof(float) + MATMUL_WORKSPACE_BYTES + encoder_index;
+}
+
+static void place_activations(GPTCuda *model, int B, int T) {
+    ActivationBuffer list[NUM_ACTIVATION_BUFFERS];
+    int count = activation_buffers(&model->acts, &model->table.shape, &model->policy, B, T, list);
+    size_t offset = 0;
+    for (int i = 0; i < count; i++) {
+        *(float **)list[i].buffer = list[i].numel ? model->act_memory + offset : NULL;
+        offset += aligned_numel(list[i].numel);
+    }
+}
+
+static void init_fp8(GPTCuda *model) {
+    const MatmulPrecision *linear = &model->policy.matmul;
+    if (linear->format != MATMUL_FP8) return;
+    int count = num_operand_tensors(model);
+    operand_scaling_init(&model->fp8.scaling, linear->scaling, count, linear->amax_history, linear->margin);
+    model->fp8.scales = (float *)xmalloc((size_t)count * sizeof(float));
+    for (int i = 0; i < count; i++) model->fp8.scales[i] = 1.0f;
+    model->fp8.forward_amax = (float *)xcalloc((size_t)count, sizeof(float));
+}
+
+GPTCuda *gpt_cuda_create(const ParamTable *table, const Policy *policy, int B, int T, int allow_tf32,
+                         cudaStream_t stream) {
+    if (B < 1 || T < 1 || T > table->shape.block_size)
+        fatal("batch of %d sequences of %d tokens does not fit the model (block_size %d)", B, T,
+              table->shape.block_size);
+    if (policy->attention != MATMUL_FP32 && policy->attention != MATMUL_BF16)
+        fatal("attention products and the LM head take fp32 or bf16 operands");
+    GPTCuda *model = (GPTCuda *)xcalloc(1, sizeof *model);
+    model->table = *table;
+    model->policy = *policy;
+    model->max_B = B;
+    model->max_T = T;
+    model->stream = stream;
+    model->linear_cast = operand_cast_for(&policy->matmul);
+    MatmulPrecision attention = {};
+    attention.format = policy->attention;
+    model->attention_cast = operand_cast_for(&attention);
+    init_fp8(model);
+    matmul_context_init(&model->matmul, allow_tf32);
+    size_t bytes = activation_numel(&table->shape, policy, B, T) * sizeof(float);
+    model->act_memory = (float *)cuda_malloc_checked(bytes, "activations");
+    size_t N = (size_t)B * T, Vp = (size_t)table->shape.padded_vocab;
+    encoder_index_alloc(&model->encoder_index, (int)N);
+    model->index_scratch = (int *)xmalloc((3 * N + 1 + (size_t)table->shape.vocab_size) * sizeof(int));
+    model->host_probs = (float *)xmalloc(N * Vp * sizeof(float));
+    model->host_logits = (float *)xmalloc(N * Vp * sizeof(float));
+    model->host_losses = (float *)xmalloc(N * sizeof(float));
+    return model;
+}
+
+void gpt_cuda_free(GPTCuda *model) {
+    if (!model) return;
+    operand_scaling_free(&model->fp8.scaling);
+    free(model->fp8.scales);
+    free(model->fp8.forward_amax);
+    matmul_context_free(&model->matmul);
+    CUDA_CHECK(cudaFree(model->act_memory));
+    encoder_index_free(&model->encoder_index);
+    free(model->index_scratch);
+    free(model->host_probs);
+    free(model->host_logits);
+    free(model->host_losses);
+    free(model);
+}
+
+size_t gpt_cuda_scaling_state(GPTCuda *model, float **data) {
+    const OperandScaling *scaling = &model->fp8.scaling;
+    *data = scaling->history;
+    return scaling->history ? (size_t)scaling->count * scaling->history_length : 0;
+}
+
+// ----------------------------------------------------------------------------------------------------
+// matmul operands
+
+// An operand as a product reads it: fp32 values, or bf16.
+typedef struct {
+    OperandType type;
+    const void *data;
+} Operand;
+
+// x cast as `cast` asks, into copy (sized for n floats) unless no cast is needed: bf16 operands become
+// bf16 (the shared nearest-even rounding), fp8 and eXmY cast values in fp32.
+static Operand cast_operand(GPTCuda *model, const OperandCast *cast, float *copy, const float *x, size_t n) {
+    Operand out = {OPERANDS_FP32, x};
+    if (cast->format == MATMUL_FP32) return out;
+    if (cast->format == MATMUL_BF16) {
+        cast_bf16_gpu((__nv_bfloat16 *)copy, x, n, model->stream);
+        out.type = OPERANDS_BF16;
+    } else {
+        quantize_operand_gpu(copy, x, n, *cast, model->stream);
+    }
+    out.data = copy;
+    return out;
+}
+
+// A weight operand: bf16 products read the stored bf16 weights directly when the policy has them.
+static Operand weight_operand(GPTCuda *model, const OperandCast *cast, const GPTWeights *w, size_t offset,
+                              size_t n) {
+    if (cast->format == MATMUL_BF16 && w->weights_bf16) {
+        Operand out = {OPERANDS_BF16, w->weights_bf16 + offset};
+        return out;
+    }
+    return cast_operand(model, cast, model->acts.copy_weight, w->params + offset, n);
+}
+
+static float device_amax(GPTCuda *model, const float *x, size_t n) {
+    float amax = 0.0f;
+    tensor_amax_gpu(model->acts.amax, x, n, model->stream);
+    CUDA_CHECK(cudaMemcpyAsync(&amax, model->acts.amax, sizeof amax, cudaMemcpyDeviceToHost, model->stream));
+    CUDA_CHECK(cudaStreamSynchronize(model->stream));
+    return amax;
+}
+
+// fp8: the scale of this use of operand tensor `id` (gpt_cpu.c's fp8_scale).
+static float fp8_scale(GPTCuda *model, int id, int role, const float *x, size_t n, float fmt_max) {
+    Fp8State *fp8 = &model->fp8;
+    float amax = device_amax(model, x, n);
+    float scale = operand_scaling_scale(&fp8->scaling, id, amax, fmt_max);
+    fp8->scales[id] = scale;
+    if (role == OPERAND_OUTPUT_GRAD) operand_scaling_record(&fp8->scaling, id, amax);
+    else fp8->forward_amax[id] = amax;
+    return scale;
+}
+
+static void record_forward_amaxes(GPTCuda *model) {
+    Fp8State *fp8 = &model->fp8;
+    if (!fp8->forward_unrecorded) return;
+    for (int id = 0; id < num_operand_tensors(model); id++) {
+        if (id % NUM_OPERAND_ROLES == OPERAND_OUTPUT_GRAD) continue;
+        operand_scaling_record(&fp8->scaling, id, fp8->forward_amax[id]);
+    }
+    fp8->forward_unrecorded = 0;
+}
+
+// The cast of a block linear layer's operand (gpt_cpu.c's linear_operand).
+static OperandCast linear_cast(GPTCuda *model, int layer, int linear, int role, int backward, const float *x,
+                               size_t n) {
+    OperandCast cast = model->linear_cast;
+    if (cast.format != MATMUL_FP8) return cast;
+    int id = operand_id(model, layer, linear, role);
+    cast.grid = role == OPERAND_OUTPUT_GRAD ? exmy_e5m2() : exmy_e4m3();
+    int reuse_forward_scale = backward && role != OPERAND_OUTPUT_GRAD;
+    cast.scale = reuse_forward_scale ? model->fp8.scales[id] : fp8_scale(model, id, role, x, n, cast.grid.max_finite);
+    return cast;
+}
+
+static void product(GPTCuda *model, Operand a, int trans_a, Operand b, int trans_b, float *c, int M, int N, int K,
+                    float beta) {
+    if (a.type != b.type) fatal("internal: a product of fp32 and bf16 operands");
+    MatmulProblem p = {};
+    p.type = a.type;
+    p.trans_a = trans_a;
+    p.trans_b = trans_b;
+    p.M = M;
+    p.N = N;
+    p.K = K;
+    p.A = a.data;
+    p.B = b.data;
+    p.C = c;
+    p.alpha = 1.0f;
+    p.beta = beta;
+    p.batch = 1;
+    matmul_gpu(&model->matmul, &p, model->stream);
+}
+
+// Per-head products of attention: batch B*NH, each (M, K) @ (K, N) from strided operands.
+static void head_product(GPTCuda *model, Operand a, int trans_a, Operand b, int trans_b, float *c, int M, int N,
+                         int K, int batch, long long stride_a, long long stride_b, long long stride_c) {
+    if (a.type != b.type) fatal("internal: a product of fp32 and bf16 operands");
+    MatmulProblem p = {};
+    p.type = a.type;
+    p.trans_a = trans_a;
+    p.trans_b = trans_b;
+    p.M = M;
+    p.N = N;
+    p.K = K;
+    p.A = a.data;
+    p.B = b.data;
+    p.C = c;
+    p.alpha = 1.0f;
+    p.beta = 0.0f;
+    p.batch = batch;
+    p.stride_a = stride_a;
+    p.stride_b = stride_b;
+    p.stride_c = stride_c;
+    matmul_gpu(&model->matmul, &p, model->stream);
+}
+
+// ----------------------------------------------------------------------------------------------------
+// layers
+
+typedef struct {
+    size_t ln1w, ln1b, qkvw, qkvb, attprojw, attprojb, ln2w, ln2b, fcw, fcb, fcprojw, fcprojb;
+} LayerOffsets;
+
+static size_t slice_offset(const ParamTable *table, int which, int l) {
+    const ParamTensor *t = &table->tensors[which];
+    return t->offset + (size_t)l * (t->numel / (size_t)table->shape.n_layer);
+}
+
+static LayerOffsets layer_offsets(const ParamTable *table, int l) {
+    LayerOffsets o;
+    o.ln1w = slice_offset(table, PARAM_LN1W, l);
+    o.ln1b = slice_offset(table, PARAM_LN1B, l);
+    o.qkvw = slice_offset(table, PARAM_QKVW, l);
+    o.qkvb = slice_offset(table, PARAM_QKVB, l);
+    o.attprojw = slice_offset(table, PARAM_ATTPROJW, l);
+    o.attprojb = slice_offset(table, PARAM_ATTPROJB, l);
+    o.ln2w = slice_offset(table, PARAM_LN2W, l);
+    o.ln2b = slice_offset(table, PARAM_LN2B, l);
+    o.fcw = slice_offset(table, PARAM_FCW, l);
+    o.fcb = slice_offset(table, PARAM_FCB, l);
+    o.fcprojw = slice_offset(table, PARAM_FCPROJW, l);
+    o.fcprojb = slice_offset(table, PARAM_FCPROJB, l);
+    return o;
+}
+
+typedef struct {
+    float *residual, *ln1, *ln1_mean, *ln1_rstd, *qkv, *atty, *att, *residual2;
+    float *ln2, *ln2_mean, *ln2_rstd, *fch, *fch_gelu, *residual3;
+} LayerActivations;
+
+static LayerActivations layer_activations(const Activations *a, const ModelShape *s, int l, int B, int T) {
+    size_t N = (size_t)B * T, C = (size_t)s->n_embd, TT = (size_t)B * s->n_head * (size_t)T * T;
+    LayerActivations x;
+    x.residual = l == 0 ? a->encoded : a->residual3 + (size_t)(l - 1) * N * C;
+    x.ln1 = a->ln1 + l * N * C;
+    x.ln1_mean = a->ln1_mean + l * N;
+    x.ln1_rstd = a->ln1_rstd + l * N;
+    x.qkv = a->qkv + l * N * 3 * C;
+    x.atty = a->atty + l * N * C;
+    x.att = a->att + l * TT;
+    x.residual2 = a->residual2 + l * N * C;
+    x.ln2 = a->ln2 + l * N * C;
+    x.ln2_mean = a->ln2_mean + l * N;
+    x.ln2_rstd = a->ln2_rstd + l * N;
+    x.fch = a->fch + l * N * 4 * C;
+    x.fch_gelu = a->fch_gelu + l * N * 4 * C;
+    x.residual3 = a->residual3 + l * N * C;
+    return x;
+}
+
+// out (N, OC) = inp (N, C) @ weight (OC, C)^T + bias.
+static void linear_forward(GPTCuda *model, int layer, int linear, float *out, const float *inp, const GPTWeights *w,
+                           size_t weight_offset, const float *bias, int N, int C, int OC) {
+    size_t n_inp = (size_t)N * C, n_weight = (size_t)OC * C;
+    OperandCast x_cast = linear_cast(model, layer, linear, OPERAND_INPUT, 0, inp, n_inp);
+    OperandCast w_cast = linear_cast(model, layer, linear, OPERAND_WEIGHT, 0, w->params + weight_offset, n_weight);
+    Operand x = cast_operand(model, &x_cast, model->acts.copy_inp, inp, n_inp);
+    Operand weight = weight_operand(model, &w_cast, w, weight_offset, n_weight);
+    product(model, x, 0, weight, 1, out, N, OC, C, 0.0f);
+    add_bias_gpu(out, bias, N, OC, model->stream);
+}
+
+// dinp (N, C) = dout @ weight (overwritten: the CPU zeroes it first); dweight += dout^T @ inp; dbias += the
+// column sums of dout before its cast.
+static void linear_backward(GPTCuda *model, int layer, int linear, float *dinp, float *dweight, float *dbias,
+                            const float *dout, const float *inp, const GPTWeights *w, size_t weight_offset, int N,
+                            int C, int OC) {
+    size_t n_inp = (size_t)N * C, n_weight = (size_t)OC * C, n_out = (size_t)N * OC;
+    OperandCast d_cast = linear_cast(model, layer, linear, OPERAND_OUTPUT_GRAD, 1, dout, n_out);
+    OperandCast x_cast = linear_cast(model, layer, linear, OPERAND_INPUT, 1, inp, n_inp);
+    OperandCast w_cast = linear_cast(model, layer, linear, OPERAND_WEIGHT, 1, w->params + weight_offset, n_weight);
+    Operand d = cast_operand(model, &d_cast, model->acts.copy_dout, dout, n_out);
+    Operand x = cast_operand(model, &x_cast, model->acts.copy_inp, inp, n_inp);
+    Operand weight = weight_operand(model, &w_cast, w, weight_offset, n_weight);
+    product(model, d, 0, weight, 0, dinp, N, C, OC, 0.0f);
+    product(model, d, 1, x, 0, dweight, OC, C, N, 1.0f);
+    column_sums_add_gpu(dbias, dout, N, OC, model->acts.scratch, model->stream);
+}
+
+// The per-head q, k, v of qkv (B, T, 3C), cast as attention's operands.
+static void split_qkv(GPTCuda *model, Operand *q, Operand *k, Operand *v, const float *qkv, int B, int T, int C, int NH) {
+    Activations *a = &model->acts;
+    OperandType type = model->attention_cast.format == MATMUL_BF16 ? OPERANDS_BF16 : OPERANDS_FP32;
+    if (type == OPERANDS_BF16)
+        attention_split_qkv_bf16_gpu((__nv_bfloat16 *)a->q, (__nv_bfloat16 *)a->k, (__nv_bfloat16 *)a->v, qkv, B, T, C,
+                                     NH, model->stream);
+    else
+        attention_split_qkv_gpu(a->q, a->k, a->v, qkv, B, T, C, NH, model->stream);
+    q->type = k->type = v->type = type;
+    q->data = a->q;
+    k->data = a->k;
+    v->data = a->v;
+}
+
+static Operand cast_attention(GPTCuda *model, float *copy, const float *x, size_t n) {
+    return cast_operand(model, &model->attention_cast, copy, x, n);
+}
+
+// atty (B, T, C) and att (B, NH, T, T) from qkv (B, T, 3C): scores = q k^T per head, the causal softmax
+// (scale applied there, as the CPU's dot * scale), then att v.
+static void attention_forward(GPTCuda *model, float *atty, float *att, const float *qkv, int B, int T, int C, int NH) {
+    Activations *a = &model->acts;
+    int hs = C / NH, batch = B * NH;
+    long long head = (long long)T * hs, square = (long long)T * T;
+    Operand q, k, v;
+    split_qkv(model, &q, &k, &v, qkv, B, T, C, NH);
+    head_product(model, q, 0, k, 1, att, T, T, hs, batch, head, head, square);
+    attention_softmax_forward_gpu(att, att, B, NH, T, 1.0f / sqrtf((float)hs), model->stream);
+    Operand probs = cast_attention(model, a->att_cast, att, (size_t)batch * square);
+    head_product(model, probs, 0, v, 0, a->heads, T, hs, T, batch, square, head, head);
+    attention_merge_heads_gpu(atty, a->heads, B, T, C, NH, model->stream);
+}
+
+// dqkv (B, T, 3C) += the gradient through attention of datty (B, T, C).
+static void attention_backward(GPTCuda *model, float *dqkv, const float *datty, const float *qkv, const float *att,
+                               int B, int T, int C, int NH) {
+    Activations *a = &model->acts;
+    int hs = C / NH, batch = B * NH;
+    long long head = (long long)T * hs, square = (long long)T * T;
+    size_t n_heads = (size_t)batch * head, n_square = (size_t)batch * square;
+    Operand q, k, v;
+    split_qkv(model, &q, &k, &v, qkv, B, T, C, NH);
+    attention_split_heads_gpu(a->heads, datty, B, T, C, NH, model->stream);
+    Operand dy = cast_attention(model, a->heads_cast, a->heads, n_heads);
+    Operand probs = cast_attention(model, a->att_cast, att, n_square);
+    head_product(model, probs, 1, dy, 0, a->dv, T, hs, T, batch, square, head, head);  // dv = att^T dy
+    head_product(model, dy, 0, v, 1, a->scores, T, T, hs, batch, head, head, square);  // datt = dy v^T
+    attention_softmax_backward_gpu(a->scores, a->scores, att, B, NH, T, 1.0f / sqrtf((float)hs), model->stream);
+    Operand dscores = cast_attention(model, a->att_cast, a->scores, n_square);
+    head_product(model, dscores, 0, k, 0, a->dq, T, hs, T, batch, square, head, head);  // dq = ds k
+    head_product(model, dscores, 1, q, 0, a->dk, T, hs, T, batch, square, head, head);  // dk = ds^T q
+    attention_merge_qkv_grad_gpu(dqkv, a->dq, a->dk, a->dv, B, T, C, NH, model->stream);
+}
+
+static void zero(GPTCuda *model, float *x, size_t n) {
+    CUDA_CHECK(cudaMemsetAsync(x, 0, n * sizeof(float), model->stream));
+}
+
+static void check_tokens(const int *tokens, size_t n, int vocab_size, const char *what) {
+    for (size_t i = 0; i < n; i++)
+        if (tokens[i] < 0 || tokens[i] >= vocab_size)
+            fatal("%s token %d at position %zu is outside the vocabulary of %d", what, tokens[i], i, vocab_size);
+}
+
+float gpt_cuda_forward(GPTCuda *model, const GPTWeights *w, const int *inputs, const int *targets, int B, int T) {
+    const ModelShape *s = &model->table.shape;
+    if (B < 1 || T < 1 || B > model->max_B || T > model->max_T)
+        fatal("batch (%d, %d) exceeds the model's buffers (%d, %d)", B, T, model->max_B, model->max_T);
+    int C = s->n_embd, NH = s->n_head, L = s->n_layer, V = s->vocab_size, Vp = s->padded_vocab;
+    int N = B * T;
+    check_tokens(inputs, (size_t)N, V, "input");
+    if (targets) check_tokens(targets, (size_t)N, V, "target");
+    model->B = B;
+    model->T = T;
+    model->has_targets = targets != NULL;
+    place_activations(model, B, T);
+    Activations *a = &model->acts;
+    cudaStream_t stream = model->stream;
+    // The backward's token index, built first: its host sort waits only for the work already queued.
+    if (targets) encoder_index_build(&model->encoder_index, inputs, N, V, model->index_scratch, stream);
+    CUDA_CHECK(cudaMemcpyAsync(a->tokens, inputs, (size_t)N * sizeof(int), cudaMemcpyHostToDevice, stream));
+    if (targets)
+        CUDA_CHECK(cudaMemcpyAsync(a->targets, targets, (size_t)N * sizeof(int), cudaMemcpyHostToDevice, stream));
+
+    const ParamTensor *tensors = model->table.tensors;
+    const float *params = w->params;
+    encoder_forward_gpu(a->encoded, a->tokens, params + tensors[PARAM_WTE].offset, params + tensors[PARAM_WPE].offset,
+                        B, T, C, stream);
+    for (int l = 0; l < L; l++) {
+        LayerOffsets p = layer_offsets(&model->table, l);
+        LayerActivations x = layer_activations(a, s, l, B, T);
+        layernorm_forward_gpu(x.ln1, x.ln1_mean, x.ln1_rstd, x.residual, params + p.ln1w, params + p.ln1b, N, C, stream);
+        linear_forward(model, l, LINEAR_QKV, x.qkv, x.ln1, w, p.qkvw, params + p.qkvb, N, C, 3 * C);
+        attention_forward(model, x.atty, x.att, x.qkv, B, T, C, NH);
+        linear_forward(model, l, LINEAR_ATTPROJ, a->proj_out, x.atty, w, p.attprojw, params + p.attprojb, N, C, C);
+        residual_forward_gpu(x.residual2, x.residual, a->proj_out, (size_t)N * C, stream);
+        layernorm_forward_gpu(x.ln2, x.ln2_mean, x.ln2_rstd, x.residual2, params + p.ln2w, params + p.ln2b, N, C, stream);
+        linear_forward(model, l, LINEAR_FC, x.fch, x.ln2, w, p.fcw, params + p.fcb, N, C, 4 * C);
+        gelu_forward_gpu(x.fch_gelu, x.fch, (size_t)N * 4 * C, stream);
+        linear_forward(model, l, LINEAR_FCPROJ, a->proj_out, x.fch_gelu, w, p.fcprojw, params + p.fcprojb, N, 4 * C, C);
+        residual_forward_gpu(x.residual3, x.residual2, a->proj_out, (size_t)N * C, stream);
+    }
+    const float *final_residual = layer_activations(a, s, L - 1, B, T).residual3;
+    layernorm_forward_gpu(a->lnf, a->lnf_mean, a->lnf_rstd, final_residual, params + tensors[PARAM_LNFW].offset,
+                          params + tensors[PARAM_LNFB].offset, N, C, stream);
+    // The LM head is wte itself (tied), all Vp rows; the classifier ignores the padded logits.
+    Operand x = cast_attention(model, a->copy_inp, a->lnf, (size_t)N * C);
+    Operand wte = weight_operand(model, &model->attention_cast, w, tensors[PARAM_WTE].offset, (size_t)Vp * C);
+    product(model, x, 0, wte, 1, a->logits, N, Vp, C, 0.0f);
+    classifier_forward_gpu(a->probs, a->losses, a->logits, targets ? a->targets : NULL, N, V, Vp, stream);
+    model->fp8.forward_unrecorded = model->linear_cast.format == MATMUL_FP8;
+    if (!targets) {
+        CUDA_CHECK(cudaStreamSynchronize(stream));
+        return 0.0f;
+    }
+    CUDA_CHECK(cudaMemcpyAsync(model->host_losses, a->losses, (size_t)N * sizeof(float), cudaMemcpyDeviceToHost, stream));
+    CUDA_CHECK(cudaStreamSynchronize(stream));
+    double sum = 0.0;
+    for (int n = 0; n < N; n++) sum += model->host_losses[n];
+    return (float)(sum / N);
+}
+
+void gpt_cuda_backward(GPTCuda *model, const GPTWeights *w, float *grads, float loss_scale) {
+    if (!model->has_targets) fatal("internal: gpt_cuda_backward needs a forward with targets first");
+    const ModelShape *s = &model->table.shape;
+    int B = model->B, T = model->T;
+    int C = s->n_embd, NH = s->n_head, L = s->n_layer, V = s->vocab_size, Vp = s->padded_vocab;
+    int N = B * T;
+    const ParamTensor *tensors = model->table.tensors;
+    size_t wte = tensors[PARAM_WTE].offset, lnfw = tensors[PARAM_LNFW].offset, lnfb = tensors[PARAM_LNFB].offset;
+    const float *params = w->params;
+    Activations *a = &model->acts;
+    cudaStream_t stream = model->stream;
+
+    float *dlogits = a->logits;  // (B, T, Vp), overwritten with the logits' gradient
+    classifier_backward_gpu(dlogits, a->probs, a->targets, loss_scale / (float)N, N, V, Vp, stream);
+    Operand d = cast_attention(model, a->copy_dout, dlogits, (size_t)N * Vp);
+    Operand x = cast_attention(model, a->copy_inp, a->lnf, (size_t)N * C);
+    Operand wte_operand = weight_operand(model, &model->attention_cast, w, wte, (size_t)Vp * C);
+    product(model, d, 0, wte_operand, 0, a->dln, N, C, Vp, 0.0f);  // dlnf = dlogits @ wte
+    product(model, d, 1, x, 0, grads + wte, Vp, C, N, 1.0f);       // dwte += dlogits^T @ lnf
+    LayerActivations last = layer_activations(a, s, L - 1, B, T);
+    zero(model, a->dresidual, (size_t)N * C);
+    layernorm_backward_gpu(a->dresidual, grads + lnfw, grads + lnfb, a->dln, last.residual3, params + lnfw, a->lnf_mean,
+                           a->lnf_rstd, N, C, a->scratch, stream);
+
+    for (int l = L - 1; l >= 0; l--) {
+        LayerOffsets p = layer_offsets(&model->table, l);
+        LayerActivations y = layer_activations(a, s, l, B, T);
+        // dresidual passes unchanged into both summands of each residual add; each branch adds its input
+        // gradient into it (gpt_cpu.c's scheme).
+        linear_backward(model, l, LINEAR_FCPROJ, a->dfch_gelu, grads + p.fcprojw, grads + p.fcprojb, a->dresidual,
+                        y.fch_gelu, w, p.fcprojw, N, 4 * C, C);
+        zero(model, a->dfch, (size_t)N * 4 * C);
+        gelu_backward_gpu(a->dfch, a->dfch_gelu, y.fch, (size_t)N * 4 * C, stream);
+        linear_backward(model, l, LINEAR_FC, a->dln, grads + p.fcw, grads + p.fcb, a->dfch, y.ln2, w, p.fcw, N, C, 4 * C);
+        layernorm_backward_gpu(a->dresidual, grads + p.ln2w, grads + p.ln2b, a->dln, y.residual2, params + p.ln2w,
+                               y.ln2_mean, y.ln2_rstd, N, C, a->scratch, stream);
+        linear_backward(model, l, LINEAR_ATTPROJ, a->datty, grads + p.attprojw, grads + p.attprojb, a->dresidual,
+                        y.atty, w, p.attprojw, N, C, C);
+        zero(model, a->dqkv, (size_t)N * 3 * C);
+        attention_backward(model, a->dqkv, a->datty, y.qkv, y.att, B, T, C, NH);
+        linear_backward(model, l, LINEAR_QKV, a->dln, grads + p.qkvw, grads + p.qkvb, a->dqkv, y.ln1, w, p.qkvw, N, C,
+                        3 * C);
+        layernorm_backward_gpu(a->dresidual, grads + p.ln1w, grads + p.ln1b, a->dln, y.residual, params + p.ln1w,
+                               y.ln1_mean, y.ln1_rstd, N, C, a->scratch, stream);
+    }
+    encoder_backward_gpu(grads + wte, grads + tensors[PARAM_WPE].offset, a->dresidual, &model->encoder_index, B, T, C,
+                         stream);
+    record_forward_amaxes(model);
+}
+
+const float *gpt_cuda_probs(GPTCuda *model) {
+    size_t n = (size_t)model->B * model->T * model->table.shape.padded_vocab;
+    CUDA_CHECK(cudaMemcpy(model->host_probs, model->acts.probs, n * sizeof(float), cudaMemcpyDeviceToHost));
+    return model->host_probs;
+}
+
+const float *gpt_cuda_logits(GPTCuda *model) {
+    size_t n = (size_t)model->B * model->T * model->table.shape.padded_vocab;
+    CUDA_CHECK(cudaMemcpy(model->host_logits, model->acts.logits, n * sizeof(float), cudaMemcpyDeviceToHost));
+    return model->host_logits;
+}

@@ -1,0 +1,44 @@
+// GPT-2 forward and backward on one GPU: the layer sequence of src/cpu/gpt_cpu.c over the kernels of
+// kernels/, with every matrix product on cuBLASLt. Activations are fp32 as on the CPU; matmul operands are
+// cast to their format before each product (bf16 operands multiply on bf16 tensor cores; fp8 and eXmY are
+// simulated: cast values in fp32), and every product accumulates in fp32.
+#ifndef LP_CUDA_GPT_CUDA_H
+#define LP_CUDA_GPT_CUDA_H
+
+#include <cuda_runtime.h>
+
+#include "model.h"
+#include "numerics/common.h"
+#include "numerics/bf16.h"
+#include "policy.h"
+
+typedef struct GPTCuda GPTCuda;
+
+// Allocates the activations (one device allocation) for batches of at most B sequences of T tokens, with
+// the policy's operand formats (gpt_cpu.h's semantics, fp8 scaling included). allow_tf32: fp32 products
+// may use TF32.
+GPTCuda *gpt_cuda_create(const ParamTable *table, const Policy *policy, int B, int T, int allow_tf32,
+                         cudaStream_t stream);
+void gpt_cuda_free(GPTCuda *model);
+// Device bytes gpt_cuda_create allocates for (B, T) under policy, without allocating.
+size_t gpt_cuda_activation_bytes(const ParamTable *table, const Policy *policy, int B, int T);
+
+// The weights as the passes read them (device): params (num_params) fp32, and, when the policy stores
+// bf16 weights, the same values as bf16 (weights_bf16, or NULL), which bf16 products use without a cast.
+typedef struct {
+    const float *params;
+    const bf16 *weights_bf16;
+} GPTWeights;
+
+// inputs, targets: (B, T) token ids on the host; targets may be NULL. Returns the mean loss (0 without
+// targets), summed on the host in double in position order, as the CPU does.
+float gpt_cuda_forward(GPTCuda *model, const GPTWeights *weights, const int *inputs, const int *targets, int B, int T);
+// ADDS the gradient of loss_scale * (the last forward's mean loss) into grads (device, num_params).
+void gpt_cuda_backward(GPTCuda *model, const GPTWeights *weights, float *grads, float loss_scale);
+// The last forward's probabilities / logits, (B, T, Vp), copied to host memory the model owns.
+const float *gpt_cuda_probs(GPTCuda *model);
+const float *gpt_cuda_logits(GPTCuda *model);
+// fp8 delayed scaling's amax histories on the host (gpt_cpu_scaling_state's layout and meaning).
+size_t gpt_cuda_scaling_state(GPTCuda *model, float **data);
+
+#endif
