@@ -11,28 +11,6 @@
 
 #define OPTIMIZER_THREADS 256
 
-static __device__ void update_sums_clear(UpdateSums *s) {
-    s->effective_dot_raw = 0.0;
-    s->raw_sq = 0.0;
-    s->comp_sq = 0.0;
-    s->comp_dot_raw = 0.0;
-    s->updated = 0;
-    s->lost = 0;
-    s->codes = 0;
-    s->flips = 0;
-}
-
-static __device__ void update_sums_add_device(UpdateSums *into, const UpdateSums *from) {
-    into->effective_dot_raw += from->effective_dot_raw;
-    into->raw_sq += from->raw_sq;
-    into->comp_sq += from->comp_sq;
-    into->comp_dot_raw += from->comp_dot_raw;
-    into->updated += from->updated;
-    into->lost += from->lost;
-    into->codes += from->codes;
-    into->flips += from->flips;
-}
-
 // Block `blockIdx.x` steps chunk first_chunk + blockIdx.x. chunk_sums: NULL, or (num_chunks) sums to fill.
 static __global__ void __launch_bounds__(OPTIMIZER_THREADS)
 optimizer_kernel(OptimizerBuffers buffers, const Chunk *chunks, int first_chunk, UpdateConstants k,
@@ -40,8 +18,7 @@ optimizer_kernel(OptimizerBuffers buffers, const Chunk *chunks, int first_chunk,
     __shared__ UpdateSums block_sums[OPTIMIZER_THREADS];
     int c = first_chunk + (int)blockIdx.x;
     Chunk chunk = chunks[c];
-    UpdateSums mine;
-    update_sums_clear(&mine);
+    UpdateSums mine = {};
     UpdateSums *sums = chunk_sums ? &mine : NULL;
     for (size_t i = chunk.begin + threadIdx.x; i < chunk.end; i += blockDim.x)
         optimizer_step_element(&buffers, &chunk, &k, i, sums);
@@ -49,7 +26,7 @@ optimizer_kernel(OptimizerBuffers buffers, const Chunk *chunks, int first_chunk,
     block_sums[threadIdx.x] = mine;
     __syncthreads();
     for (int half = blockDim.x / 2; half > 0; half /= 2) {
-        if ((int)threadIdx.x < half) update_sums_add_device(&block_sums[threadIdx.x], &block_sums[threadIdx.x + half]);
+        if ((int)threadIdx.x < half) update_sums_add(&block_sums[threadIdx.x], &block_sums[threadIdx.x + half]);
         __syncthreads();
     }
     if (threadIdx.x == 0) chunk_sums[c] = block_sums[0];

@@ -117,3 +117,25 @@ void param_table_print(const ParamTable *table) {
     }
     printf("  total     %12zu parameters\n", table->num_params);
 }
+
+static size_t slice_offset(const ParamTable *table, int which, int l) {
+    const ParamTensor *t = &table->tensors[which];
+    return t->offset + (size_t)l * (t->numel / (size_t)table->shape.n_layer);
+}
+
+LayerOffsets layer_offsets(const ParamTable *table, int l) {
+    LayerOffsets o;
+    o.ln1w = slice_offset(table, PARAM_LN1W, l);
+    o.ln1b = slice_offset(table, PARAM_LN1B, l);
+    o.qkvw = slice_offset(table, PARAM_QKVW, l);
+    o.qkvb = slice_offset(table, PARAM_QKVB, l);
+    o.attprojw = slice_offset(table, PARAM_ATTPROJW, l);
+    o.attprojb = slice_offset(table, PARAM_ATTPROJB, l);
+    o.ln2w = slice_offset(table, PARAM_LN2W, l);
+    o.ln2b = slice_offset(table, PARAM_LN2B, l);
+    o.fcw = slice_offset(table, PARAM_FCW, l);
+    o.fcb = slice_offset(table, PARAM_FCB, l);
+    o.fcprojw = slice_offset(table, PARAM_FCPROJW, l);
+    o.fcprojb = slice_offset(table, PARAM_FCPROJB, l);
+    return o;
+}

@@ -62,6 +62,11 @@ void param_table_init(ParamTable *table, const ModelShape *shape);
 // LayerNorm weights 1, biases 0; padded vocabulary rows of wte are 0. Deterministic from the seed,
 // independent of threads. params: (num_params)
 void gpt_init_params(const ParamTable *table, float *params, uint64_t seed);
+// The offsets of layer l's parameter slices, valid in the parameter and the gradient buffer alike.
+typedef struct {
+    size_t ln1w, ln1b, qkvw, qkvb, attprojw, attprojb, ln2w, ln2b, fcw, fcb, fcprojw, fcprojb;
+} LayerOffsets;
+LayerOffsets layer_offsets(const ParamTable *table, int layer);
 // Prints one line per tensor and the total.
 void param_table_print(const ParamTable *table);
 

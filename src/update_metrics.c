@@ -35,17 +35,6 @@ void update_group_name(const UpdateMetrics *metrics, int group, char *name, size
     else snprintf(name, len, "block%d", group - 1);
 }
 
-void update_sums_add(UpdateSums *into, const UpdateSums *from) {
-    into->effective_dot_raw += from->effective_dot_raw;
-    into->raw_sq += from->raw_sq;
-    into->comp_sq += from->comp_sq;
-    into->comp_dot_raw += from->comp_dot_raw;
-    into->updated += from->updated;
-    into->lost += from->lost;
-    into->codes += from->codes;
-    into->flips += from->flips;
-}
-
 static double ratio(double numerator, double denominator) { return denominator != 0.0 ? numerator / denominator : NAN; }
 
 UpdateQuality update_quality(const UpdateMetrics *metrics, const UpdateSums *s) {

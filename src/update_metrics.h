@@ -74,6 +74,17 @@ LP_HD void update_sums_add_code(UpdateSums *s, int32_t before, int32_t after) {
     if (after != before) s->flips++;
 }
 
+LP_HD void update_sums_add(UpdateSums *into, const UpdateSums *from) {
+    into->effective_dot_raw += from->effective_dot_raw;
+    into->raw_sq += from->raw_sq;
+    into->comp_sq += from->comp_sq;
+    into->comp_dot_raw += from->comp_dot_raw;
+    into->updated += from->updated;
+    into->lost += from->lost;
+    into->codes += from->codes;
+    into->flips += from->flips;
+}
+
 // Allocates the groups for table's layers; every sum zero.
 void update_metrics_init(UpdateMetrics *metrics, const ParamTable *table);
 void update_metrics_free(UpdateMetrics *metrics);
@@ -82,7 +93,6 @@ void update_metrics_clear(UpdateMetrics *metrics);
 int update_group_of(const ParamTable *table, int tensor, int layer);
 // "embeddings", "block<k>" or "head".
 void update_group_name(const UpdateMetrics *metrics, int group, char *name, size_t len);
-void update_sums_add(UpdateSums *into, const UpdateSums *from);
 UpdateQuality update_quality(const UpdateMetrics *metrics, const UpdateSums *sums);
 
 #ifdef __cplusplus

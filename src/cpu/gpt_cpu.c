@@ -278,33 +278,6 @@ static LayerActivations layer_activations(const Activations *a, const ModelShape
     return x;
 }
 
-// Offsets of layer l's parameter slices, valid in the parameter and the gradient buffer alike.
-typedef struct {
-    size_t ln1w, ln1b, qkvw, qkvb, attprojw, attprojb, ln2w, ln2b, fcw, fcb, fcprojw, fcprojb;
-} LayerOffsets;
-
-static size_t slice_offset(const ParamTable *table, int which, int l) {
-    const ParamTensor *t = &table->tensors[which];
-    return t->offset + (size_t)l * (t->numel / (size_t)table->shape.n_layer);
-}
-
-static LayerOffsets layer_offsets(const ParamTable *table, int l) {
-    LayerOffsets o;
-    o.ln1w = slice_offset(table, PARAM_LN1W, l);
-    o.ln1b = slice_offset(table, PARAM_LN1B, l);
-    o.qkvw = slice_offset(table, PARAM_QKVW, l);
-    o.qkvb = slice_offset(table, PARAM_QKVB, l);
-    o.attprojw = slice_offset(table, PARAM_ATTPROJW, l);
-    o.attprojb = slice_offset(table, PARAM_ATTPROJB, l);
-    o.ln2w = slice_offset(table, PARAM_LN2W, l);
-    o.ln2b = slice_offset(table, PARAM_LN2B, l);
-    o.fcw = slice_offset(table, PARAM_FCW, l);
-    o.fcb = slice_offset(table, PARAM_FCB, l);
-    o.fcprojw = slice_offset(table, PARAM_FCPROJW, l);
-    o.fcprojb = slice_offset(table, PARAM_FCPROJB, l);
-    return o;
-}
-
 // x itself when the cast leaves values unchanged, else the cast values, in copy.
 static const float *cast_operand(const OperandCast *cast, float *copy, const float *x, size_t n) {
     if (cast->format == MATMUL_FP32) return x;

@@ -304,8 +304,9 @@ static OperandCast linear_cast(GPTCuda *model, int layer, int linear, int role, 
     return cast;
 }
 
-static void product(GPTCuda *model, Operand a, int trans_a, Operand b, int trans_b, float *c, int M, int N, int K,
-                    float beta) {
+// Products of (M, K) @ (K, N) into c, batched over `batch` strided operands (attention: B*NH heads).
+static void batched_product(GPTCuda *model, Operand a, int trans_a, Operand b, int trans_b, float *c, int M, int N,
+                         int K, int batch, long long stride_a, long long stride_b, long long stride_c, float beta) {
     if (a.type != b.type) fatal("internal: a product of fp32 and bf16 operands");
     MatmulProblem p = {};
     p.type = a.type;
@@ -319,26 +320,6 @@ static void product(GPTCuda *model, Operand a, int trans_a, Operand b, int trans
     p.C = c;
     p.alpha = 1.0f;
     p.beta = beta;
-    p.batch = 1;
-    matmul_gpu(&model->matmul, &p, model->stream);
-}
-
-// Per-head products of attention: batch B*NH, each (M, K) @ (K, N) from strided operands.
-static void head_product(GPTCuda *model, Operand a, int trans_a, Operand b, int trans_b, float *c, int M, int N,
-                         int K, int batch, long long stride_a, long long stride_b, long long stride_c) {
-    if (a.type != b.type) fatal("internal: a product of fp32 and bf16 operands");
-    MatmulProblem p = {};
-    p.type = a.type;
-    p.trans_a = trans_a;
-    p.trans_b = trans_b;
-    p.M = M;
-    p.N = N;
-    p.K = K;
-    p.A = a.data;
-    p.B = b.data;
-    p.C = c;
-    p.alpha = 1.0f;
-    p.beta = 0.0f;
     p.batch = batch;
     p.stride_a = stride_a;
     p.stride_b = stride_b;
@@ -346,34 +327,14 @@ static void head_product(GPTCuda *model, Operand a, int trans_a, Operand b, int 
     matmul_gpu(&model->matmul, &p, model->stream);
 }
 
+// One product of (M, K) @ (K, N) into c (beta: 0 overwrites, 1 adds).
+static void product(GPTCuda *model, Operand a, int trans_a, Operand b, int trans_b, float *c, int M, int N, int K,
+                    float beta) {
+    batched_product(model, a, trans_a, b, trans_b, c, M, N, K, 1, 0, 0, 0, beta);
+}
+
 // ----------------------------------------------------------------------------------------------------
 // layers
-
-typedef struct {
-    size_t ln1w, ln1b, qkvw, qkvb, attprojw, attprojb, ln2w, ln2b, fcw, fcb, fcprojw, fcprojb;
-} LayerOffsets;
-
-static size_t slice_offset(const ParamTable *table, int which, int l) {
-    const ParamTensor *t = &table->tensors[which];
-    return t->offset + (size_t)l * (t->numel / (size_t)table->shape.n_layer);
-}
-
-static LayerOffsets layer_offsets(const ParamTable *table, int l) {
-    LayerOffsets o;
-    o.ln1w = slice_offset(table, PARAM_LN1W, l);
-    o.ln1b = slice_offset(table, PARAM_LN1B, l);
-    o.qkvw = slice_offset(table, PARAM_QKVW, l);
-    o.qkvb = slice_offset(table, PARAM_QKVB, l);
-    o.attprojw = slice_offset(table, PARAM_ATTPROJW, l);
-    o.attprojb = slice_offset(table, PARAM_ATTPROJB, l);
-    o.ln2w = slice_offset(table, PARAM_LN2W, l);
-    o.ln2b = slice_offset(table, PARAM_LN2B, l);
-    o.fcw = slice_offset(table, PARAM_FCW, l);
-    o.fcb = slice_offset(table, PARAM_FCB, l);
-    o.fcprojw = slice_offset(table, PARAM_FCPROJW, l);
-    o.fcprojb = slice_offset(table, PARAM_FCPROJB, l);
-    return o;
-}
 
 typedef struct {
     float *residual, *ln1, *ln1_mean, *ln1_rstd, *qkv, *atty, *att, *residual2;
@@ -456,10 +417,10 @@ static void attention_forward(GPTCuda *model, float *atty, float *att, const flo
     long long head = (long long)T * hs, square = (long long)T * T;
     Operand q, k, v;
     split_qkv(model, &q, &k, &v, qkv, B, T, C, NH);
-    head_product(model, q, 0, k, 1, att, T, T, hs, batch, head, head, square);
+    batched_product(model, q, 0, k, 1, att, T, T, hs, batch, head, head, square, 0.0f);
     attention_softmax_forward_gpu(att, att, B, NH, T, 1.0f / sqrtf((float)hs), model->stream);
     Operand probs = cast_attention(model, a->att_cast, att, (size_t)batch * square);
-    head_product(model, probs, 0, v, 0, a->heads, T, hs, T, batch, square, head, head);
+    batched_product(model, probs, 0, v, 0, a->heads, T, hs, T, batch, square, head, head, 0.0f);
     attention_merge_heads_gpu(atty, a->heads, B, T, C, NH, model->stream);
 }
 
@@ -475,12 +436,12 @@ static void attention_backward(GPTCuda *model, float *dqkv, const float *datty, 
     attention_split_heads_gpu(a->heads, datty, B, T, C, NH, model->stream);
     Operand dy = cast_attention(model, a->heads_cast, a->heads, n_heads);
     Operand probs = cast_attention(model, a->att_cast, att, n_square);
-    head_product(model, probs, 1, dy, 0, a->dv, T, hs, T, batch, square, head, head);  // dv = att^T dy
-    head_product(model, dy, 0, v, 1, a->scores, T, T, hs, batch, head, head, square);  // datt = dy v^T
+    batched_product(model, probs, 1, dy, 0, a->dv, T, hs, T, batch, square, head, head, 0.0f);  // dv = att^T dy
+    batched_product(model, dy, 0, v, 1, a->scores, T, T, hs, batch, head, head, square, 0.0f);  // datt = dy v^T
     attention_softmax_backward_gpu(a->scores, a->scores, att, B, NH, T, 1.0f / sqrtf((float)hs), model->stream);
     Operand dscores = cast_attention(model, a->att_cast, a->scores, n_square);
-    head_product(model, dscores, 0, k, 0, a->dq, T, hs, T, batch, square, head, head);  // dq = ds k
-    head_product(model, dscores, 1, q, 0, a->dk, T, hs, T, batch, square, head, head);  // dk = ds^T q
+    batched_product(model, dscores, 0, k, 0, a->dq, T, hs, T, batch, square, head, head, 0.0f);  // dq = ds k
+    batched_product(model, dscores, 1, q, 0, a->dk, T, hs, T, batch, square, head, head, 0.0f);  // dk = ds^T q
     attention_merge_qkv_grad_gpu(dqkv, a->dq, a->dk, a->dv, B, T, C, NH, model->stream);
 }
 
