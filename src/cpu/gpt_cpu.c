@@ -105,20 +105,11 @@ typedef struct {
     float *dout;    // the largest output gradient: (B, T, max(4C, Vp))
 } OperandCopies;
 
-// fp8 scales of the linear layers' operands, indexed by operand_id: (L, NUM_BLOCK_LINEARS, NUM_OPERAND_ROLES).
-typedef struct {
-    OperandScaling scaling;  // the amax histories (delayed) and the scale rule
-    float *scales;           // the scale of each operand's latest cast; the backward re-casts with the forward's
-    float *forward_amax;     // input and weight amaxes of the last forward, recorded when its backward runs
-    int forward_unrecorded;  // the last forward's amaxes are not in the histories yet
-} Fp8State;
-
 struct GPTCpu {
     ParamTable table;
     int max_B, max_T;  // capacity of the buffers
-    OperandCast linear_cast;     // the block linear layers' operands (fp8: grid and scale set per use)
+    LinearCasts linear_casts;    // the block linear layers' operands (fp8: scales per use)
     OperandCast attention_cast;  // attention products and the LM head
-    Fp8State fp8;
     OperandObserver observer;  // tests
     void *observer_ctx;
     Activations acts;
@@ -129,14 +120,6 @@ struct GPTCpu {
     int has_targets;        // the last forward computed a loss, so the backward may run
 };
 
-static int num_operand_tensors(const GPTCpu *model) {
-    return model->table.shape.n_layer * NUM_BLOCK_LINEARS * NUM_OPERAND_ROLES;
-}
-
-static int operand_id(int layer, BlockLinear linear, OperandRole role) {
-    return (layer * NUM_BLOCK_LINEARS + (int)linear) * NUM_OPERAND_ROLES + (int)role;
-}
-
 GPTCpu *gpt_cpu_create(const ParamTable *table, int B, int T) {
     if (B < 1 || T < 1 || T > table->shape.block_size)
         fatal("batch of %d sequences of %d tokens does not fit the model (block_size %d)", B, T,
@@ -146,7 +129,7 @@ GPTCpu *gpt_cpu_create(const ParamTable *table, int B, int T) {
     model->max_B = B;
     model->max_T = T;
     MatmulPrecision fp32 = {.format = MATMUL_FP32};
-    model->linear_cast = operand_cast_for(&fp32);
+    linear_casts_init(&model->linear_casts, &fp32, table->shape.n_layer);
     model->attention_cast = operand_cast_for(&fp32);
     // 64-byte aligned, and every buffer a multiple of 64 bytes long: all buffers start on cache lines.
     size_t bytes = activation_numel(&table->shape, B, T) * sizeof(float);
@@ -159,9 +142,7 @@ GPTCpu *gpt_cpu_create(const ParamTable *table, int B, int T) {
 
 void gpt_cpu_free(GPTCpu *model) {
     if (!model) return;
-    operand_scaling_free(&model->fp8.scaling);
-    free(model->fp8.scales);
-    free(model->fp8.forward_amax);
+    linear_casts_free(&model->linear_casts);
     free(model->act_memory);
     free(model->operands.inp);
     free(model->operands.weight);
@@ -200,35 +181,18 @@ static void allocate_operand_copies(GPTCpu *model) {
     model->operands.dout = xmalloc(dout * sizeof(float));
 }
 
-// Fresh fp8 state: empty histories, scales 1.
-static void reset_fp8_state(GPTCpu *model, const MatmulPrecision *linear) {
-    Fp8State *fp8 = &model->fp8;
-    operand_scaling_free(&fp8->scaling);
-    free(fp8->scales);
-    free(fp8->forward_amax);
-    memset(fp8, 0, sizeof *fp8);
-    if (linear->format != MATMUL_FP8) return;
-    int count = num_operand_tensors(model);
-    operand_scaling_init(&fp8->scaling, linear->scaling, count, linear->amax_history, linear->margin);
-    fp8->scales = xmalloc((size_t)count * sizeof(float));
-    for (int i = 0; i < count; i++) fp8->scales[i] = 1.0f;
-    fp8->forward_amax = xcalloc((size_t)count, sizeof(float));
-}
-
 void gpt_cpu_set_precision(GPTCpu *model, const MatmulPrecision *linear, MatmulFormat attention) {
     if (attention != MATMUL_FP32 && attention != MATMUL_BF16)
         fatal("attention products and the LM head take fp32 or bf16 operands");
     MatmulPrecision attention_precision = {.format = attention};
-    model->linear_cast = operand_cast_for(linear);
+    linear_casts_free(&model->linear_casts);
+    linear_casts_init(&model->linear_casts, linear, model->table.shape.n_layer);
     model->attention_cast = operand_cast_for(&attention_precision);
-    reset_fp8_state(model, linear);
     if (linear->format != MATMUL_FP32 || attention != MATMUL_FP32) allocate_operand_copies(model);
 }
 
 size_t gpt_cpu_scaling_state(GPTCpu *model, float **data) {
-    const OperandScaling *scaling = &model->fp8.scaling;
-    *data = scaling->history;
-    return scaling->history ? (size_t)scaling->count * scaling->history_length : 0;
+    return linear_casts_scaling_state(&model->linear_casts, data);
 }
 
 void gpt_cpu_observe_operands(GPTCpu *model, OperandObserver observer, void *ctx) {
@@ -285,43 +249,14 @@ static const float *cast_operand(const OperandCast *cast, float *copy, const flo
     return copy;
 }
 
-// fp8: the scale of this use of operand tensor `id`, from the earlier uses' history or from x itself,
-// kept for the backward's re-cast. An output gradient enters its history now; forward operands wait for
-// the backward (record_forward_amaxes).
-static float fp8_scale(GPTCpu *model, int id, OperandRole role, const float *x, size_t n, float fmt_max) {
-    Fp8State *fp8 = &model->fp8;
-    float amax = tensor_amax(x, n);
-    float scale = operand_scaling_scale(&fp8->scaling, id, amax, fmt_max);
-    fp8->scales[id] = scale;
-    if (role == OPERAND_OUTPUT_GRAD) operand_scaling_record(&fp8->scaling, id, amax);
-    else fp8->forward_amax[id] = amax;
-    return scale;
-}
-
-// fp8: appends the last forward's input and weight amaxes to their histories, once per forward.
-static void record_forward_amaxes(GPTCpu *model) {
-    Fp8State *fp8 = &model->fp8;
-    if (!fp8->forward_unrecorded) return;
-    for (int id = 0; id < num_operand_tensors(model); id++) {
-        if (id % NUM_OPERAND_ROLES == OPERAND_OUTPUT_GRAD) continue;
-        operand_scaling_record(&fp8->scaling, id, fp8->forward_amax[id]);
-    }
-    fp8->forward_unrecorded = 0;
-}
-
 // A block linear layer's operand x (n) as its matmul receives it, cast into copy unless fp32. fp8 casts
 // forward operands to E4M3, output gradients to E5M2, each with its tensor's scale of this use; the
 // backward re-casts inputs and weights with the forward's scales.
 static const float *linear_operand(GPTCpu *model, int layer, BlockLinear linear, OperandRole role, int backward,
                                    float *copy, const float *x, size_t n) {
-    OperandCast cast = model->linear_cast;
-    if (cast.format == MATMUL_FP8) {
-        int id = operand_id(layer, linear, role);
-        cast.grid = role == OPERAND_OUTPUT_GRAD ? exmy_e5m2() : exmy_e4m3();
-        int reuse_forward_scale = backward && role != OPERAND_OUTPUT_GRAD;
-        cast.scale = reuse_forward_scale ? model->fp8.scales[id]
-                                         : fp8_scale(model, id, role, x, n, cast.grid.max_finite);
-    }
+    LinearCasts *casts = &model->linear_casts;
+    float amax = linear_cast_needs_amax(casts, role, backward) ? tensor_amax(x, n) : 0.0f;
+    OperandCast cast = linear_cast_of_use(casts, layer, linear, role, backward, amax);
     const float *out = cast_operand(&cast, copy, x, n);
     if (model->observer) {
         OperandView view = {layer, linear, role, backward, cast.scale, x, out, n};
@@ -431,7 +366,7 @@ float gpt_cpu_forward(GPTCpu *model, const float *params, const int *inputs, con
     // The LM head is wte itself (tied), all Vp rows; the classifier ignores the padded logits.
     lm_head_forward(model, a->logits, a->lnf, wte, N, C, Vp);
     classifier_forward(a->probs, a->losses, a->logits, targets, N, V, Vp);
-    model->fp8.forward_unrecorded = model->linear_cast.format == MATMUL_FP8;
+    linear_casts_forward_done(&model->linear_casts);
     if (!targets) return 0.0f;
     double sum = 0.0;
     for (int n = 0; n < N; n++) sum += a->losses[n];
@@ -487,5 +422,5 @@ void gpt_cpu_backward(GPTCpu *model, const float *params, float *grads, float lo
                            x.ln1_mean, x.ln1_rstd, N, C);
     }
     encoder_backward(grads + wte, grads + tensors[PARAM_WPE].offset, a->dresidual, model->inputs, B, T, C);
-    record_forward_amaxes(model);
+    linear_casts_backward_done(&model->linear_casts);
 }

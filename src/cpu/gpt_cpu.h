@@ -5,14 +5,12 @@
 #ifndef LP_CPU_GPT_CPU_H
 #define LP_CPU_GPT_CPU_H
 
+#include "linear_casts.h"
 #include "model.h"
 #include "policy.h"
 
 typedef struct GPTCpu GPTCpu;
 
-// The four linear layers of a block, and the roles of their operands.
-typedef enum { LINEAR_QKV, LINEAR_ATTPROJ, LINEAR_FC, LINEAR_FCPROJ, NUM_BLOCK_LINEARS } BlockLinear;
-typedef enum { OPERAND_INPUT, OPERAND_WEIGHT, OPERAND_OUTPUT_GRAD, NUM_OPERAND_ROLES } OperandRole;
 
 // Allocates activations for batches of at most B sequences of at most T tokens. Matmuls start in fp32.
 GPTCpu *gpt_cpu_create(const ParamTable *table, int B, int T);

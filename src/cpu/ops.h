@@ -37,26 +37,6 @@ void matmul_backward(float *dinp, float *dweight, float *dbias, const float *dou
 // out = each element of inp cast. out and inp: (n); out may equal inp.
 void quantize_operand(float *out, const float *inp, size_t n, const OperandCast *cast);
 
-// operand_scaling.c: per-tensor scales for fp8 operands, scale = (fmt_max / amax) / 2^margin. `count`
-// tensors (one per operand and use site), numbered 0..count-1. Current scaling takes amax from the tensor
-// being cast; delayed scaling from the largest amax of the tensor's last `history_length` uses, falling back
-// to the current amax while that history is empty (or holds no usable amax).
-typedef struct {
-    ScalingMode mode;
-    int margin;
-    int count;
-    int history_length;  // delayed: amaxes kept per tensor
-    float *history;      // delayed: (count, history_length) newest first, 0 where not filled yet; else NULL
-} OperandScaling;
-
-void operand_scaling_init(OperandScaling *s, ScalingMode mode, int count, int history_length, int margin);
-void operand_scaling_free(OperandScaling *s);
-// The scale for a use of tensor `id` whose own amax is `amax`. Without a usable amax (all zero, inf or
-// NaN) the scale is 1.
-float operand_scaling_scale(const OperandScaling *s, int id, float amax, float fmt_max);
-// Appends the amax of a use of tensor `id` to its history, dropping the oldest (delayed; nothing otherwise).
-void operand_scaling_record(OperandScaling *s, int id, float amax);
-
 // attention.c: causal multi-head self-attention, softmax(q k^T / sqrt(hs)) v per head, hs = C / NH.
 // out: (B, T, C); att: (B, NH, T, T) softmax probabilities saved for the backward (0 above the
 // diagonal, fp32); qkv: (B, T, 3C) holding q, k, v side by side, each split into NH heads of hs channels.

@@ -15,9 +15,7 @@
 #include "kernels/quantize.cuh"
 #include "kernels/residual.cuh"
 
-extern "C" {
-#include "cpu/ops.h"  // OperandScaling (fp8 scales) and operand_cast_for: host code shared with the CPU
-}
+#include "linear_casts.h"
 
 // What the forward keeps for the backward (per-layer buffers stack L slices, as on the CPU), one layer's
 // worth of activation gradients, the attention's per-head scratch, and the cast copies of matmul operands.
@@ -117,23 +115,14 @@ static size_t activation_numel(const ModelShape *shape, const Policy *policy, in
     return total;
 }
 
-// fp8 scales of the linear layers' operands, as on the CPU: amaxes reduced on the device, the histories and
-// the scale rule on the host (operand_scaling.c), so that both backends scale alike.
-typedef struct {
-    OperandScaling scaling;
-    float *scales;           // (count) host
-    float *forward_amax;     // (count) host
-    int forward_unrecorded;
-} Fp8State;
-
 struct GPTCuda {
     ParamTable table;
     Policy policy;
     int max_B, max_T;
     cudaStream_t stream;
     MatmulContext matmul;
-    OperandCast linear_cast, attention_cast;
-    Fp8State fp8;
+    LinearCasts linear_casts;  // the CPU's casts and fp8 scale rules, amaxes reduced on the device
+    OperandCast attention_cast;
     Activations acts;
     float *act_memory;  // the one device allocation
     EncoderIndex encoder_index;
@@ -141,16 +130,6 @@ struct GPTCuda {
     float *host_probs, *host_logits, *host_losses;
     int B, T, has_targets;
 };
-
-// Block linear layers and operand roles, numbered as gpt_cpu.h's (BlockLinear, OperandRole).
-static int operand_id(const GPTCuda *model, int layer, int linear, int role) {
-    (void)model;
-    return (layer * NUM_BLOCK_LINEARS + linear) * NUM_OPERAND_ROLES + role;
-}
-
-static int num_operand_tensors(const GPTCuda *model) {
-    return model->table.shape.n_layer * NUM_BLOCK_LINEARS * NUM_OPERAND_ROLES;
-}
 
 size_t gpt_cuda_activation_bytes(const ParamTable *table, const Policy *policy, int B, int T) {
     size_t N = (size_t)B * T;
@@ -168,16 +147,6 @@ static void place_activations(GPTCuda *model, int B, int T) {
     }
 }
 
-static void init_fp8(GPTCuda *model) {
-    const MatmulPrecision *linear = &model->policy.matmul;
-    if (linear->format != MATMUL_FP8) return;
-    int count = num_operand_tensors(model);
-    operand_scaling_init(&model->fp8.scaling, linear->scaling, count, linear->amax_history, linear->margin);
-    model->fp8.scales = (float *)xmalloc((size_t)count * sizeof(float));
-    for (int i = 0; i < count; i++) model->fp8.scales[i] = 1.0f;
-    model->fp8.forward_amax = (float *)xcalloc((size_t)count, sizeof(float));
-}
-
 GPTCuda *gpt_cuda_create(const ParamTable *table, const Policy *policy, int B, int T, int allow_tf32,
                          cudaStream_t stream) {
     if (B < 1 || T < 1 || T > table->shape.block_size)
@@ -191,11 +160,10 @@ GPTCuda *gpt_cuda_create(const ParamTable *table, const Policy *policy, int B, i
     model->max_B = B;
     model->max_T = T;
     model->stream = stream;
-    model->linear_cast = operand_cast_for(&policy->matmul);
+    linear_casts_init(&model->linear_casts, &policy->matmul, table->shape.n_layer);
     MatmulPrecision attention = {};
     attention.format = policy->attention;
     model->attention_cast = operand_cast_for(&attention);
-    init_fp8(model);
     matmul_context_init(&model->matmul, allow_tf32);
     size_t bytes = activation_numel(&table->shape, policy, B, T) * sizeof(float);
     model->act_memory = (float *)cuda_malloc_checked(bytes, "activations");
@@ -210,9 +178,7 @@ GPTCuda *gpt_cuda_create(const ParamTable *table, const Policy *policy, int B, i
 
 void gpt_cuda_free(GPTCuda *model) {
     if (!model) return;
-    operand_scaling_free(&model->fp8.scaling);
-    free(model->fp8.scales);
-    free(model->fp8.forward_amax);
+    linear_casts_free(&model->linear_casts);
     matmul_context_free(&model->matmul);
     CUDA_CHECK(cudaFree(model->act_memory));
     encoder_index_free(&model->encoder_index);
@@ -224,9 +190,7 @@ void gpt_cuda_free(GPTCuda *model) {
 }
 
 size_t gpt_cuda_scaling_state(GPTCuda *model, float **data) {
-    const OperandScaling *scaling = &model->fp8.scaling;
-    *data = scaling->history;
-    return scaling->history ? (size_t)scaling->count * scaling->history_length : 0;
+    return linear_casts_scaling_state(&model->linear_casts, data);
 }
 
 // ----------------------------------------------------------------------------------------------------
@@ -271,42 +235,17 @@ static float device_amax(GPTCuda *model, const float *x, size_t n) {
     return amax;
 }
 
-// fp8: the scale of this use of operand tensor `id` (gpt_cpu.c's fp8_scale).
-static float fp8_scale(GPTCuda *model, int id, int role, const float *x, size_t n, float fmt_max) {
-    Fp8State *fp8 = &model->fp8;
-    float amax = device_amax(model, x, n);
-    float scale = operand_scaling_scale(&fp8->scaling, id, amax, fmt_max);
-    fp8->scales[id] = scale;
-    if (role == OPERAND_OUTPUT_GRAD) operand_scaling_record(&fp8->scaling, id, amax);
-    else fp8->forward_amax[id] = amax;
-    return scale;
-}
-
-static void record_forward_amaxes(GPTCuda *model) {
-    Fp8State *fp8 = &model->fp8;
-    if (!fp8->forward_unrecorded) return;
-    for (int id = 0; id < num_operand_tensors(model); id++) {
-        if (id % NUM_OPERAND_ROLES == OPERAND_OUTPUT_GRAD) continue;
-        operand_scaling_record(&fp8->scaling, id, fp8->forward_amax[id]);
-    }
-    fp8->forward_unrecorded = 0;
-}
-
-// The cast of a block linear layer's operand (gpt_cpu.c's linear_operand).
-static OperandCast linear_cast(GPTCuda *model, int layer, int linear, int role, int backward, const float *x,
-                               size_t n) {
-    OperandCast cast = model->linear_cast;
-    if (cast.format != MATMUL_FP8) return cast;
-    int id = operand_id(model, layer, linear, role);
-    cast.grid = role == OPERAND_OUTPUT_GRAD ? exmy_e5m2() : exmy_e4m3();
-    int reuse_forward_scale = backward && role != OPERAND_OUTPUT_GRAD;
-    cast.scale = reuse_forward_scale ? model->fp8.scales[id] : fp8_scale(model, id, role, x, n, cast.grid.max_finite);
-    return cast;
+// The cast of a block linear layer's operand x (n) for this use (linear_casts.h, as on the CPU).
+static OperandCast linear_cast(GPTCuda *model, int layer, BlockLinear linear, OperandRole role, int backward,
+                               const float *x, size_t n) {
+    LinearCasts *casts = &model->linear_casts;
+    float amax = linear_cast_needs_amax(casts, role, backward) ? device_amax(model, x, n) : 0.0f;
+    return linear_cast_of_use(casts, layer, linear, role, backward, amax);
 }
 
 // Products of (M, K) @ (K, N) into c, batched over `batch` strided operands (attention: B*NH heads).
 static void batched_product(GPTCuda *model, Operand a, int trans_a, Operand b, int trans_b, float *c, int M, int N,
-                         int K, int batch, long long stride_a, long long stride_b, long long stride_c, float beta) {
+                            int K, int batch, long long stride_a, long long stride_b, long long stride_c, float beta) {
     if (a.type != b.type) fatal("internal: a product of fp32 and bf16 operands");
     MatmulProblem p = {};
     p.type = a.type;
@@ -362,7 +301,7 @@ static LayerActivations layer_activations(const Activations *a, const ModelShape
 }
 
 // out (N, OC) = inp (N, C) @ weight (OC, C)^T + bias.
-static void linear_forward(GPTCuda *model, int layer, int linear, float *out, const float *inp, const GPTWeights *w,
+static void linear_forward(GPTCuda *model, int layer, BlockLinear linear, float *out, const float *inp, const GPTWeights *w,
                            size_t weight_offset, const float *bias, int N, int C, int OC) {
     size_t n_inp = (size_t)N * C, n_weight = (size_t)OC * C;
     OperandCast x_cast = linear_cast(model, layer, linear, OPERAND_INPUT, 0, inp, n_inp);
@@ -375,7 +314,7 @@ static void linear_forward(GPTCuda *model, int layer, int linear, float *out, co
 
 // dinp (N, C) = dout @ weight (overwritten: the CPU zeroes it first); dweight += dout^T @ inp; dbias += the
 // column sums of dout before its cast.
-static void linear_backward(GPTCuda *model, int layer, int linear, float *dinp, float *dweight, float *dbias,
+static void linear_backward(GPTCuda *model, int layer, BlockLinear linear, float *dinp, float *dweight, float *dbias,
                             const float *dout, const float *inp, const GPTWeights *w, size_t weight_offset, int N,
                             int C, int OC) {
     size_t n_inp = (size_t)N * C, n_weight = (size_t)OC * C, n_out = (size_t)N * OC;
@@ -501,7 +440,7 @@ float gpt_cuda_forward(GPTCuda *model, const GPTWeights *w, const int *inputs, c
     Operand wte = weight_operand(model, &model->attention_cast, w, tensors[PARAM_WTE].offset, (size_t)Vp * C);
     product(model, x, 0, wte, 1, a->logits, N, Vp, C, 0.0f);
     classifier_forward_gpu(a->probs, a->losses, a->logits, targets ? a->targets : NULL, N, V, Vp, stream);
-    model->fp8.forward_unrecorded = model->linear_cast.format == MATMUL_FP8;
+    linear_casts_forward_done(&model->linear_casts);
     if (!targets) {
         CUDA_CHECK(cudaStreamSynchronize(stream));
         return 0.0f;
@@ -560,7 +499,7 @@ void gpt_cuda_backward(GPTCuda *model, const GPTWeights *w, float *grads, float 
     }
     encoder_backward_gpu(grads + wte, grads + tensors[PARAM_WPE].offset, a->dresidual, &model->encoder_index, B, T, C,
                          stream);
-    record_forward_amaxes(model);
+    linear_casts_backward_done(&model->linear_casts);
 }
 
 const float *gpt_cuda_probs(GPTCuda *model) {

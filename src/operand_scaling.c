@@ -1,9 +1,10 @@
 // Per-tensor scales of fp8 matmul operands and their amax histories. The history of a tensor is kept newest
 // first in one float buffer, so that buffer is the whole state: a checkpoint that saves it resumes exactly.
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "cpu/ops.h"
+#include "linear_casts.h"
 #include "numerics/scaling.h"
 #include "util.h"
 
