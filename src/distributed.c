@@ -59,6 +59,8 @@ void dist_broadcast(void *data, size_t nbytes, int root) {
 
 int dist_local_rank(void) { return local_rank; }
 
+int dist_joined(void) { return mpi_joined; }
+
 void dist_reduce_scatter_sum(float *data, const size_t *bounds) {
     if (world_size == 1) return;
     size_t own = bounds[world_rank + 1] - bounds[world_rank];
@@ -129,6 +131,7 @@ void dist_all_gather(void *data, size_t elem_bytes, const size_t *bounds) {}
 void dist_all_reduce_sum_doubles(double *data, size_t n) {}
 void dist_broadcast(void *data, size_t nbytes, int root) {}
 int dist_local_rank(void) { return 0; }
+int dist_joined(void) { return 0; }
 
 #endif
 

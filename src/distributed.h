@@ -26,6 +26,8 @@ int dist_rank(void);
 int dist_world(void);
 // This rank's index among the ranks on its node (the GPU it drives).
 int dist_local_rank(void);
+// 1 when this process joined an MPI job (launched by mpirun), even a job of one rank.
+int dist_joined(void);
 // Ends every rank of the job with status 1 (mpirun tears the others down); a lone process just exits.
 #if defined(__GNUC__)
 __attribute__((noreturn))

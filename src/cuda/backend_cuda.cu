@@ -85,7 +85,7 @@ struct Backend {
     size_t peak_used;
     char device_name[256];
 #ifdef LP_WITH_NCCL
-    ncclComm_t comm;
+    ncclComm_t comm;  // NULL when not launched by mpirun
 #endif
 };
 
@@ -120,8 +120,10 @@ static void select_device(Backend *b) {
 }
 
 #ifdef LP_WITH_NCCL
+// Under mpirun the gradients go through NCCL even at one rank (an identity all-reduce), so that the path
+// runs where only one GPU is available; a plain run has no communicator.
 static void init_nccl(Backend *b) {
-    if (b->world == 1) return;
+    if (!dist_joined()) return;
     ncclUniqueId id;
     if (b->rank == 0) NCCL_CHECK(ncclGetUniqueId(&id));
     dist_broadcast(&id, sizeof id, 0);
@@ -298,7 +300,7 @@ static void cuda_destroy(Backend *b) {
     for (int i = 0; i < 12; i++) free(b->staging[i]);
     param_layout_free(&b->layout);
 #ifdef LP_WITH_NCCL
-    if (b->world > 1) NCCL_CHECK(ncclCommDestroy(b->comm));
+    if (b->comm) NCCL_CHECK(ncclCommDestroy(b->comm));
 #endif
     CUDA_CHECK(cudaStreamDestroy(b->stream));
     free(b);
@@ -340,8 +342,8 @@ static void cuda_backward(Backend *b, float loss_scale) {
 }
 
 static void cuda_reduce_gradients(Backend *b) {
-    if (b->world == 1) return;
 #ifdef LP_WITH_NCCL
+    if (!b->comm) return;
     size_t n = b->table.num_params;
     const size_t *bounds = b->layout.param_bounds;
     bf16 *grads_bf16 = (bf16 *)b->buffers.grads_bf16;
