@@ -6,6 +6,14 @@ BUILD := build
 CFLAGS ?= -O2 -g
 CFLAGS += -std=c11 -Wall -Wextra -Wno-unused-parameter -ffp-contract=off -fopenmp -Isrc -D_POSIX_C_SOURCE=200809L
 LDLIBS := -lcjson -lm
+# cJSON from the system, or unpacked under CJSON_PREFIX (a machine without Debian's libcjson-dev installed:
+# scripts/gpu_verify.sh unpacks carried .deb files there).
+CJSON_PREFIX ?=
+ifneq ($(CJSON_PREFIX),)
+CJSON_INCLUDE := -I$(CJSON_PREFIX)/usr/include
+LDLIBS := -L$(CJSON_PREFIX)/usr/lib/x86_64-linux-gnu $(LDLIBS)
+endif
+CFLAGS += $(CJSON_INCLUDE)
 
 # MPI (data-parallel training under mpirun): with mpicc on the PATH, src/distributed.c is built against MPI
 # (Open MPI's `mpicc --showme`; set MPI_CFLAGS / MPI_LDLIBS for another MPI); without it, as one process.
@@ -21,7 +29,7 @@ NVCC ?= $(shell command -v nvcc 2>/dev/null)
 CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
 CUDA_ARCH ?= -gencode arch=compute_90,code=sm_90
 NVCCFLAGS ?= -O2 -g
-NVCCFLAGS += -std=c++17 $(CUDA_ARCH) -fmad=false -Xcompiler -fopenmp,-ffp-contract=off -Isrc
+NVCCFLAGS += -std=c++17 $(CUDA_ARCH) -fmad=false -Xcompiler -fopenmp,-ffp-contract=off -Isrc $(CJSON_INCLUDE)
 # nvcc passes on -L and -l; MPI's other link options (-pthread, -Wl,...) the host compiler adds itself.
 CUDA_LDLIBS := -lcublasLt -lcublas -lcudart $(filter -L% -l%,$(LDLIBS)) -lgomp
 
@@ -32,7 +40,7 @@ ifeq ($(HAVE_NCCL),yes)
 NVCCFLAGS += -DLP_WITH_NCCL
 CUDA_LDLIBS += -lnccl
 endif
-HAVE_CJSON := $(if $(wildcard /usr/include/cjson/cJSON.h),yes,no)
+HAVE_CJSON := $(if $(wildcard $(CJSON_PREFIX)/usr/include/cjson/cJSON.h),yes,no)
 HAVE_OPENMP := $(if $(shell echo 'int main(void){return 0;}' | $(CC) -fopenmp -x c - -o /dev/null 2>/dev/null && echo y),yes,no)
 
 LIB_SRCS := $(wildcard src/*.c src/cpu/*.c)
