@@ -176,9 +176,12 @@ static void check_same_config(const Trainer *tr) {
     free(bounds);
 }
 
-static const BackendOps *choose_backend(DeviceChoice device, const BackendOps *cuda_ops, int cuda_devices) {
+// A dry run only plans: --device cuda --dry-run prints the GPU memory plan on a machine without a GPU.
+static const BackendOps *choose_backend(DeviceChoice device, const BackendOps *cuda_ops, int cuda_devices,
+                                        int dry_run) {
     if (device == DEVICE_CPU) return &cpu_backend;
     if (device == DEVICE_CUDA) {
+        if (dry_run && cuda_ops) return cuda_ops;
         if (cuda_devices == 0) fatal("--device cuda: no CUDA GPU is visible (use --device cpu or auto)");
         if (!cuda_ops) fatal("--device cuda: this build has no CUDA backend (built without nvcc; use --device cpu)");
         return cuda_ops;
@@ -551,7 +554,7 @@ static int run_program(int argc, char **argv, const BackendOps *cuda_ops, int cu
         free(json);
         return 0;
     }
-    tr->ops = choose_backend(opt.device, cuda_ops, cuda_devices);
+    tr->ops = choose_backend(opt.device, cuda_ops, cuda_devices, opt.dry_run);
     if (opt.dry_run) {
         dry_run(tr);
         return 0;
