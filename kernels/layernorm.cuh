@@ -15,14 +15,23 @@
 // Floats of scratch that layernorm_backward_gpu needs: the dweight and the dbias partials.
 static size_t layernorm_backward_scratch_floats(int N, int C) { return 2 * column_sum_scratch_floats(N, C); }
 
-// One warp per row. mean, rstd: (N), or NULL where not needed (no backward follows).
-static __global__ void layernorm_forward_kernel(float *out, float *mean, float *rstd, const float *inp,
-                                                const float *weight, const float *bias, int N, int C) {
+// One warp per row. mean, rstd: (N), or NULL where not needed (no backward follows). With `add` (not
+// NULL), the row normalized is inp + add, which is also stored into residual: the residual connection and
+// the layernorm after it in one pass (each sum is one fp32 addition, the CPU's residual_forward).
+static __global__ void layernorm_forward_kernel(float *out, float *mean, float *rstd, float *residual,
+                                                const float *inp, const float *add, const float *weight,
+                                                const float *bias, int N, int C) {
     int row = blockIdx.x * (blockDim.x / WARP_SIZE) + threadIdx.x / WARP_SIZE;
     int lane = threadIdx.x % WARP_SIZE;
     if (row >= N) return;  // the whole warp leaves together
     const float *x = inp + (size_t)row * C;  // (C)
     float *o = out + (size_t)row * C;        // (C)
+    if (add) {
+        const float *a = add + (size_t)row * C;  // (C)
+        float *r = residual + (size_t)row * C;   // (C)
+        for (int c = lane; c < C; c += WARP_SIZE) r[c] = x[c] + a[c];
+        x = r;  // each lane reads back only the elements it wrote
+    }
     float sum = 0.0f;
     for (int c = lane; c < C; c += WARP_SIZE) sum += x[c];
     float m = warp_sum(sum) / (float)C;
@@ -35,14 +44,28 @@ static __global__ void layernorm_forward_kernel(float *out, float *mean, float *
     if (lane == 0 && rstd) rstd[row] = s;
 }
 
+static void layernorm_launch(float *out, float *mean, float *rstd, float *residual, const float *inp, const float *add,
+                             const float *weight, const float *bias, int N, int C, cudaStream_t stream) {
+    if (N == 0) return;
+    int rows_per_block = LAYERNORM_THREADS / WARP_SIZE;
+    layernorm_forward_kernel<<<ceil_div(N, rows_per_block), LAYERNORM_THREADS, 0, stream>>>(
+        out, mean, rstd, residual, inp, add, weight, bias, N, C);
+    CUDA_CHECK_LAUNCH();
+}
+
 // out, inp: (N, C); mean, rstd: (N) or NULL; weight, bias: (C)
 static void layernorm_forward_gpu(float *out, float *mean, float *rstd, const float *inp, const float *weight,
                                   const float *bias, int N, int C, cudaStream_t stream) {
-    if (N == 0) return;
-    int rows_per_block = LAYERNORM_THREADS / WARP_SIZE;
-    layernorm_forward_kernel<<<ceil_div(N, rows_per_block), LAYERNORM_THREADS, 0, stream>>>(out, mean, rstd, inp,
-                                                                                          weight, bias, N, C);
-    CUDA_CHECK_LAUNCH();
+    layernorm_launch(out, mean, rstd, NULL, inp, NULL, weight, bias, N, C, stream);
+}
+
+// residual = a + b, then out = layernorm(residual), in one pass: the CPU's residual_forward followed by its
+// layernorm_forward, bit for bit as the two separate kernels. residual, a, b, out: (N, C); mean, rstd: (N)
+// or NULL; weight, bias: (C). residual may equal a (not out).
+static void residual_layernorm_forward_gpu(float *residual, float *out, float *mean, float *rstd, const float *a,
+                                           const float *b, const float *weight, const float *bias, int N, int C,
+                                           cudaStream_t stream) {
+    layernorm_launch(out, mean, rstd, residual, a, b, weight, bias, N, C, stream);
 }
 
 // dinp += rstd * (g - mean(g) - xhat * mean(g * xhat)) with g = dout * weight; one warp per row.

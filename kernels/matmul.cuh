@@ -2,13 +2,16 @@
 // operands (no TF32 unless allowed: precision.allow_tf32) or bf16 operands. The cast operand formats
 // (fp8, eXmY) are simulated: their operands are cast values held in fp32, multiplied as fp32.
 //
-// Row-major throughout: C (M, N) = alpha * op(A) @ op(B) + beta * C, with op(A) (M, K) and op(B) (K, N).
+// Row-major throughout: C (M, N) = alpha * op(A) @ op(B) + beta * C (+ bias on every row), with op(A)
+// (M, K) and op(B) (K, N). The bias rides in cuBLASLt's epilogue (one fp32 addition to each result, as the
+// separate add it replaces), or, where no algorithm takes the epilogue, in add_bias_gpu after the product.
 // cuBLASLt is column-major; a row-major C is the column-major C^T = op(B)^T op(A)^T, so B goes first.
 // Determinism: cuBLASLt gives the same bits for the same problem, algorithm and workspace on the same GPU;
 // the heuristic's choice depends only on the problem, so two runs multiply alike.
 #ifndef LP_KERNELS_MATMUL_CUH
 #define LP_KERNELS_MATMUL_CUH
 
+#include "column_sum.cuh"
 #include "common.cuh"
 
 #define MATMUL_WORKSPACE_BYTES (32u << 20)
@@ -18,13 +21,11 @@ typedef enum { OPERANDS_FP32, OPERANDS_BF16 } OperandType;
 typedef struct {
     cublasLtHandle_t handle;
     void *workspace;  // (MATMUL_WORKSPACE_BYTES) device
-    int allow_tf32;   // fp32 operands may use TF32 tensor cores
 } MatmulContext;
 
-static void matmul_context_init(MatmulContext *ctx, int allow_tf32) {
+static void matmul_context_init(MatmulContext *ctx) {
     CUBLAS_CHECK(cublasLtCreate(&ctx->handle));
     ctx->workspace = cuda_malloc_checked(MATMUL_WORKSPACE_BYTES, "the cuBLASLt workspace");
-    ctx->allow_tf32 = allow_tf32;
 }
 
 static void matmul_context_free(MatmulContext *ctx) {
@@ -37,21 +38,26 @@ static void matmul_context_free(MatmulContext *ctx) {
 // A product's operands and result. Batched when batch > 1, each operand advancing by its stride (elements).
 typedef struct {
     OperandType type;
+    int allow_tf32;        // fp32 operands may use TF32 tensor cores (never for simulated fp8 / eXmY values)
     int trans_a, trans_b;  // A stored (K, M), B stored (N, K)
     int M, N, K;
     const void *A, *B;
     float *C;
+    const float *bias;  // (N) added to every row of C after the product (batch 1, beta 0), or NULL
     float alpha, beta;
     int batch;
     long long stride_a, stride_b, stride_c;
 } MatmulProblem;
 
-// The largest power of two up to 256 that divides the address: cuBLASLt's heuristic must only offer
-// algorithms that work at the operands' real alignment (it assumes 256 bytes otherwise).
-static uint32_t address_alignment(const void *ptr) {
-    uintptr_t address = (uintptr_t)ptr;
+// The largest power of two up to 256 that divides the address of every row and every batch entry of an
+// operand (its base, its leading dimension and its batch stride in bytes): cuBLASLt's heuristic must only
+// offer algorithms that work at the operands' real alignment (it assumes 256 bytes otherwise). Attention
+// at an odd T (sampling runs every context length) leaves all but the first head 2-byte aligned.
+static uint32_t operand_alignment(const void *ptr, int ld, long long stride, int batch, size_t elem_bytes) {
+    uint64_t offsets = (uint64_t)(uintptr_t)ptr | ((uint64_t)ld * elem_bytes);
+    if (batch > 1) offsets |= (uint64_t)stride * elem_bytes;
     uint32_t alignment = 256;
-    while (alignment > 1 && address % alignment != 0) alignment /= 2;
+    while (alignment > 1 && offsets % alignment != 0) alignment /= 2;
     return alignment;
 }
 
@@ -69,9 +75,10 @@ static cublasLtMatrixLayout_t matmul_layout(cudaDataType_t type, int rows, int c
 }
 
 static void matmul_gpu(MatmulContext *ctx, const MatmulProblem *p, cudaStream_t stream) {
+    if (p->bias && (p->batch > 1 || p->beta != 0.0f)) fatal("internal: a bias on a batched or accumulating product");
     cudaDataType_t operand_type = p->type == OPERANDS_BF16 ? CUDA_R_16BF : CUDA_R_32F;
     cublasComputeType_t compute = CUBLAS_COMPUTE_32F;
-    if (p->type == OPERANDS_FP32 && ctx->allow_tf32) compute = CUBLAS_COMPUTE_32F_FAST_TF32;
+    if (p->type == OPERANDS_FP32 && p->allow_tf32) compute = CUBLAS_COMPUTE_32F_FAST_TF32;
     cublasLtMatmulDesc_t desc;
     CUBLAS_CHECK(cublasLtMatmulDescCreate(&desc, compute, CUDA_R_32F));
     // Column-major: first operand B (op(B)^T is N x K), second A (op(A)^T is K x M), result N x M.
@@ -91,8 +98,10 @@ static void matmul_gpu(MatmulContext *ctx, const MatmulProblem *p, cudaStream_t 
     size_t workspace_bytes = MATMUL_WORKSPACE_BYTES;
     CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
                                                       &workspace_bytes, sizeof workspace_bytes));
-    uint32_t align_first = address_alignment(p->B), align_second = address_alignment(p->A);
-    uint32_t align_result = address_alignment(p->C);
+    size_t operand_bytes = p->type == OPERANDS_BF16 ? 2 : 4;
+    uint32_t align_first = operand_alignment(p->B, p->trans_b ? p->K : p->N, p->stride_b, p->batch, operand_bytes);
+    uint32_t align_second = operand_alignment(p->A, p->trans_a ? p->M : p->K, p->stride_a, p->batch, operand_bytes);
+    uint32_t align_result = operand_alignment(p->C, p->N, p->stride_c, p->batch, sizeof(float));
     CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
                                                       &align_first, sizeof align_first));
     CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
@@ -103,13 +112,28 @@ static void matmul_gpu(MatmulContext *ctx, const MatmulProblem *p, cudaStream_t 
                                                       &align_result, sizeof align_result));
     cublasLtMatmulHeuristicResult_t heuristic;
     int found = 0;
-    CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(ctx->handle, desc, first, second, result, result, preference, 1,
-                                                &heuristic, &found));
+    if (p->bias) {
+        // The heuristic reads the bias pointer for its alignment; the bias is fp32, as D.
+        cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_BIAS;
+        CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof epilogue));
+        CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &p->bias, sizeof p->bias));
+        CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(ctx->handle, desc, first, second, result, result, preference, 1,
+                                                    &heuristic, &found));
+    }
+    int bias_in_epilogue = found > 0;
+    if (p->bias && !bias_in_epilogue) {
+        cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_DEFAULT;
+        CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof epilogue));
+    }
+    if (!bias_in_epilogue)
+        CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(ctx->handle, desc, first, second, result, result, preference, 1,
+                                                    &heuristic, &found));
     if (found == 0)
         fatal("cuBLASLt has no algorithm for a %s product (M %d, N %d, K %d, batch %d, trans %d/%d)",
               p->type == OPERANDS_BF16 ? "bf16" : "fp32", p->M, p->N, p->K, p->batch, p->trans_a, p->trans_b);
     CUBLAS_CHECK(cublasLtMatmul(ctx->handle, desc, &p->alpha, p->B, first, p->A, second, &p->beta, p->C, result, p->C,
                                 result, &heuristic.algo, ctx->workspace, MATMUL_WORKSPACE_BYTES, stream));
+    if (p->bias && !bias_in_epilogue) add_bias_gpu(p->C, p->bias, p->M, p->N, stream);
     CUBLAS_CHECK(cublasLtMatmulPreferenceDestroy(preference));
     CUBLAS_CHECK(cublasLtMatrixLayoutDestroy(result));
     CUBLAS_CHECK(cublasLtMatrixLayoutDestroy(second));

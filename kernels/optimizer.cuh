@@ -78,6 +78,7 @@ static __global__ void dqt_decode_kernel(OptimizerBuffers buffers, const Chunk *
 }
 
 static void dqt_decode_gpu(const OptimizerBuffers *buffers, const Chunk *chunks, int num_chunks, cudaStream_t stream) {
+    if (num_chunks == 0) return;
     dqt_decode_kernel<<<num_chunks, OPTIMIZER_THREADS, 0, stream>>>(*buffers, chunks);
     CUDA_CHECK_LAUNCH();
 }

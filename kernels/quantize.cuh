@@ -1,25 +1,33 @@
-// Matmul operand casts on the device (src/cpu/quantize.c), the bf16 cast of fp32 tensors, and the amax of
-// a tensor (src/scaling.c's tensor_amax) for fp8 scaling. Every element goes through the shared
-// __host__ __device__ functions of src/operand_cast.h and src/numerics/bf16.h, so the bits are the CPU's.
+// Matmul operand casts on the device (src/cpu/quantize.c), the bf16 cast of fp32 tensors, the amax of a
+// tensor (src/scaling.c's tensor_amax), and fp8 scaling with its state (scales, amax histories) in device
+// memory: the amax, the scale and the cast follow each other on the stream, so a cast never waits for the
+// host. Every element and every scale goes through the shared __host__ __device__ functions of
+// src/operand_cast.h, src/linear_casts.h and src/numerics/bf16.h, so the bits are the CPU's.
 #ifndef LP_KERNELS_QUANTIZE_CUH
 #define LP_KERNELS_QUANTIZE_CUH
 
 #include "bf16_device.cuh"
 #include "common.cuh"
+#include "linear_casts.h"
 #include "operand_cast.h"
 
 #define QUANTIZE_THREADS 256
 #define AMAX_MAX_BLOCKS 1024  // grid-stride beyond this: fewer atomics
 
-static __global__ void quantize_operand_kernel(float *out, const float *inp, size_t n, OperandCast cast) {
+static __global__ void quantize_operand_kernel(float *out, const float *inp, size_t n, OperandCast cast,
+                                               const float *device_scale) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (device_scale) cast.scale = *device_scale;
     if (i < n) out[i] = quantize_operand_value(inp[i], &cast);
 }
 
-// out = each element of inp cast as `cast` says (quantize_operand_value). out, inp: (n); out may equal inp.
-static void quantize_operand_gpu(float *out, const float *inp, size_t n, OperandCast cast, cudaStream_t stream) {
+// out = each element of inp cast as `cast` says (quantize_operand_value), with the scale read from
+// device_scale (one float in device memory) when it is not NULL. out, inp: (n); out may equal inp.
+static void quantize_operand_gpu(float *out, const float *inp, size_t n, OperandCast cast, const float *device_scale,
+                                 cudaStream_t stream) {
     if (n == 0) return;
-    quantize_operand_kernel<<<ceil_div(n, QUANTIZE_THREADS), QUANTIZE_THREADS, 0, stream>>>(out, inp, n, cast);
+    quantize_operand_kernel<<<ceil_div(n, QUANTIZE_THREADS), QUANTIZE_THREADS, 0, stream>>>(out, inp, n, cast,
+                                                                                          device_scale);
     CUDA_CHECK_LAUNCH();
 }
 
@@ -58,6 +66,33 @@ static void tensor_amax_gpu(float *amax_device, const float *x, size_t n, cudaSt
     unsigned int blocks = ceil_div(n, QUANTIZE_THREADS);
     if (blocks > AMAX_MAX_BLOCKS) blocks = AMAX_MAX_BLOCKS;
     tensor_amax_kernel<<<blocks, QUANTIZE_THREADS, 0, stream>>>((unsigned int *)amax_device, x, n);
+    CUDA_CHECK_LAUNCH();
+}
+
+// One thread: fp8_scale_of_use on the device state, from the amax the previous kernel left in *amax.
+static __global__ void fp8_scale_of_use_kernel(Fp8ScaleState state, int id, int is_output_grad, const float *amax,
+                                               float fmt_max) {
+    fp8_scale_of_use(&state, id, is_output_grad, *amax, fmt_max);
+}
+
+// The scale of a use of operand tensor `id` (state in device memory) into state.scales[id], its amax
+// (*amax_device) into the history or forward_amax, as linear_cast_of_use does on the host.
+static void fp8_scale_of_use_gpu(const Fp8ScaleState *state, int id, int is_output_grad, const float *amax_device,
+                                 float fmt_max, cudaStream_t stream) {
+    fp8_scale_of_use_kernel<<<1, 1, 0, stream>>>(*state, id, is_output_grad, amax_device, fmt_max);
+    CUDA_CHECK_LAUNCH();
+}
+
+// One thread per operand tensor; each writes only its own history.
+static __global__ void fp8_record_forward_kernel(Fp8ScaleState state, int count) {
+    int id = blockIdx.x * blockDim.x + threadIdx.x;
+    if (id < count) fp8_record_forward_amax(&state, id);
+}
+
+// At the end of a backward: the forward's input and weight amaxes into their histories (device state).
+static void fp8_record_forward_gpu(const Fp8ScaleState *state, int count, cudaStream_t stream) {
+    if (count == 0) return;
+    fp8_record_forward_kernel<<<ceil_div(count, QUANTIZE_THREADS), QUANTIZE_THREADS, 0, stream>>>(*state, count);
     CUDA_CHECK_LAUNCH();
 }
 

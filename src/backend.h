@@ -32,10 +32,10 @@ typedef struct {
     void (*destroy)(Backend *backend);
     // inputs, targets: (B, T). Returns the mean loss (0 when targets is NULL).
     float (*forward)(Backend *backend, const int *inputs, const int *targets, int B, int T);
-    // Probabilities of the last forward: (B, T, Vp) on the host.
-    const float *(*probs)(Backend *backend);
-    // Logits of the last forward: (B, T, Vp) on the host, valid until the next backward.
-    const float *(*logits)(Backend *backend);
+    // Probabilities / logits of the last forward at position t of every sequence: (B, Vp) on the host,
+    // valid until the next call. The logits only until the next backward (it may overwrite them).
+    const float *(*probs)(Backend *backend, int t);
+    const float *(*logits)(Backend *backend, int t);
     void (*zero_grad)(Backend *backend);
     // Accumulates the gradient of loss_scale * (last forward's mean loss).
     void (*backward)(Backend *backend, float loss_scale);
@@ -60,10 +60,15 @@ typedef struct {
     // Tests: replaces the accumulated gradients with grads (num_params fp32 values), rounded to the policy's
     // gradient storage, so that two backends can take an optimizer step from the same gradients.
     void (*load_grads)(Backend *backend, const float *grads);
+    // Tests: the accumulated gradients as the optimizer step reads them (after reduce_gradients: this rank's
+    // range under ZeRO-1), widened to fp32 (num_params).
+    void (*read_grads)(Backend *backend, float *grads);
     // A device backend: the device memory this run has taken, measured (its peak so far), and the device's
-    // name. NULL for the CPU backend.
+    // name. NULL for the CPU backend (as is nccl_ranks).
     size_t (*device_memory_bytes)(Backend *backend);
     const char *(*device_name)(Backend *backend);
+    // A device backend: ranks of its NCCL communicator (0 without one: not under mpirun, or no NCCL).
+    int (*nccl_ranks)(Backend *backend);
     // The memory plan, without allocating: bytes of parameters + gradients + optimizer state as this
     // backend stores them (the optimizer state split over `shards` ranks; 1 = not sharded), and of
     // activations (with their scratch and the cast copies of matmul operands) for batches of (B, T).

@@ -96,6 +96,7 @@ static const ConfigKey config_keys[] = {
     {"metrics", "sharpness_steps", KEY_INT, offsetof(Config, metrics.sharpness_steps), "5", 1, 1000, CLOSED, NULL},
     {"output", "dir", KEY_STRING, offsetof(Config, output.dir), "runs/default", 1, PATH_LEN, CLOSED, NULL},
     {"output", "export", KEY_STRING, offsetof(Config, output.export_format), "fp32", 1, NAME_LEN, CLOSED, export_choices},
+    {"output", "final_checkpoint", KEY_INT, offsetof(Config, output.final_checkpoint), "1", 0, 1, CLOSED, NULL},
 };
 
 #define NUM_KEYS (sizeof(config_keys) / sizeof(config_keys[0]))

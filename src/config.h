@@ -57,6 +57,7 @@ typedef struct {
     struct {
         char dir[CONFIG_PATH_MAX];
         char export_format[CONFIG_NAME_MAX];  // model.bin at the end: fp32 (llm.c version 3) | bf16 (5) | none
+        int final_checkpoint;                 // 1: a checkpoint at max_steps (0: only every checkpoint_every)
     } output;
 } Config;
 

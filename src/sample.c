@@ -15,8 +15,7 @@ static int draw_token(const float *probs, int vocab_size, float u) {
     return vocab_size - 1;  // rounding left the total just below u
 }
 
-char *sample_text(const BackendOps *ops, Backend *backend, const Tokenizer *tok, int vocab_size,
-                  int padded_vocab, int max_context, int num_tokens, RngKey key) {
+char *sample_text(const BackendOps *ops, Backend *backend, const Tokenizer *tok, int vocab_size, int max_context, int num_tokens, RngKey key) {
     int *tokens = xmalloc((size_t)(num_tokens + 1) * sizeof(int));
     tokens[0] = tokenizer_eot(tok);
     size_t cap = 256, len = 0;
@@ -27,7 +26,7 @@ char *sample_text(const BackendOps *ops, Backend *backend, const Tokenizer *tok,
         int context = count < max_context ? count : max_context;
         const int *window = tokens + count - context;
         ops->forward(backend, window, NULL, 1, context);
-        const float *last = ops->probs(backend) + (size_t)(context - 1) * padded_vocab;  // (1, context, Vp)
+        const float *last = ops->probs(backend, context - 1);  // (1, Vp)
         tokens[count] = draw_token(last, vocab_size, rng_uniform(key, (uint64_t)i));
         const char *piece = tokenizer_decode(tok, tokens[count]);
         size_t piece_len = strlen(piece);

@@ -9,7 +9,6 @@
 // Generates num_tokens tokens after an end-of-text token, feeding at most max_context tokens back in,
 // sampling from the model's probabilities with draws from `key` (so a sample is reproducible). Returns
 // the decoded text; the caller frees it.
-char *sample_text(const BackendOps *ops, Backend *backend, const Tokenizer *tok, int vocab_size,
-                  int padded_vocab, int max_context, int num_tokens, RngKey key);
+char *sample_text(const BackendOps *ops, Backend *backend, const Tokenizer *tok, int vocab_size, int max_context, int num_tokens, RngKey key);
 
 #endif

@@ -180,15 +180,17 @@ static void check_same_config(const Trainer *tr) {
 static const BackendOps *choose_backend(DeviceChoice device, const BackendOps *cuda_ops, int cuda_devices,
                                         int dry_run) {
     if (device == DEVICE_CPU) return &cpu_backend;
+    if (!cuda_ops) {
+        if (device == DEVICE_CUDA) fatal("--device cuda: this build has no CUDA backend (built without nvcc; use --device cpu)");
+        printf("note: this build has no CUDA backend (built without nvcc): training on the CPU\n");
+        return &cpu_backend;
+    }
     if (device == DEVICE_CUDA) {
-        if (dry_run && cuda_ops) return cuda_ops;
-        if (cuda_devices == 0) fatal("--device cuda: no CUDA GPU is visible (use --device cpu or auto)");
-        if (!cuda_ops) fatal("--device cuda: this build has no CUDA backend (built without nvcc; use --device cpu)");
+        if (cuda_devices == 0 && !dry_run) fatal("--device cuda: no CUDA GPU is visible (use --device cpu or auto)");
         return cuda_ops;
     }
-    if (cuda_devices > 0 && cuda_ops) return cuda_ops;
-    if (cuda_devices > 0) printf("note: %d GPU(s) found, but this build has no CUDA backend: training on the CPU\n", cuda_devices);
-    else printf("note: no GPU found: training on the CPU backend\n");
+    if (cuda_devices > 0) return cuda_ops;
+    printf("note: no GPU found: training on the CPU backend\n");
     return &cpu_backend;
 }
 
@@ -357,11 +359,11 @@ static void open_output(Trainer *tr) {
 // Mean logit sharpness over the last position of each sequence of the last forward.
 static double batch_sharpness(Trainer *tr) {
     const ModelShape *shape = &tr->table.shape;
-    const float *logits = tr->ops->logits(tr->backend);  // (B, T, Vp)
+    const float *logits = tr->ops->logits(tr->backend, tr->T - 1);  // (B, Vp)
     double sum = 0.0;
     for (int b = 0; b < tr->B; b++) {
         size_t last = (size_t)b * tr->T + tr->T - 1;
-        sum += logit_sharpness(logits + last * shape->padded_vocab, shape->vocab_size, tr->targets[last],
+        sum += logit_sharpness(logits + (size_t)b * shape->padded_vocab, shape->vocab_size, tr->targets[last],
                                tr->cfg.metrics.sharpness, tr->cfg.metrics.sharpness_steps);
     }
     return sum / tr->B;
@@ -388,8 +390,8 @@ static void evaluate(Trainer *tr, StepRecord *rec) {
 
 static void write_sample(Trainer *tr, int step) {
     RngKey key = {tr->cfg.training.seed, (uint64_t)step, SAMPLE_RNG_TENSOR};
-    char *text = sample_text(tr->ops, tr->backend, tr->tokenizer, tr->table.shape.vocab_size,
-                             tr->table.shape.padded_vocab, tr->T, tr->cfg.training.sample_tokens, key);
+    char *text = sample_text(tr->ops, tr->backend, tr->tokenizer, tr->table.shape.vocab_size, tr->T,
+                             tr->cfg.training.sample_tokens, key);
     run_log_sample(&tr->log, step, text);
     free(text);
 }
@@ -463,8 +465,10 @@ static void write_summary(Trainer *tr, double seconds, float final_loss) {
     getrusage(RUSAGE_SELF, &usage);
     char final_val[32], best_val[32], json[2048], device[512] = "";
     if (tr->ops->device_memory_bytes) {
-        snprintf(device, sizeof device, "  \"device_name\": \"%s\",\n  \"peak_device_memory_bytes\": %zu,\n",
-                 tr->ops->device_name(tr->backend), tr->ops->device_memory_bytes(tr->backend));
+        snprintf(device, sizeof device,
+                 "  \"device_name\": \"%s\",\n  \"peak_device_memory_bytes\": %zu,\n  \"nccl_ranks\": %d,\n",
+                 tr->ops->device_name(tr->backend), tr->ops->device_memory_bytes(tr->backend),
+                 tr->ops->nccl_ranks(tr->backend));
     }
     json_float(final_val, sizeof final_val, tr->val_data != NULL, tr->last_val_loss);
     json_float(best_val, sizeof best_val, tr->val_data != NULL, tr->best_val_loss);
@@ -518,7 +522,8 @@ static void train(Trainer *tr) {
         if (tr->rank == 0) run_log_step(&tr->log, &rec);
         sampled_last = tr->tokenizer && every(cfg->training.sample_every, rec.step);
         if (sampled_last && tr->rank == 0) write_sample(tr, rec.step);
-        if (every(cfg->training.checkpoint_every, rec.step) || rec.step == max_steps) save_checkpoint(tr);
+        int final_step = rec.step == max_steps && cfg->output.final_checkpoint;
+        if (every(cfg->training.checkpoint_every, rec.step) || final_step) save_checkpoint(tr);
     }
     if (tr->rank != 0) return;
     if (tr->tokenizer && !sampled_last && cfg->training.sample_tokens > 0) write_sample(tr, (int)tr->state.step);

@@ -43,6 +43,8 @@ struct Backend {
     int first_chunk, end_chunk;  // the chunks optimizer_step steps: all, or under ZeRO-1 this rank's
     size_t state_base;       // the parameter index of the optimizer state's first element
     size_t state_numel;      // elements of optimizer state held (master, lo, c, m, v)
+    int B, T;                // of the last forward
+    float *rows;             // (B, Vp) the probabilities or logits at one position, for the caller
     BackendState state;
 };
 
@@ -139,6 +141,7 @@ static Backend *cpu_create(const ParamTable *table, const Policy *policy, int B,
     b->table = *table;
     b->policy = *policy;
     b->model = gpt_cpu_create(table, B, T);
+    b->rows = xmalloc((size_t)B * table->shape.padded_vocab * sizeof(float));
     gpt_cpu_set_precision(b->model, &policy->matmul, policy->attention);
     b->rank = dist_rank();
     b->world = dist_world();
@@ -173,6 +176,7 @@ static void cpu_destroy(Backend *b) {
     free_moment(&b->v);
     param_layout_free(&b->layout);
     free(b->chunk_sums);
+    free(b->rows);
     free(b);
 }
 
@@ -180,12 +184,22 @@ static void cpu_destroy(Backend *b) {
 // forward, backward, gradients
 
 static float cpu_forward(Backend *b, const int *inputs, const int *targets, int B, int T) {
+    b->B = B;
+    b->T = T;
     return gpt_cpu_forward(b->model, b->params, inputs, targets, B, T);
 }
 
-static const float *cpu_probs(Backend *b) { return gpt_cpu_probs(b->model); }
+// The rows at position t of every sequence of all (B, T, Vp), into b->rows (B, Vp).
+static const float *rows_at(Backend *b, const float *all, int t) {
+    if (t < 0 || t >= b->T) fatal("internal: position %d of a forward of %d positions", t, b->T);
+    size_t Vp = (size_t)b->table.shape.padded_vocab;
+    for (int i = 0; i < b->B; i++) memcpy(b->rows + i * Vp, all + ((size_t)i * b->T + t) * Vp, Vp * sizeof(float));
+    return b->rows;
+}
 
-static const float *cpu_logits(Backend *b) { return gpt_cpu_logits(b->model); }
+static const float *cpu_probs(Backend *b, int t) { return rows_at(b, gpt_cpu_probs(b->model), t); }
+
+static const float *cpu_logits(Backend *b, int t) { return rows_at(b, gpt_cpu_logits(b->model), t); }
 
 static void cpu_zero_grad(Backend *b) {
     size_t n = b->table.num_params;
@@ -317,6 +331,15 @@ static void cpu_load_grads(Backend *b, const float *grads) {
     for (size_t i = 0; i < n; i++) b->grads_bf16[i] = bf16_from_f32(grads[i]);
 }
 
+static void cpu_read_grads(Backend *b, float *grads) {
+    size_t n = b->table.num_params;
+    if (!b->grads_bf16) {
+        memcpy(grads, b->grads, n * sizeof(float));
+        return;
+    }
+    for (size_t i = 0; i < n; i++) grads[i] = bf16_to_f32(b->grads_bf16[i]);
+}
+
 static void cpu_read_params(Backend *b, float *params) {
     memcpy(params, b->params, b->table.num_params * sizeof(float));
 }
@@ -381,6 +404,7 @@ const BackendOps cpu_backend = {
     .optimizer_step = cpu_optimizer_step,
     .read_params = cpu_read_params,
     .load_grads = cpu_load_grads,
+    .read_grads = cpu_read_grads,
     .state_save = cpu_state_save,
     .state_load = cpu_state_load,
     .plan_state_bytes = cpu_plan_state_bytes,

@@ -12,6 +12,10 @@
 #include "numerics/exmy.h"
 #include "operand_cast.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 // encoder.c: out = wte[token] + wpe[position].
 // out: (B, T, C), tokens: (B, T), wte: (Vp, C), wpe: (block_size, C)
 void encoder_forward(float *out, const int *tokens, const float *wte, const float *wpe, int B, int T, int C);
@@ -69,5 +73,9 @@ void classifier_backward(float *dlogits, const float *probs, const int *targets,
 
 // reduce.c: dst (C) += the sum of the N rows of src (N, C), each column summed in row order.
 void sum_rows_add(float *dst, const float *src, int N, int C);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -99,7 +99,9 @@ static size_t device_used_bytes(void) {
 }
 
 static void measure_memory(Backend *b) {
-    size_t used = device_used_bytes() - b->baseline_used;
+    size_t in_use = device_used_bytes();
+    // Another process may free memory it held at our baseline: count from zero then, never wrap.
+    size_t used = in_use > b->baseline_used ? in_use - b->baseline_used : 0;
     if (used > b->peak_used) b->peak_used = used;
 }
 
@@ -164,7 +166,7 @@ static void alloc_optimizer_state(Backend *b, size_t n) {
     o->kahan_c = (bf16 *)arena_take(&b->optimizer, parts[2]);
     take_moment(&b->optimizer, &o->m, p->adam_m, n);
     take_moment(&b->optimizer, &o->v, p->adam_v, n);
-    if (b->optimizer.base) CUDA_CHECK(cudaMemset(b->optimizer.base, 0, b->optimizer.size));
+    if (b->optimizer.base) CUDA_CHECK(cudaMemsetAsync(b->optimizer.base, 0, b->optimizer.size, b->stream));
 }
 
 static void alloc_storage(Backend *b) {
@@ -192,16 +194,19 @@ static void alloc_storage(Backend *b) {
     b->grads = (float *)arena_take(&b->gradients, gradient_parts[0]);
     o->grads = b->grads;
     o->grads_bf16 = (bf16 *)arena_take(&b->gradients, gradient_parts[1]);
-    CUDA_CHECK(cudaMemset(b->gradients.base, 0, b->gradients.size));
+    CUDA_CHECK(cudaMemsetAsync(b->gradients.base, 0, b->gradients.size, b->stream));
     alloc_optimizer_state(b, n);
 }
 
-static void upload(void *device, const void *host, size_t bytes) {
-    if (bytes) CUDA_CHECK(cudaMemcpy(device, host, bytes, cudaMemcpyHostToDevice));
+// Copies between host and device memory in the order of the backend's stream, finished on return.
+static void upload(Backend *b, void *device, const void *host, size_t bytes) {
+    if (bytes) CUDA_CHECK(cudaMemcpyAsync(device, host, bytes, cudaMemcpyHostToDevice, b->stream));
+    CUDA_CHECK(cudaStreamSynchronize(b->stream));
 }
 
-static void download(void *host, const void *device, size_t bytes) {
-    if (bytes) CUDA_CHECK(cudaMemcpy(host, device, bytes, cudaMemcpyDeviceToHost));
+static void download(Backend *b, void *host, const void *device, size_t bytes) {
+    if (bytes) CUDA_CHECK(cudaMemcpyAsync(host, device, bytes, cudaMemcpyDeviceToHost, b->stream));
+    CUDA_CHECK(cudaStreamSynchronize(b->stream));
 }
 
 // Refreshes the compute copy from the stored weights (at creation, after a load, after a ZeRO-1 gather).
@@ -217,7 +222,7 @@ static void init_weights(Backend *b, const float *init) {
     const Policy *p = &b->policy;
     OptimizerBuffers *o = &b->buffers;
     if (p->weights == WEIGHTS_FP32) {
-        upload(o->params, init, n * sizeof(float));
+        upload(b, o->params, init, n * sizeof(float));
         return;
     }
     if (p->weights == WEIGHTS_INT_GRID) {
@@ -226,9 +231,9 @@ static void init_weights(Backend *b, const float *init) {
         float *scales = (float *)xmalloc(counts.matrix_slices * sizeof(float));
         float *vectors = (float *)xmalloc(counts.vector_elements * sizeof(float));
         dqt_init_storage(&b->table, p->grid_bits, init, codes, scales, vectors);
-        upload(o->dqt_codes, codes, counts.matrix_elements);
-        upload(o->dqt_scales, scales, counts.matrix_slices * sizeof(float));
-        upload(o->dqt_vectors, vectors, counts.vector_elements * sizeof(float));
+        upload(b, o->dqt_codes, codes, counts.matrix_elements);
+        upload(b, o->dqt_scales, scales, counts.matrix_slices * sizeof(float));
+        upload(b, o->dqt_vectors, vectors, counts.vector_elements * sizeof(float));
         free(codes);
         free(scales);
         free(vectors);
@@ -236,12 +241,12 @@ static void init_weights(Backend *b, const float *init) {
     }
     bf16 *hi = (bf16 *)xmalloc(n * sizeof(bf16));
     for (size_t i = 0; i < n; i++) hi[i] = bf16_from_f32(init[i]);
-    upload(o->weights_bf16, hi, n * sizeof(bf16));
-    if (p->update == UPDATE_FP32_MASTER) upload(o->master, init, n * sizeof(float));
+    upload(b, o->weights_bf16, hi, n * sizeof(bf16));
+    if (p->update == UPDATE_FP32_MASTER) upload(b, o->master, init, n * sizeof(float));
     if (p->update == UPDATE_MCF_GROW) {
         // The pair holds the initial fp32 value to about 16 bits.
         for (size_t i = 0; i < n; i++) hi[i] = mcf_from_f32(init[i]).lo;
-        upload(o->mcf_lo, hi, n * sizeof(bf16));
+        upload(b, o->mcf_lo, hi, n * sizeof(bf16));
     }
     free(hi);
 }
@@ -270,7 +275,7 @@ static Backend *cuda_create(const ParamTable *table, const Policy *policy, int B
     param_layout_init(&b->layout, table, policy, b->world);
     int num_chunks = b->layout.num_chunks;
     b->chunks = (Chunk *)cuda_malloc_checked((size_t)num_chunks * sizeof(Chunk), "the chunk list");
-    upload(b->chunks, b->layout.chunks, (size_t)num_chunks * sizeof(Chunk));
+    upload(b, b->chunks, b->layout.chunks, (size_t)num_chunks * sizeof(Chunk));
     b->chunk_sums = (UpdateSums *)cuda_malloc_checked((size_t)num_chunks * sizeof(UpdateSums), "the metric sums");
     b->chunk_norms = (double *)cuda_malloc_checked((size_t)num_chunks * sizeof(double), "the gradient-norm sums");
     b->host_chunk_sums = (UpdateSums *)xcalloc((size_t)num_chunks, sizeof(UpdateSums));
@@ -321,9 +326,9 @@ static float cuda_forward(Backend *b, const int *inputs, const int *targets, int
     return gpt_cuda_forward(b->model, &w, inputs, targets, B, T);
 }
 
-static const float *cuda_probs(Backend *b) { return gpt_cuda_probs(b->model); }
+static const float *cuda_probs(Backend *b, int t) { return gpt_cuda_probs_at(b->model, t); }
 
-static const float *cuda_logits(Backend *b) { return gpt_cuda_logits(b->model); }
+static const float *cuda_logits(Backend *b, int t) { return gpt_cuda_logits_at(b->model, t); }
 
 static void cuda_zero_grad(Backend *b) {
     size_t n = b->table.num_params;
@@ -428,9 +433,21 @@ static void cuda_optimizer_step(Backend *b, const AdamWStep *step, UpdateMetrics
     measure_memory(b);
 }
 
+static int cuda_nccl_ranks(Backend *b) {
+#ifdef LP_WITH_NCCL
+    if (b->comm) return b->world;
+#endif
+    return 0;
+}
+
 // ZeRO-1: the optimizer state shrinks to this rank's range (a new allocation holding that range's values).
+// Under mpirun a single rank takes this path too (one shard, reduced to and broadcast from itself), so that
+// the ZeRO-1 NCCL code runs on a machine with one GPU.
 static void cuda_shard_optimizer_state(Backend *b) {
-    if (b->world == 1) return;
+    if (cuda_nccl_ranks(b) == 0) {
+        if (b->world > 1) fatal("internal: ZeRO-1 over %d ranks without an NCCL communicator", b->world);
+        return;
+    }
     b->zero = 1;
     b->first_chunk = (int)b->layout.chunk_bounds[b->rank];
     b->end_chunk = (int)b->layout.chunk_bounds[b->rank + 1];
@@ -448,17 +465,33 @@ static void cuda_shard_optimizer_state(Backend *b) {
     size_t elem[9] = {sizeof(float), sizeof(bf16), sizeof(bf16), sizeof(float), sizeof(bf16), sizeof(bf16),
                       sizeof(float), sizeof(bf16), sizeof(bf16)};
     for (int i = 0; i < 9; i++)
-        if (from[i]) CUDA_CHECK(cudaMemcpy(to[i], (const char *)from[i] + base * elem[i], n * elem[i], cudaMemcpyDeviceToDevice));
+        if (from[i])
+            CUDA_CHECK(cudaMemcpyAsync(to[i], (const char *)from[i] + base * elem[i], n * elem[i],
+                                       cudaMemcpyDeviceToDevice, b->stream));
+    CUDA_CHECK(cudaStreamSynchronize(b->stream));  // the copies are done before the old state is freed
     arena_free(&old);
 }
 
 static void cuda_read_params(Backend *b, float *params) {
-    download(params, b->buffers.params, b->table.num_params * sizeof(float));
+    download(b, params, b->buffers.params, b->table.num_params * sizeof(float));
+}
+
+static void cuda_read_grads(Backend *b, float *grads) {
+    size_t n = b->table.num_params;
+    CUDA_CHECK(cudaStreamSynchronize(b->stream));
+    if (!b->buffers.grads_bf16) {
+        download(b, grads, b->grads, n * sizeof(float));
+        return;
+    }
+    bf16 *stored = (bf16 *)xmalloc(n * sizeof(bf16));
+    download(b, stored, b->buffers.grads_bf16, n * sizeof(bf16));
+    for (size_t i = 0; i < n; i++) grads[i] = bf16_to_f32(stored[i]);
+    free(stored);
 }
 
 static void cuda_load_grads(Backend *b, const float *grads) {
     size_t n = b->table.num_params;
-    upload(b->grads, grads, n * sizeof(float));
+    upload(b, b->grads, grads, n * sizeof(float));
     if (b->buffers.grads_bf16) f32_to_bf16_gpu((bf16 *)b->buffers.grads_bf16, b->grads, n, b->stream);
     CUDA_CHECK(cudaStreamSynchronize(b->stream));
 }
@@ -522,6 +555,7 @@ static int device_sections(Backend *b, DeviceSection list[12]) {
 // Sections staged in host memory: filled from the device here; on load the caller fills the same buffers
 // and cuda_state_load copies them back.
 static BackendState *cuda_state_save(Backend *b) {
+    gpt_cuda_scaling_download(b->model);
     DeviceSection list[12];
     int count = device_sections(b, list);
     CUDA_CHECK(cudaStreamSynchronize(b->stream));
@@ -531,7 +565,7 @@ static BackendState *cuda_state_save(Backend *b) {
         if (list[i].device) {
             free(b->staging[i]);
             b->staging[i] = xmalloc(list[i].bytes ? list[i].bytes : 1);
-            download(b->staging[i], list[i].device, list[i].bytes);
+            download(b, b->staging[i], list[i].device, list[i].bytes);
             host = b->staging[i];
         }
         backend_state_add(&b->state, list[i].name, host, list[i].bytes);
@@ -544,7 +578,8 @@ static void cuda_state_load(Backend *b) {
     int count = device_sections(b, list);
     if (count != b->state.count) fatal("internal: cuda_state_load without a matching state_save");
     for (int i = 0; i < count; i++)
-        if (list[i].device) upload(list[i].device, b->state.sections[i].data, list[i].bytes);
+        if (list[i].device) upload(b, list[i].device, b->state.sections[i].data, list[i].bytes);
+    gpt_cuda_scaling_upload(b->model);
     decode_weights(b);
 }
 
@@ -577,8 +612,10 @@ extern "C" const BackendOps cuda_backend = {
     cuda_state_save,
     cuda_state_load,
     cuda_load_grads,
+    cuda_read_grads,
     cuda_device_memory_bytes,
     cuda_device_name,
+    cuda_nccl_ranks,
     cuda_plan_state_bytes,
     gpt_cuda_activation_bytes,
 };

@@ -13,8 +13,8 @@
 #include "kernels/layernorm.cuh"
 #include "kernels/matmul.cuh"
 #include "kernels/quantize.cuh"
-#include "kernels/residual.cuh"
 
+#include "cpu/ops.h"
 #include "linear_casts.h"
 
 // What the forward keeps for the backward (per-layer buffers stack L slices, as on the CPU), one layer's
@@ -38,7 +38,7 @@ typedef struct {
     float *lnf_mean;   // (B, T)
     float *lnf_rstd;   // (B, T)
     float *logits;     // (B, T, Vp); the backward overwrites them with their gradient
-    float *probs;      // (B, T, Vp)
+    SoftmaxStats *softmax_stats;  // (B, T) each row's max and 1 / sum of exponentials
     float *losses;     // (B, T)
     float *proj_out;   // (B, T, C)
     float *dresidual;  // (B, T, C)
@@ -87,7 +87,7 @@ static int activation_buffers(Activations *a, const ModelShape *s, const Policy 
         {&a->ln2_mean, L * N},        {&a->ln2_rstd, L * N},        {&a->fch, L * N * 4 * C},
         {&a->fch_gelu, L * N * 4 * C}, {&a->residual3, L * N * C},  {&a->lnf, N * C},
         {&a->lnf_mean, N},            {&a->lnf_rstd, N},            {&a->logits, N * Vp},
-        {&a->probs, N * Vp},          {&a->losses, N},              {&a->proj_out, N * C},
+        {&a->softmax_stats, 2 * N},   {&a->losses, N},              {&a->proj_out, N * C},
         {&a->dresidual, N * C},       {&a->dln, N * C},             {&a->dqkv, N * 3 * C},
         {&a->datty, N * C},           {&a->dfch_gelu, N * 4 * C},   {&a->dfch, N * 4 * C},
         {&a->q, N * C},               {&a->k, N * C},               {&a->v, N * C},
@@ -121,20 +121,52 @@ struct GPTCuda {
     int max_B, max_T;
     cudaStream_t stream;
     MatmulContext matmul;
-    LinearCasts linear_casts;  // the CPU's casts and fp8 scale rules, amaxes reduced on the device
+    int allow_tf32;  // products of fp32 values (not of simulated fp8 / eXmY casts) may use TF32
+    LinearCasts linear_casts;  // the CPU's casts and fp8 scale rules (its host state: checkpoint staging)
+    Fp8ScaleState fp8_state;   // fp8: the scales and amax histories, in device memory (one allocation)
+    float *fp8_memory;
     OperandCast attention_cast;
     Activations acts;
     float *act_memory;  // the one device allocation
     EncoderIndex encoder_index;
     int *index_scratch;  // host scratch of encoder_index_build
-    float *host_probs, *host_logits, *host_losses;
+    float *host_rows;    // (max_B, Vp) rows of logits or probabilities at one position, for the host
+    float *host_losses;  // (max_B * max_T)
     int B, T, has_targets;
 };
+
+// fp8: floats of the device scale state (history, scales, forward amaxes) of `casts`.
+static size_t fp8_state_floats(const LinearCasts *casts) {
+    const OperandScaling *scaling = &casts->state.scaling;
+    return (size_t)casts->count * (2 + (scaling->history ? scaling->history_length : 0));
+}
 
 size_t gpt_cuda_activation_bytes(const ParamTable *table, const Policy *policy, int B, int T) {
     size_t N = (size_t)B * T;
     size_t encoder_index = (3 * N + 1) * sizeof(int);  // encoder_index_alloc's arrays
-    return activation_numel(&table->shape, policy, B, T) * sizeof(float) + MATMUL_WORKSPACE_BYTES + encoder_index;
+    LinearCasts casts;
+    linear_casts_init(&casts, &policy->matmul, table->shape.n_layer);
+    size_t fp8_state = fp8_state_floats(&casts) * sizeof(float);
+    linear_casts_free(&casts);
+    return activation_numel(&table->shape, policy, B, T) * sizeof(float) + MATMUL_WORKSPACE_BYTES + encoder_index +
+           fp8_state;
+}
+
+// fp8: the device copy of linear_casts' initial state (scales 1, empty histories).
+static void fp8_state_create(GPTCuda *model) {
+    const Fp8ScaleState *host = &model->linear_casts.state;
+    size_t count = (size_t)model->linear_casts.count, floats = fp8_state_floats(&model->linear_casts);
+    if (floats == 0) return;
+    model->fp8_memory = (float *)cuda_malloc_checked(floats * sizeof(float), "the fp8 scale state");
+    Fp8ScaleState *d = &model->fp8_state;
+    *d = *host;
+    d->scales = model->fp8_memory;
+    d->forward_amax = d->scales + count;
+    d->scaling.history = host->scaling.history ? d->forward_amax + count : NULL;
+    CUDA_CHECK(cudaMemcpyAsync(d->scales, host->scales, count * sizeof(float), cudaMemcpyHostToDevice, model->stream));
+    CUDA_CHECK(cudaMemcpyAsync(d->forward_amax, host->forward_amax, count * sizeof(float), cudaMemcpyHostToDevice,
+                               model->stream));
+    gpt_cuda_scaling_upload(model);
 }
 
 static void place_activations(GPTCuda *model, int B, int T) {
@@ -161,17 +193,18 @@ GPTCuda *gpt_cuda_create(const ParamTable *table, const Policy *policy, int B, i
     model->max_T = T;
     model->stream = stream;
     linear_casts_init(&model->linear_casts, &policy->matmul, table->shape.n_layer);
+    fp8_state_create(model);
     MatmulPrecision attention = {};
     attention.format = policy->attention;
     model->attention_cast = operand_cast_for(&attention);
-    matmul_context_init(&model->matmul, allow_tf32);
+    matmul_context_init(&model->matmul);
+    model->allow_tf32 = allow_tf32;
     size_t bytes = activation_numel(&table->shape, policy, B, T) * sizeof(float);
     model->act_memory = (float *)cuda_malloc_checked(bytes, "activations");
     size_t N = (size_t)B * T, Vp = (size_t)table->shape.padded_vocab;
     encoder_index_alloc(&model->encoder_index, (int)N);
     model->index_scratch = (int *)xmalloc((3 * N + 1 + (size_t)table->shape.vocab_size) * sizeof(int));
-    model->host_probs = (float *)xmalloc(N * Vp * sizeof(float));
-    model->host_logits = (float *)xmalloc(N * Vp * sizeof(float));
+    model->host_rows = (float *)xmalloc((size_t)B * Vp * sizeof(float));
     model->host_losses = (float *)xmalloc(N * sizeof(float));
     return model;
 }
@@ -179,12 +212,12 @@ GPTCuda *gpt_cuda_create(const ParamTable *table, const Policy *policy, int B, i
 void gpt_cuda_free(GPTCuda *model) {
     if (!model) return;
     linear_casts_free(&model->linear_casts);
+    if (model->fp8_memory) CUDA_CHECK(cudaFree(model->fp8_memory));
     matmul_context_free(&model->matmul);
     CUDA_CHECK(cudaFree(model->act_memory));
     encoder_index_free(&model->encoder_index);
     free(model->index_scratch);
-    free(model->host_probs);
-    free(model->host_logits);
+    free(model->host_rows);
     free(model->host_losses);
     free(model);
 }
@@ -193,62 +226,98 @@ size_t gpt_cuda_scaling_state(GPTCuda *model, float **data) {
     return linear_casts_scaling_state(&model->linear_casts, data);
 }
 
+void gpt_cuda_scaling_download(GPTCuda *model) {
+    float *host;
+    size_t floats = linear_casts_scaling_state(&model->linear_casts, &host);
+    if (floats == 0) return;
+    CUDA_CHECK(cudaMemcpyAsync(host, model->fp8_state.scaling.history, floats * sizeof(float), cudaMemcpyDeviceToHost,
+                               model->stream));
+    CUDA_CHECK(cudaStreamSynchronize(model->stream));
+}
+
+void gpt_cuda_scaling_upload(GPTCuda *model) {
+    float *host;
+    size_t floats = linear_casts_scaling_state(&model->linear_casts, &host);
+    if (floats == 0) return;
+    CUDA_CHECK(cudaMemcpyAsync(model->fp8_state.scaling.history, host, floats * sizeof(float), cudaMemcpyHostToDevice,
+                               model->stream));
+    CUDA_CHECK(cudaStreamSynchronize(model->stream));
+}
+
 // ----------------------------------------------------------------------------------------------------
 // matmul operands
 
-// An operand as a product reads it: fp32 values, or bf16.
+// An operand as a product reads it: fp32 values, or bf16; format says what the values are (fp32 values
+// may hold simulated fp8 / eXmY casts, which TF32 would round again).
 typedef struct {
     OperandType type;
+    MatmulFormat format;
     const void *data;
 } Operand;
 
-// x cast as `cast` asks, into copy (sized for n floats) unless no cast is needed: bf16 operands become
+// A cast, and for fp8 where its scale lives in device memory (NULL: cast.scale).
+typedef struct {
+    OperandCast cast;
+    const float *device_scale;
+} DeviceCast;
+
+static DeviceCast host_scaled(const OperandCast *cast) {
+    DeviceCast out = {*cast, NULL};
+    return out;
+}
+
+// x cast as `c` asks, into copy (sized for n floats) unless no cast is needed: bf16 operands become
 // bf16 (the shared nearest-even rounding), fp8 and eXmY cast values in fp32.
-static Operand cast_operand(GPTCuda *model, const OperandCast *cast, float *copy, const float *x, size_t n) {
-    Operand out = {OPERANDS_FP32, x};
+static Operand cast_operand(GPTCuda *model, const DeviceCast *c, float *copy, const float *x, size_t n) {
+    const OperandCast *cast = &c->cast;
+    Operand out = {OPERANDS_FP32, cast->format, x};
     if (cast->format == MATMUL_FP32) return out;
     if (cast->format == MATMUL_BF16) {
         cast_bf16_gpu((__nv_bfloat16 *)copy, x, n, model->stream);
         out.type = OPERANDS_BF16;
     } else {
-        quantize_operand_gpu(copy, x, n, *cast, model->stream);
+        quantize_operand_gpu(copy, x, n, *cast, c->device_scale, model->stream);
     }
     out.data = copy;
     return out;
 }
 
 // A weight operand: bf16 products read the stored bf16 weights directly when the policy has them.
-static Operand weight_operand(GPTCuda *model, const OperandCast *cast, const GPTWeights *w, size_t offset,
+static Operand weight_operand(GPTCuda *model, const DeviceCast *cast, const GPTWeights *w, size_t offset,
                               size_t n) {
-    if (cast->format == MATMUL_BF16 && w->weights_bf16) {
-        Operand out = {OPERANDS_BF16, w->weights_bf16 + offset};
+    if (cast->cast.format == MATMUL_BF16 && w->weights_bf16) {
+        Operand out = {OPERANDS_BF16, MATMUL_BF16, w->weights_bf16 + offset};
         return out;
     }
     return cast_operand(model, cast, model->acts.copy_weight, w->params + offset, n);
 }
 
-static float device_amax(GPTCuda *model, const float *x, size_t n) {
-    float amax = 0.0f;
-    tensor_amax_gpu(model->acts.amax, x, n, model->stream);
-    CUDA_CHECK(cudaMemcpyAsync(&amax, model->acts.amax, sizeof amax, cudaMemcpyDeviceToHost, model->stream));
-    CUDA_CHECK(cudaStreamSynchronize(model->stream));
-    return amax;
-}
-
-// The cast of a block linear layer's operand x (n) for this use (linear_casts.h, as on the CPU).
-static OperandCast linear_cast(GPTCuda *model, int layer, BlockLinear linear, OperandRole role, int backward,
-                               const float *x, size_t n) {
+// The cast of a block linear layer's operand x (n) for this use (linear_casts.h's rules, as on the CPU):
+// for fp8, the amax of x and the use's scale are formed on the device, where the cast reads the scale.
+static DeviceCast linear_cast(GPTCuda *model, int layer, BlockLinear linear, OperandRole role, int backward,
+                              const float *x, size_t n) {
     LinearCasts *casts = &model->linear_casts;
-    float amax = linear_cast_needs_amax(casts, role, backward) ? device_amax(model, x, n) : 0.0f;
-    return linear_cast_of_use(casts, layer, linear, role, backward, amax);
+    DeviceCast out = {linear_cast_for_role(casts, role), NULL};
+    if (out.cast.format != MATMUL_FP8) return out;
+    int id = linear_operand_id(layer, linear, role);
+    if (linear_cast_needs_amax(casts, role, backward)) {
+        tensor_amax_gpu(model->acts.amax, x, n, model->stream);
+        fp8_scale_of_use_gpu(&model->fp8_state, id, role == OPERAND_OUTPUT_GRAD, model->acts.amax,
+                             out.cast.grid.max_finite, model->stream);
+    }
+    out.device_scale = model->fp8_state.scales + id;
+    return out;
 }
 
-// Products of (M, K) @ (K, N) into c, batched over `batch` strided operands (attention: B*NH heads).
+// Products of (M, K) @ (K, N) into c, batched over `batch` strided operands (attention: B*NH heads); bias
+// (N) or NULL is added to every row of an unbatched product.
 static void batched_product(GPTCuda *model, Operand a, int trans_a, Operand b, int trans_b, float *c, int M, int N,
-                            int K, int batch, long long stride_a, long long stride_b, long long stride_c, float beta) {
+                            int K, int batch, long long stride_a, long long stride_b, long long stride_c, float beta,
+                            const float *bias) {
     if (a.type != b.type) fatal("internal: a product of fp32 and bf16 operands");
     MatmulProblem p = {};
     p.type = a.type;
+    p.allow_tf32 = model->allow_tf32 && a.format == MATMUL_FP32 && b.format == MATMUL_FP32;
     p.trans_a = trans_a;
     p.trans_b = trans_b;
     p.M = M;
@@ -257,6 +326,7 @@ static void batched_product(GPTCuda *model, Operand a, int trans_a, Operand b, i
     p.A = a.data;
     p.B = b.data;
     p.C = c;
+    p.bias = bias;
     p.alpha = 1.0f;
     p.beta = beta;
     p.batch = batch;
@@ -269,7 +339,7 @@ static void batched_product(GPTCuda *model, Operand a, int trans_a, Operand b, i
 // One product of (M, K) @ (K, N) into c (beta: 0 overwrites, 1 adds).
 static void product(GPTCuda *model, Operand a, int trans_a, Operand b, int trans_b, float *c, int M, int N, int K,
                     float beta) {
-    batched_product(model, a, trans_a, b, trans_b, c, M, N, K, 1, 0, 0, 0, beta);
+    batched_product(model, a, trans_a, b, trans_b, c, M, N, K, 1, 0, 0, 0, beta, NULL);
 }
 
 // ----------------------------------------------------------------------------------------------------
@@ -304,12 +374,11 @@ static LayerActivations layer_activations(const Activations *a, const ModelShape
 static void linear_forward(GPTCuda *model, int layer, BlockLinear linear, float *out, const float *inp, const GPTWeights *w,
                            size_t weight_offset, const float *bias, int N, int C, int OC) {
     size_t n_inp = (size_t)N * C, n_weight = (size_t)OC * C;
-    OperandCast x_cast = linear_cast(model, layer, linear, OPERAND_INPUT, 0, inp, n_inp);
-    OperandCast w_cast = linear_cast(model, layer, linear, OPERAND_WEIGHT, 0, w->params + weight_offset, n_weight);
+    DeviceCast x_cast = linear_cast(model, layer, linear, OPERAND_INPUT, 0, inp, n_inp);
+    DeviceCast w_cast = linear_cast(model, layer, linear, OPERAND_WEIGHT, 0, w->params + weight_offset, n_weight);
     Operand x = cast_operand(model, &x_cast, model->acts.copy_inp, inp, n_inp);
     Operand weight = weight_operand(model, &w_cast, w, weight_offset, n_weight);
-    product(model, x, 0, weight, 1, out, N, OC, C, 0.0f);
-    add_bias_gpu(out, bias, N, OC, model->stream);
+    batched_product(model, x, 0, weight, 1, out, N, OC, C, 1, 0, 0, 0, 0.0f, bias);
 }
 
 // dinp (N, C) = dout @ weight (overwritten: the CPU zeroes it first); dweight += dout^T @ inp; dbias += the
@@ -318,9 +387,9 @@ static void linear_backward(GPTCuda *model, int layer, BlockLinear linear, float
                             const float *dout, const float *inp, const GPTWeights *w, size_t weight_offset, int N,
                             int C, int OC) {
     size_t n_inp = (size_t)N * C, n_weight = (size_t)OC * C, n_out = (size_t)N * OC;
-    OperandCast d_cast = linear_cast(model, layer, linear, OPERAND_OUTPUT_GRAD, 1, dout, n_out);
-    OperandCast x_cast = linear_cast(model, layer, linear, OPERAND_INPUT, 1, inp, n_inp);
-    OperandCast w_cast = linear_cast(model, layer, linear, OPERAND_WEIGHT, 1, w->params + weight_offset, n_weight);
+    DeviceCast d_cast = linear_cast(model, layer, linear, OPERAND_OUTPUT_GRAD, 1, dout, n_out);
+    DeviceCast x_cast = linear_cast(model, layer, linear, OPERAND_INPUT, 1, inp, n_inp);
+    DeviceCast w_cast = linear_cast(model, layer, linear, OPERAND_WEIGHT, 1, w->params + weight_offset, n_weight);
     Operand d = cast_operand(model, &d_cast, model->acts.copy_dout, dout, n_out);
     Operand x = cast_operand(model, &x_cast, model->acts.copy_inp, inp, n_inp);
     Operand weight = weight_operand(model, &w_cast, w, weight_offset, n_weight);
@@ -339,13 +408,15 @@ static void split_qkv(GPTCuda *model, Operand *q, Operand *k, Operand *v, const 
     else
         attention_split_qkv_gpu(a->q, a->k, a->v, qkv, B, T, C, NH, model->stream);
     q->type = k->type = v->type = type;
+    q->format = k->format = v->format = model->attention_cast.format;
     q->data = a->q;
     k->data = a->k;
     v->data = a->v;
 }
 
 static Operand cast_attention(GPTCuda *model, float *copy, const float *x, size_t n) {
-    return cast_operand(model, &model->attention_cast, copy, x, n);
+    DeviceCast cast = host_scaled(&model->attention_cast);
+    return cast_operand(model, &cast, copy, x, n);
 }
 
 // atty (B, T, C) and att (B, NH, T, T) from qkv (B, T, 3C): scores = q k^T per head, the causal softmax
@@ -356,10 +427,10 @@ static void attention_forward(GPTCuda *model, float *atty, float *att, const flo
     long long head = (long long)T * hs, square = (long long)T * T;
     Operand q, k, v;
     split_qkv(model, &q, &k, &v, qkv, B, T, C, NH);
-    batched_product(model, q, 0, k, 1, att, T, T, hs, batch, head, head, square, 0.0f);
+    batched_product(model, q, 0, k, 1, att, T, T, hs, batch, head, head, square, 0.0f, NULL);
     attention_softmax_forward_gpu(att, att, B, NH, T, 1.0f / sqrtf((float)hs), model->stream);
     Operand probs = cast_attention(model, a->att_cast, att, (size_t)batch * square);
-    batched_product(model, probs, 0, v, 0, a->heads, T, hs, T, batch, square, head, head, 0.0f);
+    batched_product(model, probs, 0, v, 0, a->heads, T, hs, T, batch, square, head, head, 0.0f, NULL);
     attention_merge_heads_gpu(atty, a->heads, B, T, C, NH, model->stream);
 }
 
@@ -375,12 +446,12 @@ static void attention_backward(GPTCuda *model, float *dqkv, const float *datty, 
     attention_split_heads_gpu(a->heads, datty, B, T, C, NH, model->stream);
     Operand dy = cast_attention(model, a->heads_cast, a->heads, n_heads);
     Operand probs = cast_attention(model, a->att_cast, att, n_square);
-    batched_product(model, probs, 1, dy, 0, a->dv, T, hs, T, batch, square, head, head, 0.0f);  // dv = att^T dy
-    batched_product(model, dy, 0, v, 1, a->scores, T, T, hs, batch, head, head, square, 0.0f);  // datt = dy v^T
+    batched_product(model, probs, 1, dy, 0, a->dv, T, hs, T, batch, square, head, head, 0.0f, NULL);  // dv = att^T dy
+    batched_product(model, dy, 0, v, 1, a->scores, T, T, hs, batch, head, head, square, 0.0f, NULL);  // datt = dy v^T
     attention_softmax_backward_gpu(a->scores, a->scores, att, B, NH, T, 1.0f / sqrtf((float)hs), model->stream);
     Operand dscores = cast_attention(model, a->att_cast, a->scores, n_square);
-    batched_product(model, dscores, 0, k, 0, a->dq, T, hs, T, batch, square, head, head, 0.0f);  // dq = ds k
-    batched_product(model, dscores, 1, q, 0, a->dk, T, hs, T, batch, square, head, head, 0.0f);  // dk = ds^T q
+    batched_product(model, dscores, 0, k, 0, a->dq, T, hs, T, batch, square, head, head, 0.0f, NULL);  // dq = ds k
+    batched_product(model, dscores, 1, q, 0, a->dk, T, hs, T, batch, square, head, head, 0.0f, NULL);  // dk = ds^T q
     attention_merge_qkv_grad_gpu(dqkv, a->dq, a->dk, a->dv, B, T, C, NH, model->stream);
 }
 
@@ -418,28 +489,40 @@ float gpt_cuda_forward(GPTCuda *model, const GPTWeights *w, const int *inputs, c
     const float *params = w->params;
     encoder_forward_gpu(a->encoded, a->tokens, params + tensors[PARAM_WTE].offset, params + tensors[PARAM_WPE].offset,
                         B, T, C, stream);
+    LayerOffsets first = layer_offsets(&model->table, 0);
+    LayerActivations x0 = layer_activations(a, s, 0, B, T);
+    layernorm_forward_gpu(x0.ln1, x0.ln1_mean, x0.ln1_rstd, a->encoded, params + first.ln1w, params + first.ln1b, N, C,
+                          stream);
+    // Each residual add runs fused with the layernorm that reads its sum: the block's ln2, the next block's
+    // ln1, or after the last block lnf.
     for (int l = 0; l < L; l++) {
         LayerOffsets p = layer_offsets(&model->table, l);
         LayerActivations x = layer_activations(a, s, l, B, T);
-        layernorm_forward_gpu(x.ln1, x.ln1_mean, x.ln1_rstd, x.residual, params + p.ln1w, params + p.ln1b, N, C, stream);
         linear_forward(model, l, LINEAR_QKV, x.qkv, x.ln1, w, p.qkvw, params + p.qkvb, N, C, 3 * C);
         attention_forward(model, x.atty, x.att, x.qkv, B, T, C, NH);
         linear_forward(model, l, LINEAR_ATTPROJ, a->proj_out, x.atty, w, p.attprojw, params + p.attprojb, N, C, C);
-        residual_forward_gpu(x.residual2, x.residual, a->proj_out, (size_t)N * C, stream);
-        layernorm_forward_gpu(x.ln2, x.ln2_mean, x.ln2_rstd, x.residual2, params + p.ln2w, params + p.ln2b, N, C, stream);
+        residual_layernorm_forward_gpu(x.residual2, x.ln2, x.ln2_mean, x.ln2_rstd, x.residual, a->proj_out,
+                                       params + p.ln2w, params + p.ln2b, N, C, stream);
         linear_forward(model, l, LINEAR_FC, x.fch, x.ln2, w, p.fcw, params + p.fcb, N, C, 4 * C);
         gelu_forward_gpu(x.fch_gelu, x.fch, (size_t)N * 4 * C, stream);
         linear_forward(model, l, LINEAR_FCPROJ, a->proj_out, x.fch_gelu, w, p.fcprojw, params + p.fcprojb, N, 4 * C, C);
-        residual_forward_gpu(x.residual3, x.residual2, a->proj_out, (size_t)N * C, stream);
+        if (l + 1 < L) {
+            LayerOffsets next = layer_offsets(&model->table, l + 1);
+            LayerActivations y = layer_activations(a, s, l + 1, B, T);
+            residual_layernorm_forward_gpu(x.residual3, y.ln1, y.ln1_mean, y.ln1_rstd, x.residual2, a->proj_out,
+                                           params + next.ln1w, params + next.ln1b, N, C, stream);
+        } else {
+            residual_layernorm_forward_gpu(x.residual3, a->lnf, a->lnf_mean, a->lnf_rstd, x.residual2, a->proj_out,
+                                           params + tensors[PARAM_LNFW].offset, params + tensors[PARAM_LNFB].offset,
+                                           N, C, stream);
+        }
     }
-    const float *final_residual = layer_activations(a, s, L - 1, B, T).residual3;
-    layernorm_forward_gpu(a->lnf, a->lnf_mean, a->lnf_rstd, final_residual, params + tensors[PARAM_LNFW].offset,
-                          params + tensors[PARAM_LNFB].offset, N, C, stream);
     // The LM head is wte itself (tied), all Vp rows; the classifier ignores the padded logits.
     Operand x = cast_attention(model, a->copy_inp, a->lnf, (size_t)N * C);
-    Operand wte = weight_operand(model, &model->attention_cast, w, tensors[PARAM_WTE].offset, (size_t)Vp * C);
+    DeviceCast head_cast = host_scaled(&model->attention_cast);
+    Operand wte = weight_operand(model, &head_cast, w, tensors[PARAM_WTE].offset, (size_t)Vp * C);
     product(model, x, 0, wte, 1, a->logits, N, Vp, C, 0.0f);
-    classifier_forward_gpu(a->probs, a->losses, a->logits, targets ? a->targets : NULL, N, V, Vp, stream);
+    classifier_forward_gpu(a->softmax_stats, a->losses, a->logits, targets ? a->targets : NULL, N, V, Vp, stream);
     linear_casts_forward_done(&model->linear_casts);
     if (!targets) {
         CUDA_CHECK(cudaStreamSynchronize(stream));
@@ -465,10 +548,11 @@ void gpt_cuda_backward(GPTCuda *model, const GPTWeights *w, float *grads, float 
     cudaStream_t stream = model->stream;
 
     float *dlogits = a->logits;  // (B, T, Vp), overwritten with the logits' gradient
-    classifier_backward_gpu(dlogits, a->probs, a->targets, loss_scale / (float)N, N, V, Vp, stream);
+    classifier_backward_gpu(dlogits, a->softmax_stats, a->targets, loss_scale / (float)N, N, V, Vp, stream);
     Operand d = cast_attention(model, a->copy_dout, dlogits, (size_t)N * Vp);
     Operand x = cast_attention(model, a->copy_inp, a->lnf, (size_t)N * C);
-    Operand wte_operand = weight_operand(model, &model->attention_cast, w, wte, (size_t)Vp * C);
+    DeviceCast head_cast = host_scaled(&model->attention_cast);
+    Operand wte_operand = weight_operand(model, &head_cast, w, wte, (size_t)Vp * C);
     product(model, d, 0, wte_operand, 0, a->dln, N, C, Vp, 0.0f);  // dlnf = dlogits @ wte
     product(model, d, 1, x, 0, grads + wte, Vp, C, N, 1.0f);       // dwte += dlogits^T @ lnf
     LayerActivations last = layer_activations(a, s, L - 1, B, T);
@@ -499,17 +583,29 @@ void gpt_cuda_backward(GPTCuda *model, const GPTWeights *w, float *grads, float 
     }
     encoder_backward_gpu(grads + wte, grads + tensors[PARAM_WPE].offset, a->dresidual, &model->encoder_index, B, T, C,
                          stream);
-    linear_casts_backward_done(&model->linear_casts);
+    if (linear_casts_take_forward_record(&model->linear_casts))
+        fp8_record_forward_gpu(&model->fp8_state, model->linear_casts.count, stream);
 }
 
-const float *gpt_cuda_probs(GPTCuda *model) {
-    size_t n = (size_t)model->B * model->T * model->table.shape.padded_vocab;
-    CUDA_CHECK(cudaMemcpy(model->host_probs, model->acts.probs, n * sizeof(float), cudaMemcpyDeviceToHost));
-    return model->host_probs;
+// The logits at position t of every sequence of the last forward: (B, Vp) into host_rows.
+static void download_logit_rows(GPTCuda *model, int t) {
+    if (t < 0 || t >= model->T) fatal("internal: position %d of a forward of %d positions", t, model->T);
+    size_t row_bytes = (size_t)model->table.shape.padded_vocab * sizeof(float);
+    const float *first = model->acts.logits + (size_t)t * model->table.shape.padded_vocab;
+    CUDA_CHECK(cudaMemcpy2DAsync(model->host_rows, row_bytes, first, (size_t)model->T * row_bytes, row_bytes,
+                                 (size_t)model->B, cudaMemcpyDeviceToHost, model->stream));
+    CUDA_CHECK(cudaStreamSynchronize(model->stream));
 }
 
-const float *gpt_cuda_logits(GPTCuda *model) {
-    size_t n = (size_t)model->B * model->T * model->table.shape.padded_vocab;
-    CUDA_CHECK(cudaMemcpy(model->host_logits, model->acts.logits, n * sizeof(float), cudaMemcpyDeviceToHost));
-    return model->host_logits;
+const float *gpt_cuda_logits_at(GPTCuda *model, int t) {
+    download_logit_rows(model, t);
+    return model->host_rows;
+}
+
+// The few rows a sampler asks for are softmaxed on the host, by the CPU's classifier, in place.
+const float *gpt_cuda_probs_at(GPTCuda *model, int t) {
+    const ModelShape *s = &model->table.shape;
+    download_logit_rows(model, t);
+    classifier_forward(model->host_rows, NULL, model->host_rows, NULL, model->B, s->vocab_size, s->padded_vocab);
+    return model->host_rows;
 }

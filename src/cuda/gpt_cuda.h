@@ -35,10 +35,15 @@ typedef struct {
 float gpt_cuda_forward(GPTCuda *model, const GPTWeights *weights, const int *inputs, const int *targets, int B, int T);
 // ADDS the gradient of loss_scale * (the last forward's mean loss) into grads (device, num_params).
 void gpt_cuda_backward(GPTCuda *model, const GPTWeights *weights, float *grads, float loss_scale);
-// The last forward's probabilities / logits, (B, T, Vp), copied to host memory the model owns.
-const float *gpt_cuda_probs(GPTCuda *model);
-const float *gpt_cuda_logits(GPTCuda *model);
-// fp8 delayed scaling's amax histories on the host (gpt_cpu_scaling_state's layout and meaning).
+// The last forward's logits / probabilities at position t of every sequence, (B, Vp), copied to host memory
+// the model owns (valid until the next call). Logits only until the next backward, which overwrites them.
+const float *gpt_cuda_logits_at(GPTCuda *model, int t);
+const float *gpt_cuda_probs_at(GPTCuda *model, int t);
+// fp8 delayed scaling's amax histories (gpt_cpu_scaling_state's layout and meaning): *data is their host
+// staging copy, which gpt_cuda_scaling_download fills from the device (before a checkpoint is written) and
+// gpt_cuda_scaling_upload copies to the device (after a checkpoint filled it).
 size_t gpt_cuda_scaling_state(GPTCuda *model, float **data);
+void gpt_cuda_scaling_download(GPTCuda *model);
+void gpt_cuda_scaling_upload(GPTCuda *model);
 
 #endif

@@ -48,7 +48,7 @@ LP_HD float quantize_dequantize_scaled(float x, float scale, ExmyFormat f, Round
 extern "C" {
 #endif
 
-// Delayed scaling keeps one amax history per operand: see src/cpu/operand_scaling.c.
+// Delayed scaling keeps one amax history per operand: see src/linear_casts.h.
 
 // max |x[i]|, NaN if any element is NaN.
 float tensor_amax(const float *x, size_t n);
