@@ -207,8 +207,8 @@ static void print_memory_plan(const Trainer *tr) {
     printf("  weights + gradients + optimizer state  %10.1f MiB  (%zu params x %zu bytes/param by policy",
            state / MiB, tr->table.num_params, policy_bytes_per_param(&tr->policy));
     if (state != tr->table.num_params * policy_bytes_per_param(&tr->policy)) {
-        printf("; the %s backend adds the fp32 copy of the weights that its forward reads, and an fp32 "
-               "gradient scratch under bf16 gradients", tr->ops->name);
+        printf("; the %s backend adds the fp32 copy of the weights that its forward reads%s", tr->ops->name,
+               tr->ops == &cpu_backend && tr->policy.grads == GRADS_BF16 ? ", and an fp32 gradient scratch" : "");
     }
     if (shards > 1) printf("; per rank, the optimizer state sharded over %d ranks by ZeRO-1", shards);
     printf(")\n");

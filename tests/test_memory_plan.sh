@@ -1,7 +1,8 @@
 # The --dry-run memory plan against the storage each policy keeps, counted by hand per parameter: the
-# policy's weights, gradients and optimizer state, plus what both backends add, an fp32 copy of 16-bit
-# weights for the passes to read and an fp32 gradient scratch under bf16 gradients. A build with nvcc also
-# plans the CUDA backend without a GPU (--device cuda --dry-run), which stores the same quantities.
+# policy's weights, gradients and optimizer state, plus what the backends add: an fp32 copy of 16-bit
+# weights for the passes to read, and on the CPU an fp32 gradient scratch under bf16 gradients (the CUDA
+# backend forms one tensor slice's gradient at a time instead, in a scratch planned with its activations).
+# A build with nvcc also plans the CUDA backend without a GPU (--device cuda --dry-run).
 source "$(dirname "$0")/e2e_common.sh"
 
 # plan DEVICE POLICY: "<num_params> <state MiB> <activation MiB>" of the tiny_cpu config's plan.
@@ -22,12 +23,15 @@ declare -A by_hand=(
   [collage_plus]=$((2 + 4 + 2 + 4 + 2 + 2 + 4))  # ... + MCF lo, bf16 m, v as a bf16 pair
   [kahan]=$((2 + 4 + 2 + 4 + 2 + 2 + 2))       # ... + Kahan c, bf16 m, v
 )
+declare -A bf16_grads=([bf16]=1 [collage_plus]=1 [kahan]=1)  # the CPU's gradient scratch above
 devices=cpu
 [ -n "$(command -v nvcc)" ] && devices="cpu cuda"
 for device in $devices; do
   for policy in "${!by_hand[@]}"; do
     read -r params state_mib acts_mib <<<"$(plan "$device" "$policy")" || fail "$device $policy: no plan"
-    python3 - "$params" "$state_mib" "${by_hand[$policy]}" <<'PY' || fail "$device $policy: state $state_mib MiB, by hand ${by_hand[$policy]} bytes/param"
+    per_param=${by_hand[$policy]}
+    [ "$device" = cuda ] && [ -n "${bf16_grads[$policy]:-}" ] && per_param=$((per_param - 4))
+    python3 - "$params" "$state_mib" "$per_param" <<'PY' || fail "$device $policy: state $state_mib MiB, by hand $per_param bytes/param"
 import sys
 params, state_mib, per_param = int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
 expected = params * per_param / 2**20
@@ -42,5 +46,21 @@ if [ "$devices" = "cpu cuda" ]; then
   python3 -c 'import sys; sys.exit(0 if float(sys.argv[2]) > float(sys.argv[1]) else 1)' "$cpu_acts" "$cuda_acts" ||
     fail "the CUDA plan's activations ($cuda_acts MiB) should exceed the CPU's ($cpu_acts MiB): attention scratch, workspace"
   echo "cuda: activations $cuda_acts MiB (cpu $cpu_acts MiB)"
+  # GPT-2 124M on the GPU at one micro-batch of B*T >= 4C tokens (so that the gradient scratch fits in the
+  # projection output it shares a place with): collage_plus's whole plan (activations included) is below
+  # mixed's by the policy table's 18 - 12 = 6 bytes per parameter: bf16 gradients keep no fp32 copy.
+  total() {
+    "$train_gpt" --config "$root/configs/gpt125m_mixed.json" --device cuda --dry-run --set training.batch_size=4 \
+      --set precision.policy="$1" | sed -n 's/^  total *\([0-9.]*\) MiB.*/\1/p'
+  }
+  mixed_total=$(total mixed)
+  collage_total=$(total collage_plus)
+  python3 - "$mixed_total" "$collage_total" <<'PY' || fail "cuda 124M: mixed $mixed_total MiB, collage_plus $collage_total MiB: less than 6 bytes/param apart"
+import sys
+mixed, collage = float(sys.argv[1]), float(sys.argv[2])
+saved = (mixed - collage) * 2**20 / 124475904
+print(f"cuda 124M plan: collage_plus {saved:.3f} bytes/param below mixed")
+sys.exit(0 if saved >= 6 - 1e-3 else 1)
+PY
 fi
 echo ok

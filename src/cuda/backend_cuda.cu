@@ -3,9 +3,9 @@
 // bits from the same gradients). Storage, chunks, rank ranges and checkpoint sections follow
 // param_storage.h exactly as on the CPU, so a checkpoint of either backend resumes on the other.
 //
-// Memory: the weights (with the fp32 compute copy the passes read), the gradients (with the backward's
-// fp32 scratch under bf16 gradients) and the optimizer state are one device allocation each; the
-// activations are gpt_cuda.c's one allocation.
+// Memory: the weights (with the fp32 compute copy the passes read), the gradients (fp32, or bf16 with no
+// fp32 copy: gpt_cuda.cu forms one tensor slice's gradient at a time in its own scratch) and the optimizer
+// state are one device allocation each; the activations are gpt_cuda.cu's one allocation.
 //
 // Data parallelism: one process per GPU (local rank -> device), gradients summed over NCCL in fp32 (bf16
 // gradients are widened, summed, and rounded once, as on the CPU). NCCL's ring order is fixed for a given
@@ -189,7 +189,9 @@ static void alloc_storage(Backend *b) {
     o->dqt_scales = (float *)arena_take(&b->weights, weight_parts[3]);
     o->dqt_vectors = (float *)arena_take(&b->weights, weight_parts[4]);
 
-    size_t gradient_parts[2] = {n * sizeof(float), p->grads == GRADS_BF16 ? n * sizeof(bf16) : 0};
+    // bf16 gradients have no fp32 copy: the backward forms each slice's gradient in the model's scratch.
+    size_t gradient_parts[2] = {p->grads == GRADS_FP32 ? n * sizeof(float) : 0,
+                                p->grads == GRADS_BF16 ? n * sizeof(bf16) : 0};
     arena_alloc(&b->gradients, gradient_parts, 2, "the gradients");
     b->grads = (float *)arena_take(&b->gradients, gradient_parts[0]);
     o->grads = b->grads;
@@ -336,38 +338,56 @@ static void cuda_zero_grad(Backend *b) {
     else CUDA_CHECK(cudaMemsetAsync(b->grads, 0, n * sizeof(float), b->stream));
 }
 
-// bf16 gradients: the micro-step's gradient goes into the fp32 scratch, and the stored gradient becomes
-// bf16(grad + scratch), as on the CPU.
+// The micro-step's gradient added into the fp32 gradients, or, under bf16 gradients, each tensor slice's
+// rounded into its storage once: bf16(stored + gradient), as on the CPU.
 static void cuda_backward(Backend *b, float loss_scale) {
     GPTWeights w = gpt_weights(b);
-    size_t n = b->table.num_params;
-    if (b->buffers.grads_bf16) CUDA_CHECK(cudaMemsetAsync(b->grads, 0, n * sizeof(float), b->stream));
-    gpt_cuda_backward(b->model, &w, b->grads, loss_scale);
-    if (b->buffers.grads_bf16) accumulate_bf16_gpu((bf16 *)b->buffers.grads_bf16, b->grads, n, b->stream);
+    GradientTarget target = {b->grads, (bf16 *)b->buffers.grads_bf16};
+    gpt_cuda_backward(b->model, &w, &target, loss_scale);
 }
 
+#ifdef LP_WITH_NCCL
+// Sums over the ranks the fp32 gradients of parameters [start, end), held at data (data[0] is parameter
+// start): every rank gets the sum, or under ZeRO-1 each rank's range is summed into its owner only, which
+// alone steps it.
+static void sum_over_ranks(Backend *b, float *data, size_t start, size_t end) {
+    if (!b->zero) {
+        NCCL_CHECK(ncclAllReduce(data, data, end - start, ncclFloat, ncclSum, b->comm, b->stream));
+        return;
+    }
+    const size_t *bounds = b->layout.param_bounds;
+    NCCL_CHECK(ncclGroupStart());
+    for (int r = 0; r < b->world; r++) {
+        size_t first = bounds[r] > start ? bounds[r] : start, last = bounds[r + 1] < end ? bounds[r + 1] : end;
+        float *range = data + (first - start);
+        if (first < last) NCCL_CHECK(ncclReduce(range, range, last - first, ncclFloat, ncclSum, r, b->comm, b->stream));
+    }
+    NCCL_CHECK(ncclGroupEnd());
+}
+#endif
+
+// bf16 gradients are summed in fp32 and rounded once, a window at a time through the model's fp32
+// gradient scratch (only this rank's range under ZeRO-1: the rest is not summed here).
 static void cuda_reduce_gradients(Backend *b) {
 #ifdef LP_WITH_NCCL
     if (!b->comm) return;
     size_t n = b->table.num_params;
-    const size_t *bounds = b->layout.param_bounds;
     bf16 *grads_bf16 = (bf16 *)b->buffers.grads_bf16;
-    if (grads_bf16) bf16_to_f32_gpu(b->grads, grads_bf16, n, b->stream);
-    if (b->zero) {
-        // Each range summed into its owner, which alone steps it.
-        NCCL_CHECK(ncclGroupStart());
-        for (int r = 0; r < b->world; r++) {
-            float *range = b->grads + bounds[r];
-            NCCL_CHECK(ncclReduce(range, range, bounds[r + 1] - bounds[r], ncclFloat, ncclSum, r, b->comm, b->stream));
-        }
-        NCCL_CHECK(ncclGroupEnd());
-        if (grads_bf16)
-            f32_to_bf16_gpu(grads_bf16 + bounds[b->rank], b->grads + bounds[b->rank], bounds[b->rank + 1] - bounds[b->rank],
-                            b->stream);
+    if (!grads_bf16) {
+        sum_over_ranks(b, b->grads, 0, n);
         return;
     }
-    NCCL_CHECK(ncclAllReduce(b->grads, b->grads, n, ncclFloat, ncclSum, b->comm, b->stream));
-    if (grads_bf16) f32_to_bf16_gpu(grads_bf16, b->grads, n, b->stream);
+    size_t window;
+    float *sums = gpt_cuda_gradient_window(b->model, &window);
+    size_t own_first = b->zero ? b->layout.param_bounds[b->rank] : 0;
+    size_t own_end = b->zero ? b->layout.param_bounds[b->rank + 1] : n;
+    for (size_t start = 0; start < n; start += window) {
+        size_t end = start + window < n ? start + window : n;
+        bf16_to_f32_gpu(sums, grads_bf16 + start, end - start, b->stream);
+        sum_over_ranks(b, sums, start, end);
+        size_t first = own_first > start ? own_first : start, last = own_end < end ? own_end : end;
+        if (first < last) f32_to_bf16_gpu(grads_bf16 + first, sums + (first - start), last - first, b->stream);
+    }
 #endif
 }
 
@@ -491,8 +511,18 @@ static void cuda_read_grads(Backend *b, float *grads) {
 
 static void cuda_load_grads(Backend *b, const float *grads) {
     size_t n = b->table.num_params;
-    upload(b, b->grads, grads, n * sizeof(float));
-    if (b->buffers.grads_bf16) f32_to_bf16_gpu((bf16 *)b->buffers.grads_bf16, b->grads, n, b->stream);
+    bf16 *grads_bf16 = (bf16 *)b->buffers.grads_bf16;
+    if (!grads_bf16) {
+        upload(b, b->grads, grads, n * sizeof(float));
+        return;
+    }
+    size_t window;  // through the model's fp32 gradient scratch, rounded as reduced gradients are
+    float *values = gpt_cuda_gradient_window(b->model, &window);
+    for (size_t start = 0; start < n; start += window) {
+        size_t count = start + window < n ? window : n - start;
+        upload(b, values, grads + start, count * sizeof(float));
+        f32_to_bf16_gpu(grads_bf16 + start, values, count, b->stream);
+    }
     CUDA_CHECK(cudaStreamSynchronize(b->stream));
 }
 
@@ -583,8 +613,11 @@ static void cuda_state_load(Backend *b) {
     decode_weights(b);
 }
 
+// state_bytes, less the fp32 gradient copy that bf16 gradients do without here (their scratch is one
+// tensor slice, planned with the activations).
 static size_t cuda_plan_state_bytes(const ParamTable *table, const Policy *policy, int shards) {
     StateBytes bytes = state_bytes(table, policy, shards);
+    if (policy->grads == GRADS_BF16) bytes.gradients -= table->num_params * sizeof(float);
     return bytes.weights + bytes.gradients + bytes.optimizer;
 }
 

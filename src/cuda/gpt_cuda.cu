@@ -10,15 +10,18 @@
 #include "kernels/column_sum.cuh"
 #include "kernels/encoder.cuh"
 #include "kernels/gelu.cuh"
+#include "kernels/gradients.cuh"
 #include "kernels/layernorm.cuh"
 #include "kernels/matmul.cuh"
 #include "kernels/quantize.cuh"
 
 #include "cpu/ops.h"
 #include "linear_casts.h"
+#include "param_storage.h"
 
 // What the forward keeps for the backward (per-layer buffers stack L slices, as on the CPU), one layer's
-// worth of activation gradients, the attention's per-head scratch, and the cast copies of matmul operands.
+// worth of activation gradients, the attention's per-head scratch, the cast copies of matmul operands, and
+// under bf16 gradients the fp32 scratch where each tensor slice's gradient is formed before its rounding.
 typedef struct {
     float *encoded;    // (B, T, C)
     float *ln1;        // (L, B, T, C)
@@ -34,13 +37,15 @@ typedef struct {
     float *fch;        // (L, B, T, 4C)
     float *fch_gelu;   // (L, B, T, 4C)
     float *residual3;  // (L, B, T, C)
+    float *wte_grad_tail;  // bf16 gradients: what the stacked buffers above lack to hold wte's gradient (below)
     float *lnf;        // (B, T, C)
     float *lnf_mean;   // (B, T)
     float *lnf_rstd;   // (B, T)
     float *logits;     // (B, T, Vp); the backward overwrites them with their gradient
     SoftmaxStats *softmax_stats;  // (B, T) each row's max and 1 / sum of exponentials
     float *losses;     // (B, T)
-    float *proj_out;   // (B, T, C)
+    float *proj_out;   // (B, T, C) a projection's output before its residual add; dead in the backward
+    float *grad_scratch;  // bf16 gradients: proj_out's place (enlarged to hold any tensor slice but wte's)
     float *dresidual;  // (B, T, C)
     float *dln;        // (B, T, C)
     float *dqkv;       // (B, T, 3C)
@@ -54,7 +59,7 @@ typedef struct {
     float *scores;     // (B, NH, T, T) the backward's probability and score gradients
     float *att_cast;   // (B, NH, T, T) bf16 copy of the probabilities or of the score gradients
     float *copy_inp;   // (B, T, max(4C, C)) cast copy of a matmul input (fp32 values or bf16)
-    float *copy_weight;  // (max(4C, Vp), C) cast copy of a weight
+    float *copy_weight;  // (4C or Vp, C) cast copy of a weight, where a product cannot read the stored weights
     float *copy_dout;  // (B, T, max(4C, Vp)) cast copy of an output gradient
     float *scratch;    // column sums and layernorm weight gradients
     float *amax;       // (1) fp8: a tensor's amax
@@ -62,21 +67,52 @@ typedef struct {
     int *targets;      // (B, T)
 } Activations;
 
-#define NUM_ACTIVATION_BUFFERS 45
+#define NUM_ACTIVATION_BUFFERS 46
 
 typedef struct {
     void *buffer;  // float ** or int **
     size_t numel;  // 4-byte elements
 } ActivationBuffer;
 
+// 256-byte aligned buffers: cuBLASLt's fastest algorithms want their operands so.
+static size_t aligned_numel(size_t numel) { return (numel + 63) / 64 * 64; }
+
+// Elements of the largest layer slice of any tensor but wte, and at least 2C (a layernorm's weight and bias
+// gradients side by side): the gradient scratch under bf16 gradients.
+static size_t largest_slice_but_wte(const ParamTable *table) {
+    size_t largest = 2 * (size_t)table->shape.n_embd;
+    for (int t = 0; t < NUM_PARAM_TENSORS; t++) {
+        size_t slice = table->tensors[t].numel / (size_t)param_slices(table, t);
+        if (t != PARAM_WTE && slice > largest) largest = slice;
+    }
+    return largest;
+}
+
+// Elements of the weight cast copy: the linear layers' weights (4C x C at most) unless every linear product
+// reads the stored bf16 weights (bf16 operands over bf16 weights) or the fp32 weights themselves; wte for
+// the LM head likewise.
+static size_t weight_copy_numel(const ModelShape *s, const Policy *policy) {
+    size_t C = (size_t)s->n_embd, Vp = (size_t)s->padded_vocab;
+    int bf16_weights = policy->weights == WEIGHTS_BF16;
+    MatmulFormat linear = policy->matmul.format, head = policy->attention;
+    int linear_copy = linear == MATMUL_FP8 || linear == MATMUL_EXMY || (linear == MATMUL_BF16 && !bf16_weights);
+    int head_copy = head == MATMUL_BF16 && !bf16_weights;
+    size_t numel = linear_copy ? 4 * C * C : 0;
+    return head_copy && Vp * C > numel ? Vp * C : numel;
+}
+
 // The one description of the activation buffers that allocation and the memory plan both read.
-static int activation_buffers(Activations *a, const ModelShape *s, const Policy *policy, int B, int T,
+static int activation_buffers(Activations *a, const ParamTable *table, const Policy *policy, int B, int T,
                               ActivationBuffer list[NUM_ACTIVATION_BUFFERS]) {
+    const ModelShape *s = &table->shape;
     size_t L = (size_t)s->n_layer, C = (size_t)s->n_embd, NH = (size_t)s->n_head, Vp = (size_t)s->padded_vocab;
     size_t N = (size_t)B * (size_t)T, TT = (size_t)B * NH * (size_t)T * (size_t)T;
     size_t widest = Vp > 4 * C ? Vp : 4 * C;
     int casts = policy->matmul.format != MATMUL_FP32 || policy->attention != MATMUL_FP32;
     int bf16_attention = policy->attention == MATMUL_BF16;
+    int bf16_grads = policy->grads == GRADS_BF16;
+    size_t proj_numel = N * C;
+    if (bf16_grads && largest_slice_but_wte(table) > proj_numel) proj_numel = largest_slice_but_wte(table);
     size_t scratch = layernorm_backward_scratch_floats((int)N, (int)C);
     size_t bias_scratch = column_sum_scratch_floats((int)N, (int)widest);
     if (bias_scratch > scratch) scratch = bias_scratch;
@@ -85,31 +121,40 @@ static int activation_buffers(Activations *a, const ModelShape *s, const Policy 
         {&a->ln1_rstd, L * N},        {&a->qkv, L * N * 3 * C},     {&a->atty, L * N * C},
         {&a->att, L * TT},            {&a->residual2, L * N * C},   {&a->ln2, L * N * C},
         {&a->ln2_mean, L * N},        {&a->ln2_rstd, L * N},        {&a->fch, L * N * 4 * C},
-        {&a->fch_gelu, L * N * 4 * C}, {&a->residual3, L * N * C},  {&a->lnf, N * C},
+        {&a->fch_gelu, L * N * 4 * C}, {&a->residual3, L * N * C},  {&a->wte_grad_tail, 0},
+        {&a->lnf, N * C},
         {&a->lnf_mean, N},            {&a->lnf_rstd, N},            {&a->logits, N * Vp},
-        {&a->softmax_stats, 2 * N},   {&a->losses, N},              {&a->proj_out, N * C},
+        {&a->softmax_stats, 2 * N},   {&a->losses, N},              {&a->proj_out, proj_numel},
         {&a->dresidual, N * C},       {&a->dln, N * C},             {&a->dqkv, N * 3 * C},
         {&a->datty, N * C},           {&a->dfch_gelu, N * 4 * C},   {&a->dfch, N * 4 * C},
         {&a->q, N * C},               {&a->k, N * C},               {&a->v, N * C},
         {&a->heads, N * C},           {&a->dq, N * C},              {&a->dk, N * C},
         {&a->dv, N * C},              {&a->heads_cast, bf16_attention ? N * C : 0},
         {&a->scores, TT},             {&a->att_cast, bf16_attention ? TT : 0},
-        {&a->copy_inp, casts ? N * 4 * C : 0}, {&a->copy_weight, casts ? widest * C : 0},
+        {&a->copy_inp, casts ? N * 4 * C : 0}, {&a->copy_weight, weight_copy_numel(s, policy)},
         {&a->copy_dout, casts ? N * widest : 0}, {&a->scratch, scratch},
         {&a->amax, 1},                {&a->tokens, N},              {&a->targets, N},
         {NULL, 0},
     };
+    // Under bf16 gradients wte's fp32 gradient is formed at the end of the backward, when the stacked
+    // forward buffers from ln1 to residual3, laid out one after another, are dead: it takes their place,
+    // and wte_grad_tail, right after them, whatever they lack.
+    int first = 0, tail = 0;
+    while (buffers[first].buffer != (void *)&a->ln1) first++;
+    while (buffers[tail].buffer != (void *)&a->wte_grad_tail) tail++;
+    size_t stacked = 0;
+    for (int i = first; i < tail; i++) stacked += aligned_numel(buffers[i].numel);
+    // (a multiple of 64 elements, so the region is exactly aligned_numel(Vp * C): never larger for a smaller
+    // batch, which place_activations lays out in the same allocation)
+    if (bf16_grads && aligned_numel(Vp * C) > stacked) buffers[tail].numel = aligned_numel(Vp * C) - stacked;
     memcpy(list, buffers, sizeof buffers);
     return NUM_ACTIVATION_BUFFERS - 1;
 }
 
-// 256-byte aligned buffers: cuBLASLt's fastest algorithms want their operands so.
-static size_t aligned_numel(size_t numel) { return (numel + 63) / 64 * 64; }
-
-static size_t activation_numel(const ModelShape *shape, const Policy *policy, int B, int T) {
+static size_t activation_numel(const ParamTable *table, const Policy *policy, int B, int T) {
     Activations unused;
     ActivationBuffer list[NUM_ACTIVATION_BUFFERS];
-    int count = activation_buffers(&unused, shape, policy, B, T, list);
+    int count = activation_buffers(&unused, table, policy, B, T, list);
     size_t total = 0;
     for (int i = 0; i < count; i++) total += aligned_numel(list[i].numel);
     return total;
@@ -128,6 +173,7 @@ struct GPTCuda {
     OperandCast attention_cast;
     Activations acts;
     float *act_memory;  // the one device allocation
+    size_t act_numel;   // its floats, laid out for the largest batch
     EncoderIndex encoder_index;
     int *index_scratch;  // host scratch of encoder_index_build
     float *host_rows;    // (max_B, Vp) rows of logits or probabilities at one position, for the host
@@ -148,7 +194,7 @@ size_t gpt_cuda_activation_bytes(const ParamTable *table, const Policy *policy, 
     linear_casts_init(&casts, &policy->matmul, table->shape.n_layer);
     size_t fp8_state = fp8_state_floats(&casts) * sizeof(float);
     linear_casts_free(&casts);
-    return activation_numel(&table->shape, policy, B, T) * sizeof(float) + MATMUL_WORKSPACE_BYTES + encoder_index +
+    return activation_numel(table, policy, B, T) * sizeof(float) + MATMUL_WORKSPACE_BYTES + encoder_index +
            fp8_state;
 }
 
@@ -171,12 +217,14 @@ static void fp8_state_create(GPTCuda *model) {
 
 static void place_activations(GPTCuda *model, int B, int T) {
     ActivationBuffer list[NUM_ACTIVATION_BUFFERS];
-    int count = activation_buffers(&model->acts, &model->table.shape, &model->policy, B, T, list);
+    int count = activation_buffers(&model->acts, &model->table, &model->policy, B, T, list);
     size_t offset = 0;
     for (int i = 0; i < count; i++) {
         *(float **)list[i].buffer = list[i].numel ? model->act_memory + offset : NULL;
         offset += aligned_numel(list[i].numel);
     }
+    if (offset > model->act_numel) fatal("internal: activations of (%d, %d) exceed their allocation", B, T);
+    model->acts.grad_scratch = model->policy.grads == GRADS_BF16 ? model->acts.proj_out : NULL;
 }
 
 GPTCuda *gpt_cuda_create(const ParamTable *table, const Policy *policy, int B, int T, int allow_tf32,
@@ -199,8 +247,9 @@ GPTCuda *gpt_cuda_create(const ParamTable *table, const Policy *policy, int B, i
     model->attention_cast = operand_cast_for(&attention);
     matmul_context_init(&model->matmul);
     model->allow_tf32 = allow_tf32;
-    size_t bytes = activation_numel(&table->shape, policy, B, T) * sizeof(float);
-    model->act_memory = (float *)cuda_malloc_checked(bytes, "activations");
+    model->act_numel = activation_numel(table, policy, B, T);
+    model->act_memory = (float *)cuda_malloc_checked(model->act_numel * sizeof(float), "activations");
+    place_activations(model, B, T);
     size_t N = (size_t)B * T, Vp = (size_t)table->shape.padded_vocab;
     encoder_index_alloc(&model->encoder_index, (int)N);
     model->index_scratch = (int *)xmalloc((3 * N + 1 + (size_t)table->shape.vocab_size) * sizeof(int));
@@ -381,21 +430,57 @@ static void linear_forward(GPTCuda *model, int layer, BlockLinear linear, float 
     batched_product(model, x, 0, weight, 1, out, N, OC, C, 1, 0, 0, 0, 0.0f, bias);
 }
 
-// dinp (N, C) = dout @ weight (overwritten: the CPU zeroes it first); dweight += dout^T @ inp; dbias += the
-// column sums of dout before its cast.
-static void linear_backward(GPTCuda *model, int layer, BlockLinear linear, float *dinp, float *dweight, float *dbias,
-                            const float *dout, const float *inp, const GPTWeights *w, size_t weight_offset, int N,
-                            int C, int OC) {
+// ----------------------------------------------------------------------------------------------------
+// where the backward puts the parameter gradients
+
+// The fp32 buffer an op adds the gradient of parameters [offset, offset + n) into: the gradients themselves,
+// or under bf16 gradients the zeroed scratch (scratch: grad_scratch, or wte's place at the end).
+static float *gradient_begin(GPTCuda *model, const GradientTarget *g, float *scratch, size_t offset, size_t n) {
+    if (!g->bf16) return g->fp32 + offset;
+    CUDA_CHECK(cudaMemsetAsync(scratch, 0, n * sizeof(float), model->stream));
+    return scratch;
+}
+
+// Under bf16 gradients, the slice's gradient of this micro-step rounded into its storage, once:
+// bf16(stored + gradient), the CPU backend's rule.
+static void gradient_end(GPTCuda *model, const GradientTarget *g, const float *scratch, size_t offset, size_t n) {
+    if (g->bf16) accumulate_bf16_gpu(g->bf16 + offset, scratch, n, model->stream);
+}
+
+// layernorm_backward_gpu with the weight and bias gradients (C each, at weight and bias) through the
+// gradient target: dinp += ..., the parameters' gradients added.
+static void layernorm_backward_into(GPTCuda *model, const GradientTarget *g, float *dinp, size_t weight, size_t bias,
+                                    const float *dout, const float *inp, const float *params, const float *mean,
+                                    const float *rstd, int N, int C) {
+    float *scratch = model->acts.grad_scratch;  // (2C): the weight's, then the bias's
+    float *dweight = gradient_begin(model, g, scratch, weight, (size_t)C);
+    float *dbias = gradient_begin(model, g, scratch + C, bias, (size_t)C);
+    layernorm_backward_gpu(dinp, dweight, dbias, dout, inp, params + weight, mean, rstd, N, C, model->acts.scratch,
+                           model->stream);
+    gradient_end(model, g, dweight, weight, (size_t)C);
+    gradient_end(model, g, dbias, bias, (size_t)C);
+}
+
+// dinp (N, C) = dout @ weight (overwritten: the CPU zeroes it first); the weight's gradient (OC x C, at
+// weight_at in the parameter buffer) += dout^T @ inp; the bias's (OC, at bias_at) += the column sums of dout
+// before its cast.
+static void linear_backward(GPTCuda *model, const GradientTarget *g, int layer, BlockLinear linear, float *dinp,
+                            size_t weight_at, size_t bias_at, const float *dout, const float *inp, const GPTWeights *w,
+                            int N, int C, int OC) {
     size_t n_inp = (size_t)N * C, n_weight = (size_t)OC * C, n_out = (size_t)N * OC;
     DeviceCast d_cast = linear_cast(model, layer, linear, OPERAND_OUTPUT_GRAD, 1, dout, n_out);
     DeviceCast x_cast = linear_cast(model, layer, linear, OPERAND_INPUT, 1, inp, n_inp);
-    DeviceCast w_cast = linear_cast(model, layer, linear, OPERAND_WEIGHT, 1, w->params + weight_offset, n_weight);
+    DeviceCast w_cast = linear_cast(model, layer, linear, OPERAND_WEIGHT, 1, w->params + weight_at, n_weight);
     Operand d = cast_operand(model, &d_cast, model->acts.copy_dout, dout, n_out);
     Operand x = cast_operand(model, &x_cast, model->acts.copy_inp, inp, n_inp);
-    Operand weight = weight_operand(model, &w_cast, w, weight_offset, n_weight);
+    Operand weight = weight_operand(model, &w_cast, w, weight_at, n_weight);
     product(model, d, 0, weight, 0, dinp, N, C, OC, 0.0f);
+    float *dweight = gradient_begin(model, g, model->acts.grad_scratch, weight_at, n_weight);
     product(model, d, 1, x, 0, dweight, OC, C, N, 1.0f);
+    gradient_end(model, g, dweight, weight_at, n_weight);
+    float *dbias = gradient_begin(model, g, model->acts.grad_scratch, bias_at, (size_t)OC);
     column_sums_add_gpu(dbias, dout, N, OC, model->acts.scratch, model->stream);
+    gradient_end(model, g, dbias, bias_at, (size_t)OC);
 }
 
 // The per-head q, k, v of qkv (B, T, 3C), cast as attention's operands.
@@ -535,8 +620,29 @@ float gpt_cuda_forward(GPTCuda *model, const GPTWeights *w, const int *inputs, c
     return (float)(sum / N);
 }
 
-void gpt_cuda_backward(GPTCuda *model, const GPTWeights *w, float *grads, float loss_scale) {
+// The LM head's and the embedding's gradients of wte, summed in fp32 in the CPU's order (the head's product,
+// then the embedding's rows), and the embedding's of wpe. The head's product runs here, at the end, so that
+// under bf16 gradients wte's fp32 gradient can take the place of the forward buffers that are dead by now.
+static void embedding_gradients(GPTCuda *model, const GradientTarget *g) {
+    const ModelShape *s = &model->table.shape;
+    int B = model->B, T = model->T, C = s->n_embd, Vp = s->padded_vocab, N = B * T;
+    const ParamTensor *tensors = model->table.tensors;
+    size_t wte = tensors[PARAM_WTE].offset, wpe = tensors[PARAM_WPE].offset;
+    size_t n_wte = tensors[PARAM_WTE].numel, n_wpe = tensors[PARAM_WPE].numel;
+    Activations *a = &model->acts;
+    float *dwte = gradient_begin(model, g, a->ln1, wte, n_wte);
+    Operand d = cast_attention(model, a->copy_dout, a->logits, (size_t)N * Vp);  // the logits' gradient
+    Operand x = cast_attention(model, a->copy_inp, a->lnf, (size_t)N * C);
+    product(model, d, 1, x, 0, dwte, Vp, C, N, 1.0f);  // dwte += dlogits^T @ lnf
+    float *dwpe = gradient_begin(model, g, a->grad_scratch, wpe, n_wpe);
+    encoder_backward_gpu(dwte, dwpe, a->dresidual, &model->encoder_index, B, T, C, model->stream);
+    gradient_end(model, g, dwte, wte, n_wte);
+    gradient_end(model, g, dwpe, wpe, n_wpe);
+}
+
+void gpt_cuda_backward(GPTCuda *model, const GPTWeights *w, const GradientTarget *g, float loss_scale) {
     if (!model->has_targets) fatal("internal: gpt_cuda_backward needs a forward with targets first");
+    if (g->bf16 && !model->acts.grad_scratch) fatal("internal: bf16 gradients without a gradient scratch");
     const ModelShape *s = &model->table.shape;
     int B = model->B, T = model->T;
     int C = s->n_embd, NH = s->n_head, L = s->n_layer, V = s->vocab_size, Vp = s->padded_vocab;
@@ -550,41 +656,41 @@ void gpt_cuda_backward(GPTCuda *model, const GPTWeights *w, float *grads, float 
     float *dlogits = a->logits;  // (B, T, Vp), overwritten with the logits' gradient
     classifier_backward_gpu(dlogits, a->softmax_stats, a->targets, loss_scale / (float)N, N, V, Vp, stream);
     Operand d = cast_attention(model, a->copy_dout, dlogits, (size_t)N * Vp);
-    Operand x = cast_attention(model, a->copy_inp, a->lnf, (size_t)N * C);
     DeviceCast head_cast = host_scaled(&model->attention_cast);
     Operand wte_operand = weight_operand(model, &head_cast, w, wte, (size_t)Vp * C);
     product(model, d, 0, wte_operand, 0, a->dln, N, C, Vp, 0.0f);  // dlnf = dlogits @ wte
-    product(model, d, 1, x, 0, grads + wte, Vp, C, N, 1.0f);       // dwte += dlogits^T @ lnf
     LayerActivations last = layer_activations(a, s, L - 1, B, T);
     zero(model, a->dresidual, (size_t)N * C);
-    layernorm_backward_gpu(a->dresidual, grads + lnfw, grads + lnfb, a->dln, last.residual3, params + lnfw, a->lnf_mean,
-                           a->lnf_rstd, N, C, a->scratch, stream);
+    layernorm_backward_into(model, g, a->dresidual, lnfw, lnfb, a->dln, last.residual3, params, a->lnf_mean,
+                            a->lnf_rstd, N, C);
 
     for (int l = L - 1; l >= 0; l--) {
         LayerOffsets p = layer_offsets(&model->table, l);
         LayerActivations y = layer_activations(a, s, l, B, T);
         // dresidual passes unchanged into both summands of each residual add; each branch adds its input
         // gradient into it (gpt_cpu.c's scheme).
-        linear_backward(model, l, LINEAR_FCPROJ, a->dfch_gelu, grads + p.fcprojw, grads + p.fcprojb, a->dresidual,
-                        y.fch_gelu, w, p.fcprojw, N, 4 * C, C);
+        linear_backward(model, g, l, LINEAR_FCPROJ, a->dfch_gelu, p.fcprojw, p.fcprojb, a->dresidual, y.fch_gelu, w, N,
+                        4 * C, C);
         zero(model, a->dfch, (size_t)N * 4 * C);
         gelu_backward_gpu(a->dfch, a->dfch_gelu, y.fch, (size_t)N * 4 * C, stream);
-        linear_backward(model, l, LINEAR_FC, a->dln, grads + p.fcw, grads + p.fcb, a->dfch, y.ln2, w, p.fcw, N, C, 4 * C);
-        layernorm_backward_gpu(a->dresidual, grads + p.ln2w, grads + p.ln2b, a->dln, y.residual2, params + p.ln2w,
-                               y.ln2_mean, y.ln2_rstd, N, C, a->scratch, stream);
-        linear_backward(model, l, LINEAR_ATTPROJ, a->datty, grads + p.attprojw, grads + p.attprojb, a->dresidual,
-                        y.atty, w, p.attprojw, N, C, C);
+        linear_backward(model, g, l, LINEAR_FC, a->dln, p.fcw, p.fcb, a->dfch, y.ln2, w, N, C, 4 * C);
+        layernorm_backward_into(model, g, a->dresidual, p.ln2w, p.ln2b, a->dln, y.residual2, params, y.ln2_mean,
+                                y.ln2_rstd, N, C);
+        linear_backward(model, g, l, LINEAR_ATTPROJ, a->datty, p.attprojw, p.attprojb, a->dresidual, y.atty, w, N, C, C);
         zero(model, a->dqkv, (size_t)N * 3 * C);
         attention_backward(model, a->dqkv, a->datty, y.qkv, y.att, B, T, C, NH);
-        linear_backward(model, l, LINEAR_QKV, a->dln, grads + p.qkvw, grads + p.qkvb, a->dqkv, y.ln1, w, p.qkvw, N, C,
-                        3 * C);
-        layernorm_backward_gpu(a->dresidual, grads + p.ln1w, grads + p.ln1b, a->dln, y.residual, params + p.ln1w,
-                               y.ln1_mean, y.ln1_rstd, N, C, a->scratch, stream);
+        linear_backward(model, g, l, LINEAR_QKV, a->dln, p.qkvw, p.qkvb, a->dqkv, y.ln1, w, N, C, 3 * C);
+        layernorm_backward_into(model, g, a->dresidual, p.ln1w, p.ln1b, a->dln, y.residual, params, y.ln1_mean,
+                                y.ln1_rstd, N, C);
     }
-    encoder_backward_gpu(grads + wte, grads + tensors[PARAM_WPE].offset, a->dresidual, &model->encoder_index, B, T, C,
-                         stream);
+    embedding_gradients(model, g);
     if (linear_casts_take_forward_record(&model->linear_casts))
         fp8_record_forward_gpu(&model->fp8_state, model->linear_casts.count, stream);
+}
+
+float *gpt_cuda_gradient_window(GPTCuda *model, size_t *floats) {
+    *floats = model->acts.grad_scratch ? largest_slice_but_wte(&model->table) : 0;
+    return model->acts.grad_scratch;
 }
 
 // The logits at position t of every sequence of the last forward: (B, Vp) into host_rows.

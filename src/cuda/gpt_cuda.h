@@ -33,8 +33,20 @@ typedef struct {
 // inputs, targets: (B, T) token ids on the host; targets may be NULL. Returns the mean loss (0 without
 // targets), summed on the host in double in position order, as the CPU does.
 float gpt_cuda_forward(GPTCuda *model, const GPTWeights *weights, const int *inputs, const int *targets, int B, int T);
-// ADDS the gradient of loss_scale * (the last forward's mean loss) into grads (device, num_params).
-void gpt_cuda_backward(GPTCuda *model, const GPTWeights *weights, float *grads, float loss_scale);
+// Where the backward puts the gradients (device, num_params): added into fp32 gradients, or, with bf16
+// set, rounded into the stored bf16 gradients once per tensor slice and micro-step (bf16(stored + the
+// slice's fp32 gradient of the micro-step), the CPU backend's rule), formed in the model's own scratch,
+// so that no fp32 copy of all gradients exists.
+typedef struct {
+    float *fp32;
+    bf16 *bf16;
+} GradientTarget;
+
+// ADDS the gradient of loss_scale * (the last forward's mean loss) into the target.
+void gpt_cuda_backward(GPTCuda *model, const GPTWeights *weights, const GradientTarget *grads, float loss_scale);
+// Under bf16 gradients: the model's fp32 gradient scratch (*floats elements, at least 2C), free between
+// backward passes, for the backend's gradient reductions; NULL and 0 otherwise.
+float *gpt_cuda_gradient_window(GPTCuda *model, size_t *floats);
 // The last forward's logits / probabilities at position t of every sequence, (B, Vp), copied to host memory
 // the model owns (valid until the next call). Logits only until the next backward, which overwrites them.
 const float *gpt_cuda_logits_at(GPTCuda *model, int t);
