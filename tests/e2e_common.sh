@@ -2,6 +2,7 @@
 # config, and helpers to read log.jsonl. Sourced by tests/test_*.sh.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# The CPU end-to-end tests run it with --device cpu: on a machine with a GPU, --device auto would train there.
 train_gpt="$root/train_gpt"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT

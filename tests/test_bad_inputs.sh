@@ -10,7 +10,7 @@ expect_error() {
   local name=$1 pattern=$2; shift 2
   local before after status=0
   before=$(cd "$tmp" && find out -exec stat -c '%n %s %Y' {} + 2>/dev/null | sort || true)
-  "$train_gpt" "$@" --set output.dir="$tmp/out" >"$tmp/stdout" 2>"$tmp/stderr" || status=$?
+  "$train_gpt" --device cpu "$@" --set output.dir="$tmp/out" >"$tmp/stdout" 2>"$tmp/stderr" || status=$?
   after=$(cd "$tmp" && find out -exec stat -c '%n %s %Y' {} + 2>/dev/null | sort || true)
   [ "$status" != 0 ] || fail "$name: exit status 0"
   [ "$(wc -l < "$tmp/stderr")" = 1 ] || fail "$name: expected one line on stderr, got: $(cat "$tmp/stderr")"
@@ -46,7 +46,7 @@ expect_error "truncated shard" "truncated_000000.bin" --config "$tmp/tiny.json" 
 expect_error "missing model file" "no_such_model.bin" --config "$tmp/tiny.json" --set model.init_from="$tmp/no_such_model.bin"
 
 # A checkpoint with one flipped byte is refused on resume, and the run directory is left as it was.
-"$train_gpt" --config "$tmp/tiny.json" --set training.max_steps=4 --set training.warmup_steps=2 --set output.dir="$tmp/out" >/dev/null
+"$train_gpt" --device cpu --config "$tmp/tiny.json" --set training.max_steps=4 --set training.warmup_steps=2 --set output.dir="$tmp/out" >/dev/null
 ckpt="$tmp/out/checkpoints/step_00000004.ckpt"
 size=$(stat -c %s "$ckpt")
 offset=$((size / 2))

@@ -15,7 +15,7 @@ write_tiny_config
 "${mpi3[@]}" "$root/build/tests/test_collectives" >/dev/null || fail "collectives on 3 ranks"
 
 # 10 steps of batch 4 per rank, checkpoints at 5 and 10.
-run2() { "${mpi[@]}" "$train_gpt" --config "$tmp/tiny.json" --set training.batch_size=4 --set training.max_steps=10 \
+run2() { "${mpi[@]}" "$train_gpt" --device cpu --config "$tmp/tiny.json" --set training.batch_size=4 --set training.max_steps=10 \
   --set training.eval_every=5 --set training.checkpoint_every=5 "$@" >/dev/null; }
 # log.jsonl without the timings, which differ from run to run.
 steps() { python3 -c 'import json,sys
@@ -24,7 +24,7 @@ for l in open(sys.argv[1]):
 same_run() { cmp -s <(steps "$1") <(steps "$2") && cmp -s "$1/model.bin" "$2/model.bin"; }
 
 # 2 ranks x 4 rows = 1 rank x 8 rows: the same data, losses within 1e-6 (only the order of sums differs).
-"$train_gpt" --config "$tmp/tiny.json" --set training.batch_size=8 --set training.max_steps=10 --set training.eval_every=5 \
+"$train_gpt" --device cpu --config "$tmp/tiny.json" --set training.batch_size=8 --set training.max_steps=10 --set training.eval_every=5 \
   --set output.dir="$tmp/one" >/dev/null
 run2 --set output.dir="$tmp/two"
 python3 - "$tmp/one" "$tmp/two" <<'PY' || fail "2 ranks x B vs 1 rank x 2B"
@@ -52,7 +52,7 @@ for policy in fp32 mixed collage_plus dqt_int8; do
 done
 # 3 ranks (uneven shards; DQT's codes split apart from its 1-D parameters).
 for zero in 0 1; do
-  "${mpi3[@]}" "$train_gpt" --config "$tmp/tiny.json" --set training.batch_size=2 --set training.max_steps=10 \
+  "${mpi3[@]}" "$train_gpt" --device cpu --config "$tmp/tiny.json" --set training.batch_size=2 --set training.max_steps=10 \
     --set precision.policy=dqt_int8 --set training.zero=$zero --set metrics.every=3 --set output.dir="$tmp/three_$zero" >/dev/null
 done
 same_run "$tmp/three_0" "$tmp/three_1" || fail "3 ranks: ZeRO-1 differs from no sharding"
@@ -67,7 +67,7 @@ PY
 for run in fp32_0 mixed_1; do
   cp -r "$tmp/$run" "$tmp/${run}_resumed"
   rm "$tmp/${run}_resumed"/checkpoints/step_00000010* "$tmp/${run}_resumed/model.bin"
-  "${mpi[@]}" "$train_gpt" --resume "$tmp/${run}_resumed" >/dev/null
+  "${mpi[@]}" "$train_gpt" --device cpu --resume "$tmp/${run}_resumed" >/dev/null
   same_run "$tmp/$run" "$tmp/${run}_resumed" || fail "$run: resumed run differs"
   for f in "$tmp/$run"/checkpoints/step_00000010*; do
     cmp -s "$f" "$tmp/${run}_resumed/checkpoints/$(basename "$f")" || fail "$run: resumed $(basename "$f") differs"
@@ -75,12 +75,12 @@ for run in fp32_0 mixed_1; do
 done
 
 # A resume on another number of ranks is refused, naming both counts.
-if "$train_gpt" --resume "$tmp/fp32_0" >/dev/null 2>"$tmp/err"; then fail "a 2-rank checkpoint resumed on 1 rank"; fi
+if "$train_gpt" --device cpu --resume "$tmp/fp32_0" >/dev/null 2>"$tmp/err"; then fail "a 2-rank checkpoint resumed on 1 rank"; fi
 grep -q "written by a run on 2 rank(s).*this run has 1 rank(s)" "$tmp/err" || fail "unclear rank-count error: $(cat "$tmp/err")"
 
 # An error on one rank stops the job: rank 1's shard file is missing, rank 0 would wait for it forever.
 rm "$tmp/mixed_1_resumed"/checkpoints/step_00000010* "$tmp/mixed_1_resumed/checkpoints/step_00000005.rank1.ckpt"
-if timeout 60 "${mpi[@]}" "$train_gpt" --resume "$tmp/mixed_1_resumed" >/dev/null 2>"$tmp/err"; then
+if timeout 60 "${mpi[@]}" "$train_gpt" --device cpu --resume "$tmp/mixed_1_resumed" >/dev/null 2>"$tmp/err"; then
   fail "a job with a failing rank succeeded"
 fi
 [ "$?" != 124 ] || fail "a failing rank left the job hanging"
@@ -89,8 +89,8 @@ grep -q "error (rank 1 of 2): cannot open checkpoint" "$tmp/err" || fail "the er
 # Ranks with different settings are refused before training: rank 1 gets another learning rate.
 cat > "$tmp/other_lr.sh" <<SH
 #!/bin/bash
-[ "\$OMPI_COMM_WORLD_RANK" = 1 ] && exec "$train_gpt" --config "$tmp/tiny.json" --set training.lr=2e-3 --set output.dir="$tmp/other_lr"
-exec "$train_gpt" --config "$tmp/tiny.json" --set output.dir="$tmp/other_lr"
+[ "\$OMPI_COMM_WORLD_RANK" = 1 ] && exec "$train_gpt" --device cpu --config "$tmp/tiny.json" --set training.lr=2e-3 --set output.dir="$tmp/other_lr"
+exec "$train_gpt" --device cpu --config "$tmp/tiny.json" --set output.dir="$tmp/other_lr"
 SH
 chmod +x "$tmp/other_lr.sh"
 if timeout 60 "${mpi[@]}" "$tmp/other_lr.sh" >/dev/null 2>"$tmp/err"; then fail "ranks with different configs trained"; fi
@@ -98,7 +98,7 @@ grep -q "error (rank 1 of 2): rank 1's configuration differs from rank 0's" "$tm
   fail "unclear config-mismatch error: $(head -3 "$tmp/err")"
 
 # A rank killed mid-run (kill -9) ends the job, non-zero, within 60 s, naming the rank.
-"${mpi[@]}" "$train_gpt" --config "$tmp/tiny.json" --set training.batch_size=4 --set training.max_steps=100000 \
+"${mpi[@]}" "$train_gpt" --device cpu --config "$tmp/tiny.json" --set training.batch_size=4 --set training.max_steps=100000 \
   --set training.eval_every=0 --set output.dir="$tmp/killed" >"$tmp/killed.out" 2>&1 &
 job=$!
 for _ in $(seq 300); do
@@ -123,13 +123,13 @@ grep -q "rank 1 .*Killed" "$tmp/killed.out" || fail "no message names the killed
 echo "killed rank 1: the job ended in $(( $(date +%s) - killed_at )) s with status $status"
 
 # The dry run's memory plan: under ZeRO-1 each rank holds half of the optimizer state.
-state_mib() { "${mpi[@]}" "$train_gpt" --config "$tmp/tiny.json" --set precision.policy=mixed "$@" --dry-run |
+state_mib() { "${mpi[@]}" "$train_gpt" --device cpu --config "$tmp/tiny.json" --set precision.policy=mixed "$@" --dry-run |
   sed -n 's/.*optimizer state *\([0-9.]*\) MiB.*/\1/p'; }
 full=$(state_mib --set training.zero=0)
 sharded=$(state_mib --set training.zero=1)
 python3 -c "import sys; assert float(sys.argv[2]) < float(sys.argv[1]), sys.argv[1:]" "$full" "$sharded" ||
   fail "dry run: $sharded MiB under ZeRO-1 vs $full MiB without"
 # Only rank 0 prints.
-[ "$("${mpi[@]}" "$train_gpt" --config "$tmp/tiny.json" --dry-run | grep -c "memory plan")" = 1 ] ||
+[ "$("${mpi[@]}" "$train_gpt" --device cpu --config "$tmp/tiny.json" --dry-run | grep -c "memory plan")" = 1 ] ||
   fail "more than one rank printed the dry run"
 echo "ok"

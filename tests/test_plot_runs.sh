@@ -8,10 +8,10 @@ prepare_test_data
 write_tiny_config
 
 # Two fp32 runs (seeds 42 and 43) and a mixed one, with update-quality metrics every 5 steps.
-"$train_gpt" --config "$tmp/tiny.json" --set metrics.every=5 --set output.dir="$tmp/fp32_a" >/dev/null
-"$train_gpt" --config "$tmp/tiny.json" --set metrics.every=5 --set training.seed=43 \
+"$train_gpt" --device cpu --config "$tmp/tiny.json" --set metrics.every=5 --set output.dir="$tmp/fp32_a" >/dev/null
+"$train_gpt" --device cpu --config "$tmp/tiny.json" --set metrics.every=5 --set training.seed=43 \
   --set output.dir="$tmp/fp32_b" >/dev/null
-"$train_gpt" --config "$tmp/tiny.json" --set metrics.every=5 --set precision.policy=mixed \
+"$train_gpt" --device cpu --config "$tmp/tiny.json" --set metrics.every=5 --set precision.policy=mixed \
   --set output.dir="$tmp/mixed" >/dev/null
 # A run that died after step 12: its log stops there and it has no summary.json.
 cp -r "$tmp/fp32_a" "$tmp/died"

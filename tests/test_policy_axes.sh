@@ -6,7 +6,7 @@ write_tiny_config
 
 run() {  # run NAME ARGS...: 20 steps of the tiny config into $tmp/NAME
   local name=$1; shift
-  "$train_gpt" --config "$tmp/tiny.json" --set output.dir="$tmp/$name" "$@" >/dev/null
+  "$train_gpt" --device cpu --config "$tmp/tiny.json" --set output.dir="$tmp/$name" "$@" >/dev/null
 }
 same_losses() { cmp -s <(losses "$tmp/$1") <(losses "$tmp/$2") || fail "$1 and $2 give different losses"; }
 

@@ -7,7 +7,12 @@ source "$(dirname "$0")/e2e_common.sh"
 python3 -c 'import matplotlib' 2>/dev/null || fail "matplotlib is not installed (pip install -r requirements.txt)"
 prepare_test_data
 write_tiny_config
-sweep() { python3 "$root/scripts/sweep.py" --base "$tmp/tiny.json" "$@"; }
+# sweep.py runs train_gpt itself: through this wrapper, every run is on the CPU backend (--device cpu), also on a
+# machine with a GPU.
+cpu_train_gpt="$tmp/train_gpt_cpu"
+printf '#!/bin/sh\nexec "%s" --device cpu "$@"\n' "$train_gpt" > "$cpu_train_gpt"
+chmod +x "$cpu_train_gpt"
+sweep() { python3 "$root/scripts/sweep.py" --train-gpt "$cpu_train_gpt" --base "$tmp/tiny.json" "$@"; }
 
 # Dry run of a 2 x 2 x 2 grid: exactly its 8 points, one a line, and nothing written.
 sweep --out "$tmp/dry" --policies fp32 mixed --seeds 1 2 --lrs 1e-3 2e-3 --dry-run > "$tmp/dry.txt" ||
@@ -27,7 +32,7 @@ PY
 [ ! -e "$tmp/dry" ] || fail "the dry run wrote $tmp/dry"
 
 # The bit-width preset: 8 matmul formats x its learning rates x its seeds, toward-zero rounding.
-python3 "$root/scripts/sweep.py" --base "$root/configs/sweeps/bitwidth_base.json" \
+python3 "$root/scripts/sweep.py" --train-gpt "$cpu_train_gpt" --base "$root/configs/sweeps/bitwidth_base.json" \
   --grid "$root/configs/sweeps/bitwidth.json" --out "$tmp/bitwidth" --dry-run > "$tmp/bitwidth.txt" ||
   fail "bit-width dry run failed"
 python3 - "$tmp/bitwidth.txt" "$root/configs/sweeps/bitwidth.json" <<'PY' || fail "bit-width grid"
@@ -129,7 +134,7 @@ SH
 chmod +x "$tmp/bin/mpirun"
 PATH="$tmp/bin:$PATH" sweep --out "$tmp/mpi" --policies fp32 --seeds 1 --lrs 1e-3 --steps 5 --mpirun 2 \
   > "$tmp/mpi.txt" || fail "sweep --mpirun failed: $(cat "$tmp/mpi.txt")"
-[ "$(cat "$tmp/bin/mpirun_args.txt")" = "-np 2 $train_gpt --config $tmp/mpi/points/fp32_lr0.001_seed1/config.json" ] ||
+[ "$(cat "$tmp/bin/mpirun_args.txt")" = "-np 2 $cpu_train_gpt --config $tmp/mpi/points/fp32_lr0.001_seed1/config.json" ] ||
   fail "mpirun got: $(cat "$tmp/bin/mpirun_args.txt")"
 [ -s "$tmp/mpi/points/fp32_lr0.001_seed1/summary.json" ] || fail "the point run under mpirun did not finish"
 echo "ok"

@@ -5,7 +5,7 @@ write_tiny_config
 
 # 200 steps: the first loss is ln(vocab) within 2%; the validation loss ends below the corpus's unigram
 # entropy (what a model that ignores context can reach) by a fixed margin.
-"$train_gpt" --config "$tmp/tiny.json" --set training.max_steps=200 --set output.dir="$tmp/long" >/dev/null
+"$train_gpt" --device cpu --config "$tmp/tiny.json" --set training.max_steps=200 --set output.dir="$tmp/long" >/dev/null
 python3 - "$tmp/long/log.jsonl" "$tmp/data/val_000000.bin" <<'PY' || fail "init loss / learning"
 import collections, json, math, struct, sys
 log = [json.loads(l) for l in open(sys.argv[1])]
@@ -24,17 +24,17 @@ PY
 for f in config.json summary.json samples.txt model.bin; do [ -s "$tmp/long/$f" ] || fail "missing $f"; done
 
 # Same seed, same losses; another seed, other losses.
-"$train_gpt" --config "$tmp/tiny.json" --set output.dir="$tmp/a" >/dev/null
-"$train_gpt" --config "$tmp/tiny.json" --set output.dir="$tmp/b" >/dev/null
-"$train_gpt" --config "$tmp/tiny.json" --set output.dir="$tmp/c" --set training.seed=43 >/dev/null
+"$train_gpt" --device cpu --config "$tmp/tiny.json" --set output.dir="$tmp/a" >/dev/null
+"$train_gpt" --device cpu --config "$tmp/tiny.json" --set output.dir="$tmp/b" >/dev/null
+"$train_gpt" --device cpu --config "$tmp/tiny.json" --set output.dir="$tmp/c" --set training.seed=43 >/dev/null
 cmp -s <(losses "$tmp/a") <(losses "$tmp/b") || fail "two runs with the same seed differ"
 cmp -s <(losses "$tmp/a") <(losses "$tmp/c") && fail "a different seed gave the same losses"
 
 # Resume: 20 steps straight, or 10 steps + resume + 10 steps, give the same bits.
-"$train_gpt" --config "$tmp/tiny.json" --set training.checkpoint_every=10 --set output.dir="$tmp/straight" >/dev/null
+"$train_gpt" --device cpu --config "$tmp/tiny.json" --set training.checkpoint_every=10 --set output.dir="$tmp/straight" >/dev/null
 cp -r "$tmp/straight" "$tmp/resumed"
 rm "$tmp/resumed/checkpoints/step_00000020.ckpt" "$tmp/resumed/model.bin" "$tmp/resumed/summary.json"
-"$train_gpt" --resume "$tmp/resumed" >/dev/null
+"$train_gpt" --device cpu --resume "$tmp/resumed" >/dev/null
 cmp -s <(losses "$tmp/straight") <(losses "$tmp/resumed") || fail "resumed losses differ"
 [ "$(wc -l < "$tmp/resumed/log.jsonl")" = 20 ] || fail "resumed log does not have 20 steps"
 cmp -s "$tmp/straight/checkpoints/step_00000020.ckpt" "$tmp/resumed/checkpoints/step_00000020.ckpt" ||
@@ -42,7 +42,7 @@ cmp -s "$tmp/straight/checkpoints/step_00000020.ckpt" "$tmp/resumed/checkpoints/
 cmp -s "$tmp/straight/model.bin" "$tmp/resumed/model.bin" || fail "resumed final weights differ"
 
 # llm.c model file: start from the exported weights, train on; the shape comes from the file.
-"$train_gpt" --config "$tmp/tiny.json" --set model.init_from="$tmp/straight/model.bin" --set model.n_layer=1 \
+"$train_gpt" --device cpu --config "$tmp/tiny.json" --set model.init_from="$tmp/straight/model.bin" --set model.n_layer=1 \
   --set training.max_steps=5 --set output.dir="$tmp/imported" >/dev/null
 python3 - "$tmp/imported" "$tmp/straight" <<'PY' || fail "init_from"
 import json, sys
@@ -55,8 +55,8 @@ PY
 
 # output.export: bf16 writes an llm.c version 5 file holding the nearest bf16 of each fp32 weight (the same
 # run exported in fp32: run "a"); none writes no model file.
-"$train_gpt" --config "$tmp/tiny.json" --set output.export=bf16 --set output.dir="$tmp/a_bf16" >/dev/null
-"$train_gpt" --config "$tmp/tiny.json" --set output.export=none --set output.dir="$tmp/a_none" >/dev/null
+"$train_gpt" --device cpu --config "$tmp/tiny.json" --set output.export=bf16 --set output.dir="$tmp/a_bf16" >/dev/null
+"$train_gpt" --device cpu --config "$tmp/tiny.json" --set output.export=none --set output.dir="$tmp/a_none" >/dev/null
 [ -e "$tmp/a_none/model.bin" ] && fail "output.export=none wrote model.bin"
 python3 - "$tmp/a/model.bin" "$tmp/a_bf16/model.bin" <<'PY' || fail "bf16 export"
 import struct, sys
@@ -73,7 +73,7 @@ assert all(nearest_even(w) == h for w, h in zip(words, halves)), "bf16 export is
 PY
 
 # mixed: learns, and the weights it trains are bf16 values (low 16 bits of every fp32 zero).
-"$train_gpt" --config "$tmp/tiny.json" --set precision.policy=mixed --set training.max_steps=60 \
+"$train_gpt" --device cpu --config "$tmp/tiny.json" --set precision.policy=mixed --set training.max_steps=60 \
   --set output.dir="$tmp/mixed" >/dev/null
 python3 - "$tmp/mixed" <<'PY' || fail "mixed"
 import json, struct, sys
@@ -88,7 +88,7 @@ PY
 cmp -s <(losses "$tmp/a") <(losses "$tmp/mixed" | head -20) && fail "mixed gave the fp32 losses"
 # Logit sharpness: logged on eval steps only, positive for eps > 0, and growing with eps.
 for eps in 0.01 0.05; do
-  "$train_gpt" --config "$tmp/tiny.json" --set metrics.sharpness=$eps --set output.dir="$tmp/sharp_$eps" >/dev/null
+  "$train_gpt" --device cpu --config "$tmp/tiny.json" --set metrics.sharpness=$eps --set output.dir="$tmp/sharp_$eps" >/dev/null
 done
 python3 - "$tmp/sharp_0.01/log.jsonl" "$tmp/sharp_0.05/log.jsonl" "$tmp/a/log.jsonl" <<'PY' || fail "sharpness"
 import json, sys

@@ -9,7 +9,7 @@ write_tiny_config
 # slowest, dqt_ternary, drops by about 0.8; the others by about 1.4.
 presets="fp32 mixed mixed_nomaster bf16 collage_light collage_plus kahan sr fp8_sim dqt_int8 dqt_ternary"
 for p in $presets; do
-  "$train_gpt" --config "$tmp/tiny.json" --set precision.policy=$p --set training.max_steps=30 \
+  "$train_gpt" --device cpu --config "$tmp/tiny.json" --set precision.policy=$p --set training.max_steps=30 \
     --set output.dir="$tmp/learn_$p" >/dev/null || fail "$p: train_gpt failed"
   python3 - "$tmp/learn_$p/log.jsonl" <<'PY' || fail "$p does not learn"
 import json, sys
@@ -27,7 +27,7 @@ done
 # edq_rel within 2e-4 of 1 at every step. SR is exact only on average: single steps scatter by about
 # +-0.015 around 1, so its criterion is the mean over the four metric steps, like the others'.
 for p in bf16 collage_light collage_plus kahan sr; do
-  "$train_gpt" --config "$tmp/tiny.json" --set precision.policy=$p --set training.max_steps=60 \
+  "$train_gpt" --device cpu --config "$tmp/tiny.json" --set precision.policy=$p --set training.max_steps=60 \
     --set training.lr=1e-5 --set training.min_lr=1e-5 --set training.schedule=constant \
     --set training.warmup_steps=0 --set training.eval_every=0 --set metrics.every=10 \
     --set output.dir="$tmp/quality_$p" >/dev/null || fail "$p: train_gpt failed"
@@ -63,11 +63,11 @@ PY
 # Resume: 20 steps straight, or 10 + resume + 10, give the same losses, metrics, checkpoint and weights,
 # for a compensated (collage_plus), a stochastic (sr) and a DQT (dqt_ternary) policy.
 for p in collage_plus sr dqt_ternary; do
-  "$train_gpt" --config "$tmp/tiny.json" --set precision.policy=$p --set training.checkpoint_every=10 \
+  "$train_gpt" --device cpu --config "$tmp/tiny.json" --set precision.policy=$p --set training.checkpoint_every=10 \
     --set metrics.every=5 --set output.dir="$tmp/straight_$p" >/dev/null || fail "$p: train_gpt failed"
   cp -r "$tmp/straight_$p" "$tmp/resumed_$p"
   rm "$tmp/resumed_$p/checkpoints/step_00000020.ckpt" "$tmp/resumed_$p/model.bin" "$tmp/resumed_$p/summary.json"
-  "$train_gpt" --resume "$tmp/resumed_$p" >/dev/null || fail "$p: resume failed"
+  "$train_gpt" --device cpu --resume "$tmp/resumed_$p" >/dev/null || fail "$p: resume failed"
   python3 - "$tmp/straight_$p/log.jsonl" "$tmp/resumed_$p/log.jsonl" <<'PY' || fail "$p: resumed log differs"
 import json, sys
 def fields(path):  # everything but the timings
