@@ -34,11 +34,13 @@ NVCCFLAGS += -std=c++17 $(CUDA_ARCH) -fmad=false -Xcompiler -fopenmp,-ffp-contra
 CUDA_LDLIBS := -lcublasLt -lcublas -lcudart $(filter -L% -l%,$(LDLIBS)) -lgomp
 
 HAVE_CUBLASLT := $(if $(wildcard $(CUDA_HOME)/include/cublasLt.h),yes,no)
-HAVE_NCCL := $(if $(wildcard $(CUDA_HOME)/include/nccl.h /usr/include/nccl.h),yes,no)
-# NCCL carries data-parallel GPU training; without it the CUDA backend runs one rank.
+# NCCL carries data-parallel GPU training; without it the CUDA backend runs one rank. From the CUDA toolkit,
+# the system, or NCCL_HOME (include/nccl.h and lib/libnccl.so, e.g. links into PyTorch's pip package).
+NCCL_HOME ?=
+HAVE_NCCL := $(if $(wildcard $(CUDA_HOME)/include/nccl.h /usr/include/nccl.h $(if $(NCCL_HOME),$(NCCL_HOME)/include/nccl.h)),yes,no)
 ifeq ($(HAVE_NCCL),yes)
-NVCCFLAGS += -DLP_WITH_NCCL
-CUDA_LDLIBS += -lnccl
+NVCCFLAGS += -DLP_WITH_NCCL $(if $(NCCL_HOME),-I$(NCCL_HOME)/include)
+CUDA_LDLIBS += $(if $(NCCL_HOME),-L$(NCCL_HOME)/lib) -lnccl
 endif
 HAVE_CJSON := $(if $(wildcard $(CJSON_PREFIX)/usr/include/cjson/cJSON.h),yes,no)
 HAVE_OPENMP := $(if $(shell echo 'int main(void){return 0;}' | $(CC) -fopenmp -x c - -o /dev/null 2>/dev/null && echo y),yes,no)
