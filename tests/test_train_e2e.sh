@@ -41,6 +41,13 @@ cmp -s "$tmp/straight/checkpoints/step_00000020.ckpt" "$tmp/resumed/checkpoints/
   fail "resumed final checkpoint differs"
 cmp -s "$tmp/straight/model.bin" "$tmp/resumed/model.bin" || fail "resumed final weights differ"
 
+# output.final_checkpoint=0: only the checkpoint_every ones (steps 7 and 14 of 20), and the same training.
+"$train_gpt" --device cpu --config "$tmp/tiny.json" --set training.checkpoint_every=7 --set output.final_checkpoint=0 \
+  --set output.dir="$tmp/no_final" >/dev/null
+[ "$(cd "$tmp/no_final/checkpoints" && echo *)" = "step_00000007.ckpt step_00000014.ckpt" ] ||
+  fail "final_checkpoint=0 left $(cd "$tmp/no_final/checkpoints" && echo *), not the checkpoints of steps 7 and 14"
+cmp -s <(losses "$tmp/straight") <(losses "$tmp/no_final") || fail "final_checkpoint=0 changed the losses"
+
 # llm.c model file: start from the exported weights, train on; the shape comes from the file.
 "$train_gpt" --device cpu --config "$tmp/tiny.json" --set model.init_from="$tmp/straight/model.bin" --set model.n_layer=1 \
   --set training.max_steps=5 --set output.dir="$tmp/imported" >/dev/null
