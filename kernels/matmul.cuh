@@ -112,13 +112,16 @@ static void matmul_gpu(MatmulContext *ctx, const MatmulProblem *p, cudaStream_t 
                                                       &align_result, sizeof align_result));
     cublasLtMatmulHeuristicResult_t heuristic;
     int found = 0;
-    if (p->bias) {
-        // The heuristic reads the bias pointer for its alignment; the bias is fp32, as D.
+    // The epilogue only for a 16-byte aligned bias (the fp32 type of D): the preferences have no alignment
+    // for it, and some algorithms assume 16 bytes. A configuration no algorithm takes may be answered "not
+    // supported" rather than with none found: either way the product runs without the epilogue.
+    if (p->bias && (uintptr_t)p->bias % 16 == 0) {
         cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_BIAS;
         CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof epilogue));
         CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &p->bias, sizeof p->bias));
-        CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(ctx->handle, desc, first, second, result, result, preference, 1,
-                                                    &heuristic, &found));
+        cublasStatus_t status = cublasLtMatmulAlgoGetHeuristic(ctx->handle, desc, first, second, result, result,
+                                                               preference, 1, &heuristic, &found);
+        if (status != CUBLAS_STATUS_SUCCESS) found = 0;
     }
     int bias_in_epilogue = found > 0;
     if (p->bias && !bias_in_epilogue) {

@@ -1421,12 +1421,17 @@ static void check_matmul_linear(MatmulContext *ctx, OperandType type, int Nr, in
     void *d_dout = operand_to_device(dout, type);
     float *d_out = to_device(out_init), *d_dinp = to_device(dinp), *d_dweight = to_device(dweight);
     float *d_bias = to_device(bias), *d_biased = to_device(random_floats((size_t)Nr * OC, -1, 1));
+    // The bias one float into an allocation: 4-byte aligned, so the product takes the separate bias add.
+    Floats shifted(1, NAN);
+    shifted.insert(shifted.end(), bias.begin(), bias.end());
+    float *d_shifted = to_device(shifted), *d_biased_shifted = to_device(random_floats((size_t)Nr * OC, -1, 1));
 
     Floats out((size_t)Nr * OC);
     matmul_forward(out.data(), inp.data(), weight.data(), bias.data(), Nr, Cc, OC);
     matmul_backward(dinp.data(), dweight.data(), NULL, dout.data(), inp.data(), weight.data(), Nr, Cc, OC);
     linear_product(ctx, type, 0, 1, Nr, OC, Cc, d_inp, d_weight, d_out, 1.0f, NULL);
     linear_product(ctx, type, 0, 1, Nr, OC, Cc, d_inp, d_weight, d_biased, 0.0f, d_bias);
+    linear_product(ctx, type, 0, 1, Nr, OC, Cc, d_inp, d_weight, d_biased_shifted, 0.0f, d_shifted + 1);
     linear_product(ctx, type, 0, 0, Nr, Cc, OC, d_dout, d_weight, d_dinp, 1.0f, NULL);
     linear_product(ctx, type, 1, 0, OC, Cc, Nr, d_dout, d_inp, d_dweight, 1.0f, NULL);
     char name[128];
@@ -1435,6 +1440,8 @@ static void check_matmul_linear(MatmulContext *ctx, OperandType type, int Nr, in
     check_close_scaled(name, to_host(d_out, out.size()), out, out_scale, 1e-5);
     snprintf(name, sizeof name, "matmul %s linear forward, bias epilogue vs CPU", t);
     check_close_scaled(name, to_host(d_biased, out.size()), out, out_scale, 1e-5);
+    snprintf(name, sizeof name, "matmul %s linear forward, 4-byte aligned bias (separate add) vs CPU", t);
+    check_close_scaled(name, to_host(d_biased_shifted, out.size()), out, out_scale, 1e-5);
     snprintf(name, sizeof name, "matmul %s linear dinp vs CPU", t);
     check_close_scaled(name, to_host(d_dinp, dinp.size()), dinp, dinp_scale, 1e-5);
     snprintf(name, sizeof name, "matmul %s linear dweight vs CPU", t);
@@ -1447,6 +1454,8 @@ static void check_matmul_linear(MatmulContext *ctx, OperandType type, int Nr, in
     cudaFree(d_dweight);
     cudaFree(d_bias);
     cudaFree(d_biased);
+    cudaFree(d_shifted);
+    cudaFree(d_biased_shifted);
 }
 
 static void test_matmul(void) {
