@@ -37,11 +37,14 @@ typedef struct {
     const float *(*probs)(Backend *backend, int t);
     const float *(*logits)(Backend *backend, int t);
     void (*zero_grad)(Backend *backend);
-    // Accumulates the gradient of loss_scale * (last forward's mean loss).
-    void (*backward)(Backend *backend, float loss_scale);
+    // Accumulates the gradient of loss_scale * (last forward's mean loss). last: the step's last micro-step,
+    // after which reduce_gradients follows; a backend may start summing each gradient over the ranks as soon
+    // as it is final, overlapped with the rest of the backward (the CUDA backend does, over NCCL).
+    void (*backward)(Backend *backend, float loss_scale, int last);
     // Data parallelism (distributed.h): sums the accumulated gradients over the ranks, in rank order, into
-    // the policy's gradient storage (bf16 gradients: summed in fp32, then rounded once to bf16). Under
-    // ZeRO-1 only this rank's shard is summed, the part its optimizer step reads. Nothing in a world of one.
+    // the policy's gradient storage (bf16 gradients: summed in fp32, then rounded once to bf16), or finishes
+    // the sums the last backward started. Under ZeRO-1 only this rank's shard is summed, the part its
+    // optimizer step reads. Nothing in a world of one.
     void (*reduce_gradients)(Backend *backend);
     // ZeRO-1: from now on this rank holds and steps only its shard of the optimizer state (a range of whole
     // chunks of layer slices), and each optimizer_step ends by gathering every rank's stored weights.

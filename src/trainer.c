@@ -425,7 +425,7 @@ static StepRecord train_step(Trainer *tr) {
     for (int micro = 0; micro < tr->accum_steps; micro++) {
         dataloader_next(tr->train_data, tr->inputs, tr->targets);
         loss_sum += tr->ops->forward(tr->backend, tr->inputs, tr->targets, tr->B, tr->T);
-        tr->ops->backward(tr->backend, loss_scale);
+        tr->ops->backward(tr->backend, loss_scale, micro == tr->accum_steps - 1);
     }
     tr->ops->reduce_gradients(tr->backend);
     dist_all_reduce_sum_doubles(&loss_sum, 1);

@@ -104,7 +104,7 @@ static void train(Backend *backend, int first, int count, float *losses, int met
         for (int micro = 0; micro < MICRO_STEPS; micro++) {
             make_batch(step, micro, inputs, targets);
             loss += cpu_backend.forward(backend, inputs, targets, B, T);
-            cpu_backend.backward(backend, 1.0f / MICRO_STEPS);
+            cpu_backend.backward(backend, 1.0f / MICRO_STEPS, micro == MICRO_STEPS - 1);
         }
         losses[step] = (float)(loss / MICRO_STEPS);
         AdamWStep hp = step_hyperparameters(step, cpu_backend.grad_norm(backend), 3e-3f, 0.95f);
@@ -389,7 +389,7 @@ static void test_second_moment_at_beta2_0999(void) {
         for (int p = 0; p < 3; p++) {
             cpu_backend.zero_grad(backends[p]);
             cpu_backend.forward(backends[p], inputs, targets, B, T);
-            cpu_backend.backward(backends[p], 1.0f);
+            cpu_backend.backward(backends[p], 1.0f, 1);
             AdamWStep hp = step_hyperparameters(step, cpu_backend.grad_norm(backends[p]), 1e-5f, 0.999f);
             cpu_backend.optimizer_step(backends[p], &hp, NULL);
         }

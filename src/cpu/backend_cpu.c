@@ -209,7 +209,9 @@ static void cpu_zero_grad(Backend *b) {
 
 // bf16 gradients: the micro-step's gradient goes into the fp32 scratch, and the stored gradient becomes
 // bf16(grad + scratch), so accumulation over micro-steps rounds to bf16 after each one.
-static void cpu_backward(Backend *b, float loss_scale) {
+// The CPU sums over the ranks in reduce_gradients (MPI collectives on the cores the backward uses: no
+// overlap to gain), so `last` changes nothing here.
+static void cpu_backward(Backend *b, float loss_scale, int last) {
     if (!b->grads_bf16) {
         gpt_cpu_backward(b->model, b->params, b->grads, loss_scale);
         return;

@@ -86,6 +86,14 @@ struct Backend {
     char device_name[256];
 #ifdef LP_WITH_NCCL
     ncclComm_t comm;  // NULL when not launched by mpirun
+    // The sums over the ranks of the step's last backward, each tensor slice's as soon as it is final,
+    // run on comm_stream, overlapped with the rest of the backward; bf16 gradients are widened into
+    // comm_window (the largest slice but wte's) a window at a time.
+    cudaStream_t comm_stream;
+    cudaEvent_t slice_done, reduction_done;
+    float *comm_window;
+    size_t comm_window_floats;
+    int reduction_started;  // the last backward queued its sums: reduce_gradients only waits for them
 #endif
 };
 
@@ -130,11 +138,34 @@ static void init_nccl(Backend *b) {
     if (b->rank == 0) NCCL_CHECK(ncclGetUniqueId(&id));
     dist_broadcast(&id, sizeof id, 0);
     NCCL_CHECK(ncclCommInitRank(&b->comm, b->world, id, b->rank));
+    CUDA_CHECK(cudaStreamCreate(&b->comm_stream));
+    CUDA_CHECK(cudaEventCreateWithFlags(&b->slice_done, cudaEventDisableTiming));
+    CUDA_CHECK(cudaEventCreateWithFlags(&b->reduction_done, cudaEventDisableTiming));
+}
+
+// bf16 gradients: the window the overlapped sums widen into, as large as the model's own scratch.
+static void alloc_comm_window(Backend *b) {
+    if (!b->comm || !b->buffers.grads_bf16) return;
+    gpt_cuda_gradient_window(b->model, &b->comm_window_floats);
+    b->comm_window = (float *)cuda_malloc_checked(b->comm_window_floats * sizeof(float), "the NCCL gradient window");
+}
+
+static void free_nccl(Backend *b) {
+    if (!b->comm) return;
+    if (b->comm_window) CUDA_CHECK(cudaFree(b->comm_window));
+    CUDA_CHECK(cudaEventDestroy(b->slice_done));
+    CUDA_CHECK(cudaEventDestroy(b->reduction_done));
+    CUDA_CHECK(cudaStreamDestroy(b->comm_stream));
+    NCCL_CHECK(ncclCommDestroy(b->comm));
 }
 #else
 static void init_nccl(Backend *b) {
     if (b->world > 1) fatal("this build has no NCCL (nccl.h was not found): data-parallel GPU training needs it");
 }
+
+static void alloc_comm_window(Backend *b) {}
+
+static void free_nccl(Backend *b) {}
 #endif
 
 // ----------------------------------------------------------------------------------------------------
@@ -290,6 +321,7 @@ static Backend *cuda_create(const ParamTable *table, const Policy *policy, int B
     init_weights(b, init);
     decode_weights(b);
     b->model = gpt_cuda_create(table, policy, B, T, policy->allow_tf32, b->stream);
+    alloc_comm_window(b);
     measure_memory(b);
     return b;
 }
@@ -306,9 +338,7 @@ static void cuda_destroy(Backend *b) {
     free(b->host_chunk_norms);
     for (int i = 0; i < 12; i++) free(b->staging[i]);
     param_layout_free(&b->layout);
-#ifdef LP_WITH_NCCL
-    if (b->comm) NCCL_CHECK(ncclCommDestroy(b->comm));
-#endif
+    free_nccl(b);
     CUDA_CHECK(cudaStreamDestroy(b->stream));
     free(b);
 }
@@ -338,21 +368,13 @@ static void cuda_zero_grad(Backend *b) {
     else CUDA_CHECK(cudaMemsetAsync(b->grads, 0, n * sizeof(float), b->stream));
 }
 
-// The micro-step's gradient added into the fp32 gradients, or, under bf16 gradients, each tensor slice's
-// rounded into its storage once: bf16(stored + gradient), as on the CPU.
-static void cuda_backward(Backend *b, float loss_scale) {
-    GPTWeights w = gpt_weights(b);
-    GradientTarget target = {b->grads, (bf16 *)b->buffers.grads_bf16};
-    gpt_cuda_backward(b->model, &w, &target, loss_scale);
-}
-
 #ifdef LP_WITH_NCCL
 // Sums over the ranks the fp32 gradients of parameters [start, end), held at data (data[0] is parameter
-// start): every rank gets the sum, or under ZeRO-1 each rank's range is summed into its owner only, which
-// alone steps it.
-static void sum_over_ranks(Backend *b, float *data, size_t start, size_t end) {
+// start), on `stream`: every rank gets the sum, or under ZeRO-1 each rank's range is summed into its owner
+// only, which alone steps it. Every rank issues the same calls.
+static void sum_over_ranks(Backend *b, float *data, size_t start, size_t end, cudaStream_t stream) {
     if (!b->zero) {
-        NCCL_CHECK(ncclAllReduce(data, data, end - start, ncclFloat, ncclSum, b->comm, b->stream));
+        NCCL_CHECK(ncclAllReduce(data, data, end - start, ncclFloat, ncclSum, b->comm, stream));
         return;
     }
     const size_t *bounds = b->layout.param_bounds;
@@ -360,34 +382,71 @@ static void sum_over_ranks(Backend *b, float *data, size_t start, size_t end) {
     for (int r = 0; r < b->world; r++) {
         size_t first = bounds[r] > start ? bounds[r] : start, last = bounds[r + 1] < end ? bounds[r + 1] : end;
         float *range = data + (first - start);
-        if (first < last) NCCL_CHECK(ncclReduce(range, range, last - first, ncclFloat, ncclSum, r, b->comm, b->stream));
+        if (first < last) NCCL_CHECK(ncclReduce(range, range, last - first, ncclFloat, ncclSum, r, b->comm, stream));
     }
     NCCL_CHECK(ncclGroupEnd());
 }
+
+// The sums over the ranks of the gradients of parameters [start, end) on `stream`: fp32 gradients in place;
+// bf16 gradients widened into `window` (window_floats) a window at a time, summed in fp32 and rounded once
+// (only this rank's range under ZeRO-1: the rest is not summed here).
+static void reduce_range(Backend *b, size_t start, size_t end, float *window, size_t window_floats,
+                         cudaStream_t stream) {
+    bf16 *grads_bf16 = (bf16 *)b->buffers.grads_bf16;
+    if (!grads_bf16) {
+        sum_over_ranks(b, b->grads + start, start, end, stream);
+        return;
+    }
+    size_t own_first = b->zero ? b->layout.param_bounds[b->rank] : 0;
+    size_t own_end = b->zero ? b->layout.param_bounds[b->rank + 1] : b->table.num_params;
+    for (size_t at = start; at < end; at += window_floats) {
+        size_t stop = at + window_floats < end ? at + window_floats : end;
+        bf16_to_f32_gpu(window, grads_bf16 + at, stop - at, stream);
+        sum_over_ranks(b, window, at, stop, stream);
+        size_t first = own_first > at ? own_first : at, last = own_end < stop ? own_end : stop;
+        if (first < last) f32_to_bf16_gpu(grads_bf16 + first, window + (first - at), last - first, stream);
+    }
+}
+
+// A slice's gradient is final on the compute stream: its sum over the ranks follows on comm_stream.
+static void reduce_when_ready(void *context, size_t offset, size_t n) {
+    Backend *b = (Backend *)context;
+    CUDA_CHECK(cudaEventRecord(b->slice_done, b->stream));
+    CUDA_CHECK(cudaStreamWaitEvent(b->comm_stream, b->slice_done, 0));
+    reduce_range(b, offset, offset + n, b->comm_window, b->comm_window_floats, b->comm_stream);
+}
 #endif
 
-// bf16 gradients are summed in fp32 and rounded once, a window at a time through the model's fp32
-// gradient scratch (only this rank's range under ZeRO-1: the rest is not summed here).
+// The micro-step's gradient added into the fp32 gradients, or, under bf16 gradients, each tensor slice's
+// rounded into its storage once: bf16(stored + gradient), as on the CPU. In the step's last backward under
+// NCCL, each slice's sum over the ranks starts as soon as the slice is final.
+static void cuda_backward(Backend *b, float loss_scale, int last) {
+    GPTWeights w = gpt_weights(b);
+    GradientTarget target = {b->grads, (bf16 *)b->buffers.grads_bf16, NULL, NULL};
+#ifdef LP_WITH_NCCL
+    if (last && b->comm) {
+        target.ready = reduce_when_ready;
+        target.context = b;
+        b->reduction_started = 1;
+    }
+#endif
+    gpt_cuda_backward(b->model, &w, &target, loss_scale);
+}
+
+// After the last backward: the compute stream waits for the sums it started. Otherwise (a caller that did
+// not mark its last backward) the whole reduction, on the compute stream through the model's scratch.
 static void cuda_reduce_gradients(Backend *b) {
 #ifdef LP_WITH_NCCL
     if (!b->comm) return;
-    size_t n = b->table.num_params;
-    bf16 *grads_bf16 = (bf16 *)b->buffers.grads_bf16;
-    if (!grads_bf16) {
-        sum_over_ranks(b, b->grads, 0, n);
+    if (b->reduction_started) {
+        CUDA_CHECK(cudaEventRecord(b->reduction_done, b->comm_stream));
+        CUDA_CHECK(cudaStreamWaitEvent(b->stream, b->reduction_done, 0));
+        b->reduction_started = 0;
         return;
     }
     size_t window;
-    float *sums = gpt_cuda_gradient_window(b->model, &window);
-    size_t own_first = b->zero ? b->layout.param_bounds[b->rank] : 0;
-    size_t own_end = b->zero ? b->layout.param_bounds[b->rank + 1] : n;
-    for (size_t start = 0; start < n; start += window) {
-        size_t end = start + window < n ? start + window : n;
-        bf16_to_f32_gpu(sums, grads_bf16 + start, end - start, b->stream);
-        sum_over_ranks(b, sums, start, end);
-        size_t first = own_first > start ? own_first : start, last = own_end < end ? own_end : end;
-        if (first < last) f32_to_bf16_gpu(grads_bf16 + first, sums + (first - start), last - first, b->stream);
-    }
+    float *scratch = gpt_cuda_gradient_window(b->model, &window);
+    reduce_range(b, 0, b->table.num_params, scratch, window, b->stream);
 #endif
 }
 

@@ -441,10 +441,11 @@ static float *gradient_begin(GPTCuda *model, const GradientTarget *g, float *scr
     return scratch;
 }
 
-// Under bf16 gradients, the slice's gradient of this micro-step rounded into its storage, once:
-// bf16(stored + gradient), the CPU backend's rule.
+// The slice's gradient of this micro-step is final: under bf16 gradients rounded into its storage, once,
+// bf16(stored + gradient), the CPU backend's rule; then the target hears of it.
 static void gradient_end(GPTCuda *model, const GradientTarget *g, const float *scratch, size_t offset, size_t n) {
     if (g->bf16) accumulate_bf16_gpu(g->bf16 + offset, scratch, n, model->stream);
+    if (g->ready) g->ready(g->context, offset, n);
 }
 
 // layernorm_backward_gpu with the weight and bias gradients (C each, at weight and bias) through the

@@ -40,6 +40,11 @@ float gpt_cuda_forward(GPTCuda *model, const GPTWeights *weights, const int *inp
 typedef struct {
     float *fp32;
     bf16 *bf16;
+    // Called, when not NULL, with each tensor slice [offset, offset + n) of the parameters as soon as its
+    // gradient of the micro-step is final (rounded, under bf16): once per slice, in an order that covers
+    // every parameter. Its work queued on the model's stream after that point sees the final gradient.
+    void (*ready)(void *context, size_t offset, size_t n);
+    void *context;
 } GradientTarget;
 
 // ADDS the gradient of loss_scale * (the last forward's mean loss) into the target.

@@ -429,7 +429,7 @@ static float run_passes(const BackendOps *ops, Backend *backend, const int *inpu
                         float *norm) {
     ops->zero_grad(backend);
     float loss = ops->forward(backend, inputs, targets, B, T);
-    ops->backward(backend, 1.0f);
+    ops->backward(backend, 1.0f, 1);
     *norm = ops->grad_norm(backend);
     ops->read_grads(backend, grads);
     return loss;
