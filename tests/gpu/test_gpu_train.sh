@@ -3,7 +3,8 @@
 #   b. determinism: a second GPU run gives the same bits (losses, model.bin, checkpoints);
 #   c. resume on the GPU: 10 steps + resume to 20 = 20 steps straight, bit for bit;
 #   d. cross-backend resume: a CPU checkpoint resumed on the GPU and a GPU checkpoint resumed on the CPU;
-# then e. one rank under mpirun (the NCCL path), plain and with ZeRO-1, against the plain GPU run, bit for bit,
+# then e. one rank under mpirun (the NCCL path), plain and with ZeRO-1, and with two micro-steps per step
+# (the sums overlap the last one), against the plain GPU run, bit for bit,
 # and f. a clear error without a visible GPU.
 # Every run is configs/tiny_cpu.json (4 layers, 128 channels, 8 x 128 tokens) for 20 steps with a checkpoint
 # every 10 steps, no evaluation and no samples. The CPU runs go in the background, in parallel, while the GPU
@@ -180,6 +181,9 @@ for p in $presets; do
 done
 
 # ---- e. one rank under mpirun: the NCCL path (and ZeRO-1's reduce + broadcast) against the plain GPU run ----
+# Also with two micro-steps per step (tokens_per_step 2048 = 2 x 8 x 128): the sums overlap the last one.
+accumulate=(--set training.tokens_per_step=2048)
+fg_run run gpu_accum_collage_plus cuda --set precision.policy=collage_plus "${accumulate[@]}"
 mpi_presets="mixed collage_plus"
 have_mpirun=0
 mpirun_path=$(command -v mpirun 2>/dev/null)
@@ -205,6 +209,17 @@ if [ -f "$mpirun_path" ] && [ -x "$mpirun_path" ]; then
       fi
     done
   done
+  name=mpi_accum_collage_plus
+  rm -rf "$tmp/$name" "$tmp/$name.why"
+  gpu_runs=$((gpu_runs + 1))
+  if timeout "$run_timeout" "${mpi[@]}" "$train_gpt" "${base[@]}" --device cuda --set precision.policy=collage_plus \
+       "${accumulate[@]}" --set output.dir="$tmp/$name" >"$tmp/$name.out" 2>&1; then
+    checked_run "$name" cuda 2>"$tmp/$name.why"
+    echo $? >"$tmp/$name.rc"
+  else
+    echo "mpirun exit status $?: $(tail -n 3 "$tmp/$name.out" | tr '\n' ' ')" >"$tmp/$name.why"
+    echo 1 >"$tmp/$name.rc"
+  fi
 fi
 
 # ---- f. --device cuda with no visible GPU: a non-zero exit that says so ----
@@ -295,6 +310,16 @@ if ((have_mpirun)); then
       fi
     done
   done
+  label="e. collage_plus: mpirun -np 1 --device cuda, 2 micro-steps per step"
+  if ! ok_run mpi_accum_collage_plus || ! ok_run gpu_accum_collage_plus; then
+    bad "$label: a run failed (mpirun: $(ok_run mpi_accum_collage_plus && echo ok || why mpi_accum_collage_plus); plain: $(
+      ok_run gpu_accum_collage_plus && echo ok || why gpu_accum_collage_plus))"
+  elif diff=$(close gpu_accum_collage_plus mpi_accum_collage_plus 0 2>&1) &&
+       same_file gpu_accum_collage_plus mpi_accum_collage_plus model.bin; then
+    pass "$label: bit-identical to the plain GPU run with the same accumulation (losses 1-20, model.bin)"
+  else
+    bad "$label: differs from the plain GPU run ($diff; $(file_word gpu_accum_collage_plus mpi_accum_collage_plus model.bin))"
+  fi
 else
   bad "e. mpirun not found, so the NCCL path was not tested. On a bare GPU machine carry Open MPI: run
      scripts/gpu_verify.sh --fetch where there is network (it downloads Open MPI's .deb files into .deps/),
@@ -309,7 +334,7 @@ else
   bad "f. --device cuda without a visible GPU: non-zero exit, but no message about a missing GPU: $(tail -n 1 "$tmp/nogpu.out")"
 fi
 
-expected=$(( 5 * $(wc -w <<<"$presets") + ( have_mpirun ? 2 * $(wc -w <<<"$mpi_presets") : 1 ) + 1 ))
+expected=$(( 5 * $(wc -w <<<"$presets") + ( have_mpirun ? 2 * $(wc -w <<<"$mpi_presets") + 1 : 1 ) + 1 ))
 echo "$gpu_runs GPU runs and $cpu_runs CPU runs in ${run_seconds} s (the first $((3 * $(wc -w <<<"$presets"))) GPU runs took ${gpu_seconds} s); $checks checks"
 if ((checks != expected)); then
   echo "FAIL $checks checks reported, $expected expected"
