@@ -65,63 +65,76 @@ static void attention_split_qkv_bf16_gpu(__nv_bfloat16 *q, __nv_bfloat16 *k, __n
 }
 
 // One warp per row (b, h, t): s = score * scale over t2 <= t, att = expf(s - max) * (1 / sum), 0 above the
-// diagonal. Each element is read and written by the same lane, after the row's reductions, so att may be
-// scores.
-static __global__ void attention_softmax_forward_kernel(float *att, const float *scores, int rows, int T, float scale) {
+// diagonal, and, with att_bf16, its bf16 copy in the same pass (the next product's operand). Each element is
+// read and written by the same lane, after the row's reductions, so att may be scores.
+static __global__ void attention_softmax_forward_kernel(float *att, __nv_bfloat16 *att_bf16, const float *scores,
+                                                        int rows, int T, float scale) {
     int row = blockIdx.x * (blockDim.x / WARP_SIZE) + threadIdx.x / WARP_SIZE;
     int lane = threadIdx.x % WARP_SIZE;
     if (row >= rows) return;  // the whole warp leaves together
     int t = row % T;
     const float *s = scores + (size_t)row * T;  // (T)
     float *a = att + (size_t)row * T;           // (T)
+    __nv_bfloat16 *a_bf16 = att_bf16 ? att_bf16 + (size_t)row * T : NULL;  // (T)
     float max_score = -INFINITY;
     for (int t2 = lane; t2 <= t; t2 += WARP_SIZE) max_score = fmaxf(max_score, s[t2] * scale);
     max_score = warp_max(max_score);
     float sum = 0.0f;
     for (int t2 = lane; t2 <= t; t2 += WARP_SIZE) sum += expf(s[t2] * scale - max_score);
     float inv_sum = 1.0f / warp_sum(sum);
-    for (int t2 = lane; t2 < T; t2 += WARP_SIZE) a[t2] = t2 <= t ? expf(s[t2] * scale - max_score) * inv_sum : 0.0f;
+    for (int t2 = lane; t2 < T; t2 += WARP_SIZE) {
+        float p = t2 <= t ? expf(s[t2] * scale - max_score) * inv_sum : 0.0f;
+        a[t2] = p;
+        if (a_bf16) a_bf16[t2] = bf16_device_from_f32(p);
+    }
 }
 
 // scores: (B, NH, T, T) the raw products q . k (scale not applied); att: (B, NH, T, T) overwritten with the
-// causal softmax of scores * scale (0 above the diagonal). att may equal scores.
-static void attention_softmax_forward_gpu(float *att, const float *scores, int B, int NH, int T, float scale,
-                                          cudaStream_t stream) {
+// causal softmax of scores * scale (0 above the diagonal); att_bf16: NULL, or (B, NH, T, T) the same values
+// rounded to bf16 nearest-even (bit-identical to casting att afterwards). att may equal scores.
+static void attention_softmax_forward_gpu(float *att, __nv_bfloat16 *att_bf16, const float *scores, int B, int NH,
+                                          int T, float scale, cudaStream_t stream) {
     int rows = B * NH * T;
     if (rows == 0) return;
     int rows_per_block = ATTENTION_THREADS / WARP_SIZE;
-    attention_softmax_forward_kernel<<<ceil_div(rows, rows_per_block), ATTENTION_THREADS, 0, stream>>>(att, scores,
-                                                                                                     rows, T, scale);
+    attention_softmax_forward_kernel<<<ceil_div(rows, rows_per_block), ATTENTION_THREADS, 0, stream>>>(
+        att, att_bf16, scores, rows, T, scale);
     CUDA_CHECK_LAUNCH();
 }
 
-// One warp per row: dscore = att * (datt - sum_t2 att * datt) * scale for t2 <= t, 0 above. Each element is
-// read and written by the same lane, after the row's sum, so dscores may be datt (or att).
-static __global__ void attention_softmax_backward_kernel(float *dscores, const float *datt, const float *att, int rows,
-                                                         int T, float scale) {
+// One warp per row: dscore = att * (datt - sum_t2 att * datt) * scale for t2 <= t, 0 above, into dscores
+// (fp32) or, when dscores is NULL, rounded into dscores_bf16. Each element is read and written by the same
+// lane, after the row's sum, so dscores may be datt (or att).
+static __global__ void attention_softmax_backward_kernel(float *dscores, __nv_bfloat16 *dscores_bf16,
+                                                         const float *datt, const float *att, int rows, int T,
+                                                         float scale) {
     int row = blockIdx.x * (blockDim.x / WARP_SIZE) + threadIdx.x / WARP_SIZE;
     int lane = threadIdx.x % WARP_SIZE;
     if (row >= rows) return;
     int t = row % T;
     const float *a = att + (size_t)row * T;   // (T)
     const float *da = datt + (size_t)row * T;  // (T)
-    float *ds = dscores + (size_t)row * T;     // (T)
+    size_t offset = (size_t)row * T;
     float weighted = 0.0f;
     for (int t2 = lane; t2 <= t; t2 += WARP_SIZE) weighted += a[t2] * da[t2];
     weighted = warp_sum(weighted);
-    for (int t2 = lane; t2 < T; t2 += WARP_SIZE) ds[t2] = t2 <= t ? a[t2] * (da[t2] - weighted) * scale : 0.0f;
+    for (int t2 = lane; t2 < T; t2 += WARP_SIZE) {
+        float ds = t2 <= t ? a[t2] * (da[t2] - weighted) * scale : 0.0f;
+        if (dscores) dscores[offset + t2] = ds;
+        else dscores_bf16[offset + t2] = bf16_device_from_f32(ds);
+    }
 }
 
 // datt, att, dscores: (B, NH, T, T). dscores OVERWRITTEN with the gradient of the raw scores (scale
-// included; not cast: the backend casts it as an operand of the next products where its policy says so).
-// dscores may equal datt.
-static void attention_softmax_backward_gpu(float *dscores, const float *datt, const float *att, int B, int NH, int T,
-                                           float scale, cudaStream_t stream) {
+// included), or, with dscores NULL, dscores_bf16 with those values rounded to bf16 nearest-even (the next
+// products' bf16 operand, bit-identical to casting dscores afterwards). dscores may equal datt.
+static void attention_softmax_backward_gpu(float *dscores, __nv_bfloat16 *dscores_bf16, const float *datt,
+                                           const float *att, int B, int NH, int T, float scale, cudaStream_t stream) {
     int rows = B * NH * T;
     if (rows == 0) return;
     int rows_per_block = ATTENTION_THREADS / WARP_SIZE;
     attention_softmax_backward_kernel<<<ceil_div(rows, rows_per_block), ATTENTION_THREADS, 0, stream>>>(
-        dscores, datt, att, rows, T, scale);
+        dscores, dscores_bf16, datt, att, rows, T, scale);
     CUDA_CHECK_LAUNCH();
 }
 

@@ -505,8 +505,24 @@ static Operand cast_attention(GPTCuda *model, float *copy, const float *x, size_
     return cast_operand(model, &cast, copy, x, n);
 }
 
+// The operand of a (B, NH, T, T) matrix that the softmax kernels wrote: their bf16 copy in att_cast under
+// bf16 attention, else the fp32 values themselves.
+static Operand square_operand(GPTCuda *model, const float *fp32) {
+    Operand out = {OPERANDS_FP32, MATMUL_FP32, fp32};
+    if (model->attention_cast.format != MATMUL_BF16) return out;
+    out.type = OPERANDS_BF16;
+    out.format = MATMUL_BF16;
+    out.data = model->acts.att_cast;
+    return out;
+}
+
+static __nv_bfloat16 *square_bf16(GPTCuda *model) {
+    return model->attention_cast.format == MATMUL_BF16 ? (__nv_bfloat16 *)model->acts.att_cast : NULL;
+}
+
 // atty (B, T, C) and att (B, NH, T, T) from qkv (B, T, 3C): scores = q k^T per head, the causal softmax
-// (scale applied there, as the CPU's dot * scale), then att v.
+// (scale applied there, as the CPU's dot * scale; under bf16 attention it also writes the probabilities'
+// bf16 cast), then att v.
 static void attention_forward(GPTCuda *model, float *atty, float *att, const float *qkv, int B, int T, int C, int NH) {
     Activations *a = &model->acts;
     int hs = C / NH, batch = B * NH;
@@ -514,8 +530,8 @@ static void attention_forward(GPTCuda *model, float *atty, float *att, const flo
     Operand q, k, v;
     split_qkv(model, &q, &k, &v, qkv, B, T, C, NH);
     batched_product(model, q, 0, k, 1, att, T, T, hs, batch, head, head, square, 0.0f, NULL);
-    attention_softmax_forward_gpu(att, att, B, NH, T, 1.0f / sqrtf((float)hs), model->stream);
-    Operand probs = cast_attention(model, a->att_cast, att, (size_t)batch * square);
+    attention_softmax_forward_gpu(att, square_bf16(model), att, B, NH, T, 1.0f / sqrtf((float)hs), model->stream);
+    Operand probs = square_operand(model, att);
     batched_product(model, probs, 0, v, 0, a->heads, T, hs, T, batch, square, head, head, 0.0f, NULL);
     attention_merge_heads_gpu(atty, a->heads, B, T, C, NH, model->stream);
 }
@@ -534,8 +550,12 @@ static void attention_backward(GPTCuda *model, float *dqkv, const float *datty, 
     Operand probs = cast_attention(model, a->att_cast, att, n_square);
     batched_product(model, probs, 1, dy, 0, a->dv, T, hs, T, batch, square, head, head, 0.0f, NULL);  // dv = att^T dy
     batched_product(model, dy, 0, v, 1, a->scores, T, T, hs, batch, head, head, square, 0.0f, NULL);  // datt = dy v^T
-    attention_softmax_backward_gpu(a->scores, a->scores, att, B, NH, T, 1.0f / sqrtf((float)hs), model->stream);
-    Operand dscores = cast_attention(model, a->att_cast, a->scores, n_square);
+    // The score gradients in fp32 in place of datt, or under bf16 attention straight into their bf16 cast
+    // (att_cast: its copy of att was read by the dv product above).
+    __nv_bfloat16 *dscores_bf16 = square_bf16(model);
+    attention_softmax_backward_gpu(dscores_bf16 ? NULL : a->scores, dscores_bf16, a->scores, att, B, NH, T,
+                                   1.0f / sqrtf((float)hs), model->stream);
+    Operand dscores = square_operand(model, a->scores);
     batched_product(model, dscores, 0, k, 0, a->dq, T, hs, T, batch, square, head, head, 0.0f, NULL);  // dq = ds k
     batched_product(model, dscores, 1, q, 0, a->dk, T, hs, T, batch, square, head, head, 0.0f, NULL);  // dk = ds^T q
     attention_merge_qkv_grad_gpu(dqkv, a->dq, a->dk, a->dv, B, T, C, NH, model->stream);

@@ -826,7 +826,7 @@ static void test_attention(void) {
     Strides square = {(long)T * T, T, 1}, square_t = {(long)T * T, 1, T};           // (T, T) and its transpose
     attention_split_qkv_gpu(d_q, d_k, d_v, d_qkv, B, T, C, NH, stream);
     product(d_att, d_q, per_head, d_k, per_head_t, BH, T, T, hs);          // scores = q k^T
-    attention_softmax_forward_gpu(d_att, d_att, B, NH, T, scale, stream);  // in place: att aliases scores
+    attention_softmax_forward_gpu(d_att, NULL, d_att, B, NH, T, scale, stream);  // in place: att aliases scores
     product(d_y, d_att, square, d_v, per_head, BH, T, hs, T);              // y = att v
     attention_merge_heads_gpu(d_out, d_y, B, T, C, NH, stream);
     check_close_scaled("attention forward (2x37x72, NH=4) out", to_host(d_out, n), out, out_scale, 1e-5);
@@ -839,7 +839,7 @@ static void test_attention(void) {
     attention_split_heads_gpu(d_dy, d_dout, B, T, C, NH, stream);
     product(d_datt, d_dy, per_head, d_v, per_head_t, BH, T, T, hs);  // datt = dy v^T
     product(d_dv, d_att, square_t, d_dy, per_head, BH, T, hs, T);    // dv = att^T dy
-    attention_softmax_backward_gpu(d_datt, d_datt, d_att, B, NH, T, scale, stream);  // in place: dscores
+    attention_softmax_backward_gpu(d_datt, NULL, d_datt, d_att, B, NH, T, scale, stream);  // in place: dscores
     product(d_dq, d_datt, square, d_k, per_head, BH, T, hs, T);    // dq = dscores k
     product(d_dk, d_datt, square_t, d_q, per_head, BH, T, hs, T);  // dk = dscores^T q
     attention_merge_qkv_grad_gpu(d_dqkv, d_dq, d_dk, d_dv, B, T, C, NH, stream);
@@ -849,10 +849,29 @@ static void test_attention(void) {
     Floats att_in_place = to_host(d_att, tt);
     float *d_scores = device_floats(tt);
     product(d_scores, d_q, per_head, d_k, per_head_t, BH, T, T, hs);
-    attention_softmax_forward_gpu(d_att, d_scores, B, NH, T, scale, stream);
+    attention_softmax_forward_gpu(d_att, NULL, d_scores, B, NH, T, scale, stream);
     check_bits("attention_softmax_forward out of place = in place", to_host(d_att, tt), att_in_place);
 
-    float *buffers[] = {d_qkv, d_q, d_k, d_v, d_att, d_y, d_out, d_dout, d_dqkv, d_dy, d_datt, d_dq, d_dk, d_dv, d_scores};
+    // The bf16 outputs of bf16 attention: the forward also writes bf16(att) (and the same fp32 att), the
+    // backward only bf16(dscores); both the bits of casting the fp32 results (bf16_from_f32).
+    __nv_bfloat16 *d_bf16 = (__nv_bfloat16 *)cuda_malloc_checked(tt * sizeof(__nv_bfloat16), "test attention bf16");
+    attention_softmax_forward_gpu(d_att, d_bf16, d_scores, B, NH, T, scale, stream);
+    check_bits("attention_softmax_forward with a bf16 copy: att bits", to_host(d_att, tt), att_in_place);
+    Codes want(tt);
+    for (size_t i = 0; i < tt; i++) want[i] = bf16_from_f32(att_in_place[i]);
+    check_bf16_codes("attention_softmax_forward bf16 copy bits", to_host_bf16(d_bf16, tt), want, 0);
+    float *d_datt_again = device_floats(tt), *d_dscores = device_floats(tt);
+    product(d_datt_again, d_dy, per_head, d_v, per_head_t, BH, T, T, hs);
+    attention_softmax_backward_gpu(d_dscores, NULL, d_datt_again, d_att, B, NH, T, scale, stream);
+    Floats dscores = to_host(d_dscores, tt);
+    check_bits("attention_softmax_backward out of place = in place", dscores, to_host(d_datt, tt));
+    attention_softmax_backward_gpu(NULL, d_bf16, d_datt_again, d_att, B, NH, T, scale, stream);
+    for (size_t i = 0; i < tt; i++) want[i] = bf16_from_f32(dscores[i]);
+    check_bf16_codes("attention_softmax_backward bf16 output bits", to_host_bf16(d_bf16, tt), want, 0);
+    cudaFree(d_bf16);
+
+    float *buffers[] = {d_qkv, d_q, d_k, d_v, d_att, d_y, d_out, d_dout, d_dqkv, d_dy, d_datt, d_dq, d_dk, d_dv, d_scores,
+                        d_datt_again, d_dscores};
     for (size_t i = 0; i < sizeof buffers / sizeof buffers[0]; i++) cudaFree(buffers[i]);
 }
 
