@@ -58,10 +58,11 @@ size_t moment_storage_bytes(MomentStorage storage);
 // Bytes per parameter of the optimizer state (m, v, and master / lo / c) that a policy keeps.
 size_t optimizer_state_bytes_per_param(const Policy *policy);
 
-// The bytes both backends keep: the weights (the fp32 copy forward reads, or the fp32 weights themselves;
-// bf16 weights; DQT's codes, scales and 1-D parameters), the gradients (fp32, the backward's scratch under
-// bf16 gradients, plus the bf16 storage), and the optimizer state, split evenly over `shards` ranks (a
-// rank's whole chunks make its share up to CHUNK_ELEMENTS elements more or less).
+// The bytes the CPU backend keeps: the weights (the fp32 copy forward reads, or the fp32 weights
+// themselves; bf16 weights; DQT's codes, scales and 1-D parameters), the gradients (fp32, the backward's
+// scratch under bf16 gradients, plus the bf16 storage), and the optimizer state, split evenly over `shards`
+// ranks (a rank's whole chunks make its share up to CHUNK_ELEMENTS elements more or less). The CUDA backend
+// keeps the same less that scratch.
 typedef struct {
     size_t weights, gradients, optimizer;
 } StateBytes;

@@ -71,7 +71,7 @@ struct Backend {
     Chunk *chunks;             // (num_chunks) device copy of layout.chunks
     OptimizerBuffers buffers;  // device pointers of every stored quantity
     Arena weights, gradients, optimizer;
-    float *grads;              // (N) fp32 gradients, or the backward's scratch under bf16 gradients
+    float *grads;              // (N) fp32 gradients; NULL under bf16 gradients (no fp32 copy)
     UpdateSums *chunk_sums;    // (num_chunks) device
     double *chunk_norms;       // (num_chunks) device
     UpdateSums *host_chunk_sums;
