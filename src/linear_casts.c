@@ -22,7 +22,6 @@ void operand_scaling_free(OperandScaling *s) {
     s->history = NULL;
 }
 
-
 void linear_casts_init(LinearCasts *casts, const MatmulPrecision *linear, int n_layer) {
     memset(casts, 0, sizeof *casts);
     casts->base = operand_cast_for(linear);

@@ -557,7 +557,6 @@ static void cuda_read_params(Backend *b, float *params) {
 
 static void cuda_read_grads(Backend *b, float *grads) {
     size_t n = b->table.num_params;
-    CUDA_CHECK(cudaStreamSynchronize(b->stream));
     if (!b->buffers.grads_bf16) {
         download(b, grads, b->grads, n * sizeof(float));
         return;
