@@ -22,6 +22,7 @@
 
 #include "atomic_file.h"
 #include "util.h"
+#include "xxh64.h"
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "checkpoint files are little-endian and are read and written with memcpy: a big-endian host needs byte swaps"
@@ -31,116 +32,11 @@
 #define SECTION_HEADER_BYTES (CHECKPOINT_NAME_MAX + 8)
 #define TRAILER_BYTES 8
 
-// ---------------------------------------------------------------------------------------------------------
-// XXH64, streaming, as specified in xxHash's doc/xxhash_spec.md.
-
-static const uint64_t XXH_PRIME1 = 0x9E3779B185EBCA87ull;
-static const uint64_t XXH_PRIME2 = 0xC2B2AE3D27D4EB4Full;
-static const uint64_t XXH_PRIME3 = 0x165667B19E3779F9ull;
-static const uint64_t XXH_PRIME4 = 0x85EBCA77C2B2AE63ull;
-static const uint64_t XXH_PRIME5 = 0x27D4EB2F165667C5ull;
-
-typedef struct {
-    uint64_t acc[4];
-    uint64_t total_len;
-    unsigned char stripe[32];  // input not yet consumed, less than one 32-byte stripe
-    size_t stripe_len;
-} Xxh64;
-
-static uint64_t rotl64(uint64_t x, int r) { return (x << r) | (x >> (64 - r)); }
-
-static uint64_t read_u64(const unsigned char *p) {
-    uint64_t v;
-    memcpy(&v, p, sizeof v);
+// A little-endian unsigned integer of nbytes (4 or 8) bytes.
+static uint64_t read_uint(const unsigned char *p, size_t nbytes) {
+    uint64_t v = 0;
+    memcpy(&v, p, nbytes);
     return v;
-}
-
-static uint32_t read_u32(const unsigned char *p) {
-    uint32_t v;
-    memcpy(&v, p, sizeof v);
-    return v;
-}
-
-static uint64_t xxh64_round(uint64_t acc, uint64_t lane) {
-    acc += lane * XXH_PRIME2;
-    acc = rotl64(acc, 31);
-    return acc * XXH_PRIME1;
-}
-
-static uint64_t xxh64_merge(uint64_t acc, uint64_t lane_acc) {
-    acc ^= xxh64_round(0, lane_acc);
-    return acc * XXH_PRIME1 + XXH_PRIME4;
-}
-
-static void xxh64_init(Xxh64 *h) {
-    h->acc[0] = XXH_PRIME1 + XXH_PRIME2;
-    h->acc[1] = XXH_PRIME2;
-    h->acc[2] = 0;
-    h->acc[3] = -XXH_PRIME1;
-    h->total_len = 0;
-    h->stripe_len = 0;
-}
-
-static void xxh64_stripe(Xxh64 *h, const unsigned char *p) {
-    for (int i = 0; i < 4; i++) h->acc[i] = xxh64_round(h->acc[i], read_u64(p + 8 * i));
-}
-
-static void xxh64_update(Xxh64 *h, const void *data, size_t nbytes) {
-    const unsigned char *p = data;
-    h->total_len += nbytes;
-    if (h->stripe_len > 0) {
-        size_t take = 32 - h->stripe_len < nbytes ? 32 - h->stripe_len : nbytes;
-        memcpy(h->stripe + h->stripe_len, p, take);
-        h->stripe_len += take;
-        p += take;
-        nbytes -= take;
-        if (h->stripe_len < 32) return;
-        xxh64_stripe(h, h->stripe);
-        h->stripe_len = 0;
-    }
-    for (; nbytes >= 32; p += 32, nbytes -= 32) xxh64_stripe(h, p);
-    memcpy(h->stripe, p, nbytes);
-    h->stripe_len = nbytes;
-}
-
-static uint64_t xxh64_digest(const Xxh64 *h) {
-    uint64_t acc;
-    if (h->total_len >= 32) {
-        acc = rotl64(h->acc[0], 1) + rotl64(h->acc[1], 7) + rotl64(h->acc[2], 12) + rotl64(h->acc[3], 18);
-        for (int i = 0; i < 4; i++) acc = xxh64_merge(acc, h->acc[i]);
-    } else {
-        acc = XXH_PRIME5;  // seed 0 + PRIME5: no stripe was ever completed
-    }
-    acc += h->total_len;
-    const unsigned char *p = h->stripe;
-    size_t left = h->stripe_len;
-    for (; left >= 8; p += 8, left -= 8) {
-        acc ^= xxh64_round(0, read_u64(p));
-        acc = rotl64(acc, 27) * XXH_PRIME1 + XXH_PRIME4;
-    }
-    if (left >= 4) {
-        acc ^= (uint64_t)read_u32(p) * XXH_PRIME1;
-        acc = rotl64(acc, 23) * XXH_PRIME2 + XXH_PRIME3;
-        p += 4;
-        left -= 4;
-    }
-    for (; left > 0; p++, left--) {
-        acc ^= *p * XXH_PRIME5;
-        acc = rotl64(acc, 11) * XXH_PRIME1;
-    }
-    acc ^= acc >> 33;
-    acc *= XXH_PRIME2;
-    acc ^= acc >> 29;
-    acc *= XXH_PRIME3;
-    acc ^= acc >> 32;
-    return acc;
-}
-
-static uint64_t xxh64(const void *data, size_t nbytes) {
-    Xxh64 h;
-    xxh64_init(&h);
-    xxh64_update(&h, data, nbytes);
-    return xxh64_digest(&h);
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -213,7 +109,7 @@ static void check_header(const char *path, const unsigned char *bytes, size_t si
         fatal("checkpoint %s is %zu bytes, too short for the %d-byte header and checksum: not an lpgpt checkpoint, "
               "or truncated", path, size, HEADER_BYTES + TRAILER_BYTES);
     }
-    uint32_t magic = read_u32(bytes), version = read_u32(bytes + 4);
+    uint32_t magic = (uint32_t)read_uint(bytes, 4), version = (uint32_t)read_uint(bytes + 4, 4);
     if (magic != CHECKPOINT_MAGIC) {
         fatal("%s is not an lpgpt checkpoint (magic 0x%08x, expected 0x%08x)", path, magic, CHECKPOINT_MAGIC);
     }
@@ -226,7 +122,7 @@ static void check_header(const char *path, const unsigned char *bytes, size_t si
 // ends exactly at the checksum. Returns section_count entries.
 static FoundSection *find_sections(const char *path, const unsigned char *bytes, size_t size, uint32_t *count) {
     size_t end = size - TRAILER_BYTES;
-    uint32_t n = read_u32(bytes + 8);
+    uint32_t n = (uint32_t)read_uint(bytes + 8, 4);
     if (n > (end - HEADER_BYTES) / SECTION_HEADER_BYTES) {
         fatal("checkpoint %s claims %u sections, more than its %zu bytes can hold (corrupt or truncated)", path, n, size);
     }
@@ -238,7 +134,7 @@ static FoundSection *find_sections(const char *path, const unsigned char *bytes,
                   path, i, offset);
         }
         memcpy(found[i].name, bytes + offset, CHECKPOINT_NAME_MAX);
-        found[i].nbytes = read_u64(bytes + offset + CHECKPOINT_NAME_MAX);
+        found[i].nbytes = read_uint(bytes + offset + CHECKPOINT_NAME_MAX, 8);
         offset += SECTION_HEADER_BYTES;
         if (found[i].nbytes > end - offset) {
             fatal("checkpoint %s: section '%s' at byte offset %zu claims %llu bytes but only %zu remain before the "
@@ -257,7 +153,7 @@ static FoundSection *find_sections(const char *path, const unsigned char *bytes,
 }
 
 static void check_checksum(const char *path, const unsigned char *bytes, size_t size) {
-    uint64_t stored = read_u64(bytes + size - TRAILER_BYTES);
+    uint64_t stored = read_uint(bytes + size - TRAILER_BYTES, 8);
     if (xxh64(bytes, size - TRAILER_BYTES) != stored) fatal("checkpoint %s: checksum mismatch: file is corrupt", path);
 }
 
@@ -304,18 +200,17 @@ void checkpoint_read(const char *path, const CheckpointSection *sections, int co
     free(bytes);
 }
 
-void checkpoint_read_one(const char *path, const CheckpointSection *section) {
+void *checkpoint_read_section(const char *path, const char *name, size_t *nbytes) {
     FoundSection *found;
     uint32_t found_count;
     unsigned char *bytes = load_verified(path, &found, &found_count);
     uint32_t i = 0;
-    while (i < found_count && strcmp(found[i].name, section->name) != 0) i++;
-    if (i == found_count) fatal("checkpoint %s has no section '%s': not written by this program's trainer", path, section->name);
-    if (found[i].nbytes != section->nbytes) {
-        fatal("checkpoint %s: section '%s' has %llu bytes, expected %zu: written by another version of this program",
-              path, section->name, (unsigned long long)found[i].nbytes, section->nbytes);
-    }
-    memcpy(section->data, bytes + found[i].data_offset, section->nbytes);
+    while (i < found_count && strcmp(found[i].name, name) != 0) i++;
+    if (i == found_count) fatal("checkpoint %s has no section '%s': not written by this program's trainer", path, name);
+    *nbytes = (size_t)found[i].nbytes;
+    void *data = xmalloc(*nbytes);
+    memcpy(data, bytes + found[i].data_offset, *nbytes);
     free(found);
     free(bytes);
+    return data;
 }

@@ -11,7 +11,7 @@ extern "C" {
 #endif
 
 #define CHECKPOINT_MAGIC 0x4c504350u  // "LPCP" as a number; little-endian on disk, the bytes read "PCPL"
-#define CHECKPOINT_VERSION 1
+#define CHECKPOINT_VERSION 2  // 2: the trainer writes an "identity" section (the run it belongs to)
 #define CHECKPOINT_NAME_MAX 32
 
 typedef struct {
@@ -26,9 +26,10 @@ void checkpoint_write(const char *path, const CheckpointSection *sections, int c
 // `sections` by name and size, in order) before copying anything into the sections' buffers; fatal()
 // naming the file, the section and the byte offset on any mismatch.
 void checkpoint_read(const char *path, const CheckpointSection *sections, int count);
-// Reads one section by name from a file verified as checkpoint_read does (to look at a checkpoint before
-// knowing which sections the rest of it should have).
-void checkpoint_read_one(const char *path, const CheckpointSection *section);
+// Reads one section by name, whatever its size, from a file verified as checkpoint_read does (to look at a
+// checkpoint before knowing which sections the rest of it should have). Returns a new buffer that the
+// caller frees, its size in *nbytes; fatal() naming the file when the section is missing.
+void *checkpoint_read_section(const char *path, const char *name, size_t *nbytes);
 
 #ifdef __cplusplus
 }

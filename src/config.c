@@ -78,6 +78,7 @@ static const ConfigKey config_keys[] = {
     {"training", "sample_tokens", KEY_INT, offsetof(Config, training.sample_tokens), "64", 0, INFINITY, CLOSED, NULL},
     {"training", "checkpoint_every", KEY_INT, offsetof(Config, training.checkpoint_every), "0", 0, INFINITY, CLOSED, NULL},
     {"training", "zero", KEY_INT, offsetof(Config, training.zero), "0", 0, 1, CLOSED, NULL},  // ZeRO stage: 0 or 1
+    {"training", "divergence_margin", KEY_FLOAT, offsetof(Config, training.divergence_margin), "1.0", 0, INFINITY, CLOSED, NULL},  // 0 = off
     {"precision", "policy", KEY_STRING, offsetof(Config, precision.policy), "fp32", 1, NAME_LEN, CLOSED, NULL},
     {"precision", "weights", KEY_STRING, offsetof(Config, precision.weights), "preset", 1, NAME_LEN, CLOSED, weight_choices},
     {"precision", "update", KEY_STRING, offsetof(Config, precision.update), "preset", 1, NAME_LEN, CLOSED, update_choices},
@@ -97,9 +98,24 @@ static const ConfigKey config_keys[] = {
     {"output", "dir", KEY_STRING, offsetof(Config, output.dir), "runs/default", 1, PATH_LEN, CLOSED, NULL},
     {"output", "export", KEY_STRING, offsetof(Config, output.export_format), "fp32", 1, NAME_LEN, CLOSED, export_choices},
     {"output", "final_checkpoint", KEY_INT, offsetof(Config, output.final_checkpoint), "1", 0, 1, CLOSED, NULL},
+    {"output", "overwrite", KEY_INT, offsetof(Config, output.overwrite), "0", 0, 1, CLOSED, NULL},
 };
 
 #define NUM_KEYS (sizeof(config_keys) / sizeof(config_keys[0]))
+
+// The keys a resumed run may change (README, "Runs and resume"): how long and how fast it trains from here,
+// what it reports, where its data files lie (their contents are checked instead) and how it writes outputs.
+// Every other key is part of the run's identity, recorded in its checkpoints.
+static const char *const resumable_keys[] = {
+    "model.init_from",          // the checkpoint, not the model file, holds the weights
+    "data.train", "data.val", "data.tokenizer",
+    "training.max_steps", "training.lr", "training.min_lr", "training.warmup_steps", "training.schedule",
+    "training.eval_every", "training.eval_batches", "training.sample_every", "training.sample_tokens",
+    "training.checkpoint_every", "training.divergence_margin",
+    "metrics.every", "metrics.sharpness", "metrics.sharpness_steps",
+    "output.export", "output.final_checkpoint", "output.overwrite",
+    NULL,
+};
 
 // JSON numbers are doubles, which hold every integer exactly only up to 2^53 - 1.
 #define MAX_EXACT_INTEGER 9007199254740991.0
@@ -472,7 +488,10 @@ static void apply_section(Config *cfg, const cJSON *section, const char *path) {
 void config_load(Config *cfg, const char *name, char *resolved_path) {
     char path[CONFIG_PATH_MAX];
     resolve_config_path(name, path);
-    char *text = read_whole_file(path, NULL);
+    size_t nbytes;
+    char *text = read_whole_file(path, &nbytes);
+    // cJSON stops at a NUL byte; whatever follows it would be ignored without a word.
+    if (strlen(text) != nbytes) fatal("%s: a NUL byte at byte offset %zu: a config is JSON text", path, strlen(text));
     cJSON *root = parse_json(text, path);
     if (!cJSON_IsObject(root)) fatal("%s: expected a JSON object at the top level, got %s", path, json_kind(root));
     config_defaults(cfg);
@@ -582,4 +601,29 @@ char *config_to_json(const Config *cfg) {
     char *json = xstrdup(printed);  // the caller frees with free(), whatever allocator cJSON was given
     cJSON_free(printed);
     return json;
+}
+
+static int is_resumable(const ConfigKey *key) {
+    char name[2 * CONFIG_NAME_MAX];
+    snprintf(name, sizeof name, "%s.%s", key->section, key->name);
+    for (size_t i = 0; resumable_keys[i]; i++) {
+        if (strcmp(resumable_keys[i], name) == 0) return 1;
+    }
+    return 0;
+}
+
+char *config_identity_text(const Config *cfg) {
+    size_t cap = NUM_KEYS * (2 * CONFIG_NAME_MAX + CONFIG_PATH_MAX + 4), used = 0;
+    char *text = xmalloc(cap);
+    text[0] = '\0';
+    for (size_t i = 0; i < NUM_KEYS; i++) {
+        const ConfigKey *key = &config_keys[i];
+        if (is_resumable(key)) continue;
+        char number[64];
+        const char *value = number;
+        if (key->type == KEY_STRING) value = const_field_of(cfg, key);
+        else format_number(cfg, key, number, sizeof number);
+        used += (size_t)snprintf(text + used, cap - used, "%s.%s = %s\n", key->section, key->name, value);
+    }
+    return text;
 }

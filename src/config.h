@@ -32,6 +32,7 @@ typedef struct {
         uint64_t seed;
         int eval_every, eval_batches, sample_every, sample_tokens, checkpoint_every;
         int zero;  // 1: ZeRO-1, the optimizer state sharded across ranks (docs/distributed.md)
+        float divergence_margin;  // stop as diverged when the loss's moving average exceeds the first loss by this (0 = off)
     } training;
     struct {
         char policy[CONFIG_NAME_MAX];  // preset name
@@ -58,6 +59,7 @@ typedef struct {
         char dir[CONFIG_PATH_MAX];
         char export_format[CONFIG_NAME_MAX];  // model.bin at the end: fp32 (llm.c version 3) | bf16 (5) | none
         int final_checkpoint;                 // 1: a checkpoint at max_steps (0: only every checkpoint_every)
+        int overwrite;                        // 1: a new run into a directory holding a run deletes its outputs
     } output;
 } Config;
 
@@ -74,6 +76,9 @@ void config_set(Config *cfg, const char *assignment);
 void config_validate(const Config *cfg);
 // The resolved configuration as pretty-printed JSON; the caller frees it.
 char *config_to_json(const Config *cfg);
+// The run's identity as far as the config fixes it: "section.key = value" lines for every key that a resumed
+// run may not change (all but the resumable keys). The caller frees it.
+char *config_identity_text(const Config *cfg);
 
 #ifdef __cplusplus
 }

@@ -10,7 +10,6 @@
 #include "numerics/rng.h"
 #include "util.h"
 
-#define SHARD_HEADER_BYTES (SHARD_HEADER_INTS * (int64_t)sizeof(int32_t))
 #define SHUFFLE_TENSOR_ID 0xDA7Au
 #define VALIDATE_CHUNK_TOKENS (1 << 20)
 
@@ -111,6 +110,10 @@ static void check_tokens_below(FILE *f, const char *path, int64_t num_tokens, in
 }
 
 static Shard open_and_validate_shard(const char *path, int vocab_size, const DataLoader *loader) {
+    // Before opening: opening a FIFO blocks until a writer appears, and a device may never end.
+    struct stat st;
+    if (stat(path, &st) != 0) fatal("cannot stat %s: %s", path, strerror(errno));
+    if (!S_ISREG(st.st_mode)) fatal("%s is not a regular file (a token shard must be one)", path);
     FILE *f = xfopen(path, "rb");
     int64_t num_tokens = read_shard_header(f, path);
     int64_t min_tokens = step_tokens(loader) + 1;
@@ -254,4 +257,12 @@ size_t dataloader_total_tokens(const DataLoader *loader) {
 
 int dataloader_num_shards(const DataLoader *loader) {
     return loader->num_shards;
+}
+
+const char *dataloader_shard_path(const DataLoader *loader, int i) {
+    return loader->shards[i].path;
+}
+
+int64_t dataloader_shard_tokens(const DataLoader *loader, int i) {
+    return loader->shards[i].num_tokens;
 }

@@ -13,6 +13,7 @@ extern "C" {
 #define SHARD_MAGIC 20240520
 #define SHARD_VERSION 1
 #define SHARD_HEADER_INTS 256
+#define SHARD_HEADER_BYTES (SHARD_HEADER_INTS * (int64_t)sizeof(int32_t))
 
 typedef struct DataLoader DataLoader;
 
@@ -41,6 +42,9 @@ DataPosition dataloader_position(const DataLoader *loader);
 void dataloader_seek(DataLoader *loader, DataPosition position);
 size_t dataloader_total_tokens(const DataLoader *loader);
 int dataloader_num_shards(const DataLoader *loader);
+// Shard i in sorted name order: its path and token count.
+const char *dataloader_shard_path(const DataLoader *loader, int i);
+int64_t dataloader_shard_tokens(const DataLoader *loader, int i);
 
 #ifdef __cplusplus
 }

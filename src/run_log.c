@@ -7,6 +7,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <cjson/cJSON.h>
+
 #include "atomic_file.h"
 #include "util.h"
 
@@ -16,35 +18,88 @@ double wall_time_seconds(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-// Keeps the lines of log.jsonl up to resume_step: a resumed run rewrites the steps after its checkpoint.
-static void truncate_log(const char *path, int resume_step) {
+// The step a line of log.jsonl records, or -1 when it is not a step record.
+static int log_line_step(const char *line) {
+    int step;
+    return sscanf(line, "{\"step\": %d", &step) == 1 ? step : -1;
+}
+
+// The step of a sample header of samples.txt ("--- step N ---"), or -1.
+static int sample_header_step(const char *line) {
+    int step, end = -1;
+    sscanf(line, "--- step %d ---%n", &step, &end);
+    return end > 0 && (line[end] == '\n' || line[end] == '\0') ? step : -1;
+}
+
+// Keeps what a text file says about steps up to resume_step: a resumed run rewrites the steps after its
+// checkpoint. log.jsonl: the lines of those steps; samples.txt: everything before the first sample of a
+// later step.
+static void truncate_history(const char *path, const char *what, int resume_step) {
     if (!file_exists(path)) return;
     size_t nbytes;
     char *text = read_whole_file(path, &nbytes);
     char *kept = xmalloc(nbytes + 1);
     size_t kept_len = 0;
+    int is_log = strcmp(what, "log") == 0;
     for (char *line = text; *line;) {
         char *end = strchr(line, '\n');
         size_t len = end ? (size_t)(end - line) + 1 : strlen(line);
-        int step;
-        if (sscanf(line, "{\"step\": %d", &step) == 1 && step <= resume_step) {
-            memcpy(kept + kept_len, line, len);
-            kept_len += len;
+        if (is_log) {
+            int step = log_line_step(line);
+            if (step < 0 || step > resume_step) {
+                line += len;
+                continue;
+            }
+        } else if (sample_header_step(line) > resume_step) {
+            break;
         }
+        memcpy(kept + kept_len, line, len);
+        kept_len += len;
         line += len;
     }
     kept[kept_len] = '\0';
-    atomic_file_write_text(path, "log", kept);
+    if (kept_len != nbytes) atomic_file_write_text(path, what, kept);
     free(kept);
     free(text);
+}
+
+static RunHistory run_log_history(const char *dir) {
+    RunHistory h = {0.0, 0.0, 0, 0, INFINITY, NAN};
+    char path[1100];
+    snprintf(path, sizeof path, "%s/log.jsonl", dir);
+    if (!file_exists(path)) return h;
+    char *text = read_whole_file(path, NULL);
+    for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n")) {
+        cJSON *rec = cJSON_Parse(line);
+        const cJSON *step = cJSON_GetObjectItemCaseSensitive(rec, "step");
+        const cJSON *tokens_per_s = cJSON_GetObjectItemCaseSensitive(rec, "tokens_per_s");
+        const cJSON *time_s = cJSON_GetObjectItemCaseSensitive(rec, "time_s");
+        const cJSON *val = cJSON_GetObjectItemCaseSensitive(rec, "val_loss");
+        if (cJSON_IsNumber(time_s)) h.seconds = time_s->valuedouble;
+        if (cJSON_IsNumber(step) && step->valueint > 1 && cJSON_IsNumber(tokens_per_s)) {
+            h.tokens_per_s_sum += tokens_per_s->valuedouble;
+            h.timed_steps++;
+        }
+        if (cJSON_IsNumber(val)) {
+            h.has_val = 1;
+            h.last_val_loss = (float)val->valuedouble;
+            if (h.last_val_loss < h.best_val_loss) h.best_val_loss = h.last_val_loss;
+        }
+        cJSON_Delete(rec);
+    }
+    free(text);
+    return h;
 }
 
 void run_log_open(RunLog *run, const char *dir, int max_steps, int resume_step) {
     memset(run, 0, sizeof *run);
     snprintf(run->dir, sizeof run->dir, "%s", dir);
     char path[1100];
+    snprintf(path, sizeof path, "%s/samples.txt", dir);
+    if (resume_step > 0) truncate_history(path, "samples", resume_step);
     snprintf(path, sizeof path, "%s/log.jsonl", dir);
-    if (resume_step > 0) truncate_log(path, resume_step);
+    if (resume_step > 0) truncate_history(path, "log", resume_step);
+    run->history = resume_step > 0 ? run_log_history(dir) : (RunHistory){0.0, 0.0, 0, 0, INFINITY, NAN};
     run->log = fopen(path, resume_step > 0 ? "a" : "w");
     if (!run->log) fatal("cannot open %s: %s", path, strerror(errno));
     run->max_steps = max_steps;
@@ -52,6 +107,10 @@ void run_log_open(RunLog *run, const char *dir, int max_steps, int resume_step) 
     run->print_every = max_steps >= 20 ? max_steps / 20 : 1;
     run->start_time = wall_time_seconds();
     run->start_step = resume_step;
+}
+
+double run_log_seconds(const RunLog *run) {
+    return run->history.seconds + (wall_time_seconds() - run->start_time);
 }
 
 static void format_duration(double seconds, char *buf, size_t len) {
@@ -76,10 +135,10 @@ static void print_progress(RunLog *run, const StepRecord *rec) {
     fflush(stdout);
 }
 
-// "key": value (null for NaN: JSON has none), after ", " unless it opens its object (*first).
+// "key": value (null for NaN and infinities: JSON has none), after ", " unless it opens its object (*first).
 static void write_field(FILE *f, int *first, const char *key, double value) {
     fprintf(f, "%s\"%s\": ", *first ? "" : ", ", key);
-    if (isnan(value)) fprintf(f, "null");
+    if (!isfinite(value)) fprintf(f, "null");
     else fprintf(f, "%.9g", value);
     *first = 0;
 }
@@ -112,10 +171,15 @@ static void write_update_metrics(FILE *f, const UpdateMetrics *metrics) {
 }
 
 void run_log_step(RunLog *run, const StepRecord *rec) {
-    fprintf(run->log, "{\"step\": %d, \"loss\": %.9g, \"lr\": %.9g, \"grad_norm\": %.9g, \"tokens_per_s\": %.1f, \"ms\": %.3f",
-            rec->step, rec->loss, rec->lr, rec->grad_norm, rec->tokens_per_s, rec->ms);
-    if (rec->has_val) fprintf(run->log, ", \"val_loss\": %.9g", rec->val_loss);
-    if (rec->has_sharpness) fprintf(run->log, ", \"sharpness\": %.9g", rec->sharpness);
+    fprintf(run->log, "{\"step\": %d", rec->step);
+    int first = 0;
+    write_field(run->log, &first, "loss", rec->loss);
+    write_field(run->log, &first, "lr", rec->lr);
+    write_field(run->log, &first, "grad_norm", rec->grad_norm);
+    fprintf(run->log, ", \"tokens_per_s\": %.1f, \"ms\": %.3f, \"time_s\": %.3f", rec->tokens_per_s, rec->ms,
+            run_log_seconds(run));
+    if (rec->has_val) write_field(run->log, &first, "val_loss", rec->val_loss);
+    if (rec->has_sharpness) write_field(run->log, &first, "sharpness", rec->sharpness);
     if (rec->metrics) write_update_metrics(run->log, rec->metrics);
     fprintf(run->log, "}\n");
     if (fflush(run->log) != 0) fatal("cannot write %s/log.jsonl: %s", run->dir, strerror(errno));

@@ -18,6 +18,15 @@ typedef struct {
     const UpdateMetrics *metrics;  // update-quality sums on metric steps, else NULL
 } StepRecord;
 
+// What log.jsonl says about the run so far, so that summary.json after a resume covers the whole run.
+typedef struct {
+    double seconds;           // training wall time up to the last logged step
+    double tokens_per_s_sum;  // over the logged steps after step 1
+    int timed_steps;
+    int has_val;
+    float best_val_loss, last_val_loss;
+} RunHistory;
+
 typedef struct {
     FILE *log;           // log.jsonl, appended per step
     char dir[1024];
@@ -26,11 +35,15 @@ typedef struct {
     int print_every;     // otherwise print a progress line every this many steps
     double start_time;
     int start_step;      // first step of this process (after a resume)
+    RunHistory history;  // the run before this process (after a resume; empty for a new run)
 } RunLog;
 
 double wall_time_seconds(void);
-// Opens DIR/log.jsonl for appending. On a resume, lines with a step beyond resume_step are dropped first.
+// Opens DIR/log.jsonl for appending. On a resume, the lines of log.jsonl and the samples of samples.txt with a
+// step beyond resume_step are dropped first, and run->history is read from what remains.
 void run_log_open(RunLog *run, const char *dir, int max_steps, int resume_step);
+// The run's training time so far, earlier processes included.
+double run_log_seconds(const RunLog *run);
 void run_log_step(RunLog *run, const StepRecord *rec);
 void run_log_close(RunLog *run);
 // Appends a sample to DIR/samples.txt and prints it.

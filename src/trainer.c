@@ -2,10 +2,12 @@
 
 #include <glob.h>
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "atomic_file.h"
@@ -17,23 +19,29 @@
 #include "formats.h"
 #include "llmc_model.h"
 #include "lr_schedule.h"
+#include "run_dir.h"
+#include "run_identity.h"
 #include "run_log.h"
 #include "sample.h"
 #include "sharpness.h"
 #include "tokenizer.h"
 #include "util.h"
+#include "xxh64.h"
 
 #define CHECKPOINTS_KEPT 2
 #define SAMPLE_RNG_TENSOR 0x5A17u
+// Exit status of a run stopped as diverged (README, "Runs and resume"); interrupted runs exit 128 + signal.
+#define EXIT_DIVERGED 3
+// Weight of the newest loss in the moving average that the divergence check judges.
+#define LOSS_AVERAGE_WEIGHT 0.1f
 
-// Where the loop stands, saved beside the backend's state in every checkpoint.
+// Where the loop stands, saved beside the backend's state in every checkpoint. Only values that the
+// training itself determines: two runs of the same config write the same checkpoint bytes.
 typedef struct {
     uint64_t step;          // optimizer steps completed
-    uint64_t seed;
-    uint64_t num_params;
-    uint64_t world;         // ranks of the run, and its training.zero: a resume must have the same
-    uint64_t zero;
     DataPosition data;
+    float first_loss;       // step 1's loss, and the moving average of the losses, for the divergence check
+    float loss_average;
 } TrainerState;
 
 typedef struct {
@@ -50,19 +58,20 @@ typedef struct {
     int *inputs, *targets;   // (B, T)
     TrainerState state;
     RunLog log;
-    float best_val_loss, last_val_loss;
-    double tokens_per_s_sum;
-    int timed_steps;
+    RunHistory history;      // the whole run's val losses and speeds so far, for summary.json
+    char *identity;          // run_identity_text: what a checkpoint of this run records and a resume must match
     UpdateMetrics metrics;   // update-quality sums of a metric step (train_step allocates them on the first)
 } Trainer;
 
 // ----------------------------------------------------------------------------------------------------
 // configuration
 
-// The run directory and checkpoint file that --resume names (a run directory or a checkpoint file).
+// What --resume names: a run directory (continue from its newest complete checkpoint), a checkpoint in a
+// run's checkpoints/ (continue that run from there), or a checkpoint file elsewhere (continue from it in the
+// output.dir that --config names).
 typedef struct {
-    char run_dir[CONFIG_PATH_MAX];
-    char checkpoint[CONFIG_PATH_MAX + 64];
+    char run_dir[CONFIG_PATH_MAX];     // "" for a checkpoint file outside a run directory
+    char checkpoint[CONFIG_PATH_MAX + 64];  // "" until chosen (a run directory's newest complete one)
 } ResumeTarget;
 
 // Checkpoint files: step_NNNNNNNN.ckpt, the whole state (written by rank 0), and under ZeRO-1 one file per
@@ -72,47 +81,69 @@ static void checkpoint_path(char *path, size_t len, const char *dir, int step, i
     else snprintf(path, len, "%s/checkpoints/step_%08d.rank%d.ckpt", dir, step, rank);
 }
 
-// The step of a checkpoint file of `rank`, or -1 when path is not one.
-static int checkpoint_step_of(const char *path, int rank) {
-    const char *base = strrchr(path, '/');
-    base = base ? base + 1 : path;
-    int step = -1, file_rank = 0, end = -1;
-    if (rank == 0) sscanf(base, "step_%d.ckpt%n", &step, &end);
-    else sscanf(base, "step_%d.rank%d.ckpt%n", &step, &file_rank, &end);
-    return end == (int)strlen(base) && file_rank == rank ? step : -1;
+static int is_directory(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
 }
 
 static ResumeTarget find_resume_target(const char *arg) {
     ResumeTarget target;
     memset(&target, 0, sizeof target);
-    char pattern[CONFIG_PATH_MAX + 64];
-    snprintf(pattern, sizeof pattern, "%s/checkpoints/step_*.ckpt", arg);
-    glob_t found;
-    if (glob(pattern, 0, NULL, &found) == 0) {
-        int best = -1;
-        for (size_t i = 0; i < found.gl_pathc; i++) {
-            int step = checkpoint_step_of(found.gl_pathv[i], 0);
-            if (step > best) {
-                best = step;
-                snprintf(target.checkpoint, sizeof target.checkpoint, "%s", found.gl_pathv[i]);
-            }
-        }
-        globfree(&found);
+    if (is_directory(arg)) {
         snprintf(target.run_dir, sizeof target.run_dir, "%s", arg);
         return target;
     }
     if (checkpoint_step_of(arg, 0) < 0 || !file_exists(arg)) {
-        fatal("--resume %s: not a run directory with checkpoints/step_*.ckpt, nor a checkpoint file", arg);
+        fatal("--resume %s: not a run directory, nor a checkpoint file (step_NNNNNNNN.ckpt)", arg);
     }
-    // A checkpoint file: its run directory is two levels up (RUN/checkpoints/step_N.ckpt).
     snprintf(target.checkpoint, sizeof target.checkpoint, "%s", arg);
-    snprintf(target.run_dir, sizeof target.run_dir, "%s", arg);
-    for (int up = 0; up < 2; up++) {
-        char *slash = strrchr(target.run_dir, '/');
-        if (slash) *slash = '\0';
-        else snprintf(target.run_dir, sizeof target.run_dir, ".");
-    }
+    // RUN/checkpoints/step_N.ckpt with RUN/config.json: that run continues.
+    char dir[CONFIG_PATH_MAX + 64], config[CONFIG_PATH_MAX + 96];
+    snprintf(dir, sizeof dir, "%s", arg);
+    char *slash = strrchr(dir, '/');
+    if (slash) *slash = '\0';
+    else snprintf(dir, sizeof dir, ".");
+    const char *parent = strrchr(dir, '/') ? strrchr(dir, '/') + 1 : dir;
+    if (strcmp(parent, "checkpoints") != 0) return target;
+    if (parent == dir) snprintf(dir, sizeof dir, ".");
+    else dir[parent - dir - 1] = '\0';
+    snprintf(config, sizeof config, "%s/config.json", dir);
+    if (strlen(dir) >= sizeof target.run_dir) fatal("--resume %s: path too long", arg);
+    if (file_exists(config)) snprintf(target.run_dir, sizeof target.run_dir, "%.*s", CONFIG_PATH_MAX - 1, dir);
     return target;
+}
+
+// The newest step whose checkpoint every writing rank completed (under ZeRO-1 each rank writes its own file,
+// and a job killed between the ranks' writes leaves a step that only some of them have), or -1.
+static int newest_complete_step(const char *dir, int writer_ranks) {
+    char pattern[CONFIG_PATH_MAX + 64], path[CONFIG_PATH_MAX + 64];
+    snprintf(pattern, sizeof pattern, "%s/checkpoints/step_*.ckpt", dir);
+    glob_t found;
+    if (glob(pattern, 0, NULL, &found) != 0) return -1;
+    int best = -1;
+    for (size_t i = 0; i < found.gl_pathc; i++) {
+        int step = checkpoint_step_of(found.gl_pathv[i], 0);
+        if (step <= best) continue;
+        int complete = 1;
+        for (int r = 1; r < writer_ranks && complete; r++) {
+            checkpoint_path(path, sizeof path, dir, step, r);
+            complete = file_exists(path);
+        }
+        if (complete) best = step;
+    }
+    globfree(&found);
+    return best;
+}
+
+static void choose_resume_checkpoint(const Trainer *tr, ResumeTarget *target) {
+    if (target->checkpoint[0]) return;
+    int writers = tr->cfg.training.zero ? tr->world : 1;
+    int step = newest_complete_step(target->run_dir, writers);
+    if (step < 0) {
+        fatal("--resume %s: no complete checkpoint in %s/checkpoints (set training.checkpoint_every, or let a run "
+              "reach its end or an interrupt, to write one)", target->run_dir, target->run_dir);
+    }
+    checkpoint_path(target->checkpoint, sizeof target->checkpoint, target->run_dir, step, 0);
 }
 
 static void load_config(Trainer *tr, const CliOptions *opt, const ResumeTarget *resume) {
@@ -120,15 +151,18 @@ static void load_config(Trainer *tr, const CliOptions *opt, const ResumeTarget *
     config_defaults(cfg);
     if (opt->config) {
         config_load(cfg, opt->config, NULL);
-    } else if (resume) {
+    } else if (resume && resume->run_dir[0]) {
         char path[CONFIG_PATH_MAX + 16];
         snprintf(path, sizeof path, "%s/config.json", resume->run_dir);
         config_load(cfg, path, NULL);
+    } else if (resume) {
+        fatal("--resume %s: this checkpoint is not in a run's checkpoints/ directory, so no run config comes with "
+              "it: give --config FILE as well; the run continues in that config's output.dir", resume->checkpoint);
     } else {
         fatal("no config given: use --config FILE (for example --config tiny_cpu.json), or --resume DIR");
     }
     for (int i = 0; i < opt->num_sets; i++) config_set(cfg, opt->sets[i]);
-    if (resume) snprintf(cfg->output.dir, sizeof cfg->output.dir, "%s", resume->run_dir);
+    if (resume && resume->run_dir[0]) snprintf(cfg->output.dir, sizeof cfg->output.dir, "%s", resume->run_dir);
     // A model file to start from fixes the model's shape.
     if (cfg->model.init_from[0]) {
         ModelShape shape = llmc_model_read_shape(cfg->model.init_from);
@@ -156,24 +190,25 @@ static void load_config(Trainer *tr, const CliOptions *opt, const ResumeTarget *
 }
 
 // Every rank must train the same model on the same data with the same settings: each compares a hash of
-// its resolved config with every other rank's.
-static void check_same_config(const Trainer *tr) {
+// `text` (its resolved config, or its data's identity) with every other rank's.
+static void check_same_on_all_ranks(const Trainer *tr, const char *text, const char *what) {
     if (tr->world == 1) return;
-    char *json = config_to_json(&tr->cfg);
-    uint64_t hash = 14695981039346656037ull;  // FNV-1a: a few kilobytes, once
-    for (const char *c = json; *c; c++) hash = (hash ^ (unsigned char)*c) * 1099511628211ull;
-    free(json);
     uint64_t *hashes = xcalloc((size_t)tr->world, sizeof(uint64_t));
     size_t *bounds = xmalloc((size_t)(tr->world + 1) * sizeof(size_t));
     for (int r = 0; r <= tr->world; r++) bounds[r] = (size_t)r;
-    hashes[tr->rank] = hash;
+    hashes[tr->rank] = xxh64(text, strlen(text));
     dist_all_gather(hashes, sizeof(uint64_t), bounds);
-    if (hashes[tr->rank] != hashes[0]) {
-        fatal("rank %d's configuration differs from rank 0's: every rank must run with the same config and --set "
-              "options", tr->rank);
-    }
+    if (hashes[tr->rank] != hashes[0]) fatal("rank %d's %s differs from rank 0's: %s", tr->rank, what,
+        strcmp(what, "configuration") == 0 ? "every rank must run with the same config and --set options"
+                                           : "every rank must read the same shards (same names, sizes and contents)");
     free(hashes);
     free(bounds);
+}
+
+static void check_same_config(const Trainer *tr) {
+    char *json = config_to_json(&tr->cfg);
+    check_same_on_all_ranks(tr, json, "configuration");
+    free(json);
 }
 
 // A dry run only plans: --device cuda --dry-run prints the GPU memory plan on a machine without a GPU.
@@ -239,11 +274,13 @@ static void dry_run(const Trainer *tr) {
 // ----------------------------------------------------------------------------------------------------
 // checkpoints
 
+// The sections of a checkpoint: the run's identity (text with its NUL), the loop's state, the backend's.
 static int checkpoint_sections(Trainer *tr, CheckpointSection *sections) {
     BackendState *bs = tr->ops->state_save(tr->backend);
-    sections[0] = (CheckpointSection){"trainer", &tr->state, sizeof tr->state};
-    for (int i = 0; i < bs->count; i++) sections[1 + i] = bs->sections[i];
-    return 1 + bs->count;
+    sections[0] = (CheckpointSection){"identity", tr->identity, strlen(tr->identity) + 1};
+    sections[1] = (CheckpointSection){"trainer", &tr->state, sizeof tr->state};
+    for (int i = 0; i < bs->count; i++) sections[2 + i] = bs->sections[i];
+    return 2 + bs->count;
 }
 
 static void remove_old_checkpoints(const char *dir, int newest_step, int rank) {
@@ -273,19 +310,18 @@ static void save_checkpoint(Trainer *tr) {
     remove_old_checkpoints(tr->cfg.output.dir, (int)tr->state.step, tr->rank);
 }
 
-// The ranks and sharding of a run must match its checkpoint's: rank 0's file says what they were.
-static void check_checkpoint_ranks(const Trainer *tr, const char *path) {
-    TrainerState saved;
-    checkpoint_read_one(path, &(CheckpointSection){"trainer", &saved, sizeof saved});
-    if (saved.world != (uint64_t)tr->world || saved.zero != (uint64_t)tr->cfg.training.zero) {
-        fatal("%s: checkpoint was written by a run on %llu rank(s) with training.zero = %llu; this run has %d "
-              "rank(s) with training.zero = %d: resume on the same number of ranks, with the same training.zero",
-              path, (unsigned long long)saved.world, (unsigned long long)saved.zero, tr->world, tr->cfg.training.zero);
-    }
+// A checkpoint continues only the run that wrote it: its identity (config keys that may not change, ranks,
+// data) must equal this run's, checked before anything else of the file is used.
+static void check_checkpoint_identity(const Trainer *tr, const char *path) {
+    size_t nbytes;
+    char *saved = checkpoint_read_section(path, "identity", &nbytes);
+    if (nbytes == 0 || saved[nbytes - 1] != '\0') fatal("checkpoint %s: its identity section is not text (corrupt)", path);
+    run_identity_check(path, saved, tr->identity);
+    free(saved);
 }
 
 static void load_checkpoint(Trainer *tr, const char *root_path) {
-    check_checkpoint_ranks(tr, root_path);
+    check_checkpoint_identity(tr, root_path);
     // Under ZeRO-1 rank r > 0 reads its own file: step_N.ckpt -> step_N.rankR.ckpt.
     char path[CONFIG_PATH_MAX + 80];
     snprintf(path, sizeof path, "%s", root_path);
@@ -296,15 +332,9 @@ static void load_checkpoint(Trainer *tr, const char *root_path) {
     CheckpointSection sections[16];
     int count = checkpoint_sections(tr, sections);
     checkpoint_read(path, sections, count);
-    if (tr->state.seed != tr->cfg.training.seed || tr->state.num_params != tr->table.num_params) {
-        fatal("%s: checkpoint was written by a run with seed %llu and %llu parameters; this config has seed %llu "
-              "and %zu parameters", path, (unsigned long long)tr->state.seed,
-              (unsigned long long)tr->state.num_params, (unsigned long long)tr->cfg.training.seed,
-              tr->table.num_params);
-    }
-    if ((int)tr->state.step > tr->cfg.training.max_steps) {
-        fatal("%s: checkpoint is at step %d, beyond training.max_steps = %d", path, (int)tr->state.step,
-              tr->cfg.training.max_steps);
+    if ((int)tr->state.step != checkpoint_step_of(root_path, 0)) {
+        fatal("checkpoint %s holds step %d, not the step its name says: rename it step_%08d.ckpt", path,
+              (int)tr->state.step, (int)tr->state.step);
     }
     tr->ops->state_load(tr->backend);
     dataloader_seek(tr->train_data, tr->state.data);
@@ -321,7 +351,18 @@ static void open_data(Trainer *tr) {
     if (cfg->data.val[0] && cfg->training.eval_every > 0) {
         tr->val_data = dataloader_open(cfg->data.val, tr->B, tr->T, tr->rank, tr->world, cfg->model.vocab_size, 0, 0);
     }
-    if (cfg->data.tokenizer[0]) tr->tokenizer = tokenizer_load(cfg->data.tokenizer);
+    char *data_identity = data_identity_text(tr->train_data);
+    check_same_on_all_ranks(tr, data_identity, "training data");
+    free(data_identity);
+    tr->identity = run_identity_text(cfg, tr->train_data, tr->world);
+    if (cfg->data.tokenizer[0]) {
+        tr->tokenizer = tokenizer_load(cfg->data.tokenizer);
+        if (tokenizer_vocab_size(tr->tokenizer) < cfg->model.vocab_size) {
+            printf("warning: the tokenizer %s knows %d tokens, fewer than model.vocab_size = %d: samples will show "
+                   "nothing for the ids it lacks\n", cfg->data.tokenizer, tokenizer_vocab_size(tr->tokenizer),
+                   cfg->model.vocab_size);
+        }
+    }
     tr->inputs = xmalloc((size_t)tr->B * tr->T * sizeof(int));
     tr->targets = xmalloc((size_t)tr->B * tr->T * sizeof(int));
 }
@@ -333,24 +374,32 @@ static void create_backend(Trainer *tr) {
     tr->backend = tr->ops->create(&tr->table, &tr->policy, tr->B, tr->T, params);
     free(params);
     if (tr->cfg.training.zero) tr->ops->shard_optimizer_state(tr->backend);
-    tr->state.seed = tr->cfg.training.seed;
-    tr->state.num_params = tr->table.num_params;
-    tr->state.world = (uint64_t)tr->world;
-    tr->state.zero = (uint64_t)tr->cfg.training.zero;
 }
 
-// Only now, with config, data, model and checkpoint all checked, does the run touch its output directory.
-// Rank 0 writes the outputs; under ZeRO-1 every rank writes checkpoints.
-static void open_output(Trainer *tr) {
-    char path[CONFIG_PATH_MAX + 64];
-    snprintf(path, sizeof path, "%s/checkpoints", tr->cfg.output.dir);
-    make_dirs(path);
-    if (tr->rank != 0) return;
-    snprintf(path, sizeof path, "%s/config.json", tr->cfg.output.dir);
-    char *json = config_to_json(&tr->cfg);
-    atomic_file_write_text(path, "config", json);
-    free(json);
-    run_log_open(&tr->log, tr->cfg.output.dir, tr->cfg.training.max_steps, (int)tr->state.step);
+// Only now, with config, data, model and checkpoint all checked, does the run touch its output directory:
+// rank 0 claims it (lock, overwrite, stale temporary files), starts a branch when the run resumes from an
+// older checkpoint than the newest, writes config.json and opens the log. Under ZeRO-1 the other ranks write
+// their checkpoints into the directory once rank 0 has claimed it.
+static void open_output(Trainer *tr, RunDirUse use) {
+    const char *dir = tr->cfg.output.dir;
+    int step = (int)tr->state.step;
+    if (tr->rank == 0) {
+        run_dir_claim(dir, use, tr->cfg.output.overwrite);
+        int moved = use == RUN_DIR_CONTINUE ? run_dir_supersede_after(dir, step) : 0;
+        if (moved) {
+            printf("resuming from step %d starts a branch: %d newer checkpoint file(s) moved to "
+                   "%s/checkpoints/superseded/ (kept), log.jsonl and samples.txt cut at step %d\n", step, moved, dir,
+                   step);
+        }
+        char path[CONFIG_PATH_MAX + 64];
+        snprintf(path, sizeof path, "%s/config.json", dir);
+        char *json = config_to_json(&tr->cfg);
+        atomic_file_write_text(path, "config", json);
+        free(json);
+        run_log_open(&tr->log, dir, tr->cfg.training.max_steps, step);
+        tr->history = tr->log.history;
+    }
+    dist_barrier();
 }
 
 // ----------------------------------------------------------------------------------------------------
@@ -415,6 +464,8 @@ static AdamWStep adamw_hyperparameters(const Trainer *tr, int step, float grad_n
     return s;
 }
 
+// One optimizer step. A non-finite loss or gradient norm leaves the weights as they were and is reported
+// in the record (the caller stops the run as diverged).
 static StepRecord train_step(Trainer *tr) {
     int step = (int)tr->state.step;
     double start = wall_time_seconds();
@@ -431,20 +482,16 @@ static StepRecord train_step(Trainer *tr) {
     dist_all_reduce_sum_doubles(&loss_sum, 1);
     float loss = (float)(loss_sum / (tr->accum_steps * tr->world));
     float grad_norm = tr->ops->grad_norm(tr->backend);
-    if (!isfinite(loss) || !isfinite(grad_norm)) {
-        fatal("step %d: the loss (%g) or gradient norm (%g) is not finite; the run has diverged (its last "
-              "complete checkpoint, if any, is in %s/checkpoints)", step + 1, loss, grad_norm, tr->cfg.output.dir);
-    }
     AdamWStep hp = adamw_hyperparameters(tr, step, grad_norm);
-    int with_metrics = every(tr->cfg.metrics.every, step + 1);
+    int finite = isfinite(loss) && isfinite(grad_norm);
+    int with_metrics = finite && every(tr->cfg.metrics.every, step + 1);
     if (with_metrics && !tr->metrics.groups) update_metrics_init(&tr->metrics, &tr->table);
-    tr->ops->optimizer_step(tr->backend, &hp, with_metrics ? &tr->metrics : NULL);
-    tr->state.step++;
+    if (finite) tr->ops->optimizer_step(tr->backend, &hp, with_metrics ? &tr->metrics : NULL);
     double seconds = wall_time_seconds() - start;
 
     StepRecord rec;
     memset(&rec, 0, sizeof rec);
-    rec.step = (int)tr->state.step;
+    rec.step = step + 1;
     rec.loss = loss;
     rec.lr = hp.lr;
     rec.grad_norm = grad_norm;
@@ -454,33 +501,67 @@ static StepRecord train_step(Trainer *tr) {
     return rec;
 }
 
-// A float for JSON: null when there is no value (JSON has no NaN).
+// Divergence is judged on a moving average of the losses, so that one noisy step does not end a run:
+// diverged when a loss or gradient norm is not finite, or when the average exceeds step 1's loss by
+// training.divergence_margin (0: never). Writes the reason into `why`.
+static int diverged(Trainer *tr, const StepRecord *rec, char *why, size_t len) {
+    if (!isfinite(rec->loss) || !isfinite(rec->grad_norm)) {
+        snprintf(why, len, "step %d: the loss (%g) or gradient norm (%g) is not finite", rec->step, rec->loss,
+                 rec->grad_norm);
+        return 1;
+    }
+    TrainerState *s = &tr->state;
+    if (rec->step == 1) s->first_loss = s->loss_average = rec->loss;
+    else s->loss_average = (1.0f - LOSS_AVERAGE_WEIGHT) * s->loss_average + LOSS_AVERAGE_WEIGHT * rec->loss;
+    float margin = tr->cfg.training.divergence_margin;
+    if (margin > 0.0f && s->loss_average > s->first_loss + margin) {
+        snprintf(why, len, "step %d: the loss's moving average (%.4f) exceeds the first loss (%.4f) by more than "
+                 "training.divergence_margin (%g)", rec->step, s->loss_average, s->first_loss, margin);
+        return 1;
+    }
+    return 0;
+}
+
+// A float for JSON: null when there is no value (JSON has no NaN or infinities).
 static void json_float(char *buf, size_t len, int has_value, float value) {
-    if (has_value) snprintf(buf, len, "%.9g", value);
+    if (has_value && isfinite(value)) snprintf(buf, len, "%.9g", value);
     else snprintf(buf, len, "null");
 }
 
-static void write_summary(Trainer *tr, double seconds, float final_loss) {
+// How a run ended, for summary.json and the exit status.
+typedef struct {
+    int status;        // 0, EXIT_DIVERGED, or 128 + the signal that interrupted it
+    int diverged_step; // 0 when it did not diverge
+    float final_loss;
+} RunEnd;
+
+static void write_summary(Trainer *tr, const RunEnd *end) {
     struct rusage usage;
     getrusage(RUSAGE_SELF, &usage);
-    char final_val[32], best_val[32], json[2048], device[512] = "";
+    const RunHistory *h = &tr->history;
+    char final_loss[32], final_val[32], best_val[32], diverged_step[32], json[2048], device[512] = "";
     if (tr->ops->device_memory_bytes) {
         snprintf(device, sizeof device,
                  "  \"device_name\": \"%s\",\n  \"peak_device_memory_bytes\": %zu,\n  \"nccl_ranks\": %d,\n",
                  tr->ops->device_name(tr->backend), tr->ops->device_memory_bytes(tr->backend),
                  tr->ops->nccl_ranks(tr->backend));
     }
-    json_float(final_val, sizeof final_val, tr->val_data != NULL, tr->last_val_loss);
-    json_float(best_val, sizeof best_val, tr->val_data != NULL, tr->best_val_loss);
+    json_float(final_loss, sizeof final_loss, 1, end->final_loss);
+    json_float(final_val, sizeof final_val, h->has_val, h->last_val_loss);
+    json_float(best_val, sizeof best_val, h->has_val, h->best_val_loss);
+    if (end->diverged_step) snprintf(diverged_step, sizeof diverged_step, "%d", end->diverged_step);
+    else snprintf(diverged_step, sizeof diverged_step, "null");
     snprintf(json, sizeof json,
              "{\n  \"policy\": \"%s\",\n  \"backend\": \"%s\",\n  \"num_params\": %zu,\n"
-             "  \"bytes_per_param\": %zu,\n  \"steps\": %d,\n  \"tokens\": %lld,\n  \"final_loss\": %.9g,\n"
+             "  \"bytes_per_param\": %zu,\n  \"steps\": %d,\n  \"tokens\": %lld,\n  \"final_loss\": %s,\n"
              "  \"final_val_loss\": %s,\n  \"best_val_loss\": %s,\n  \"mean_tokens_per_s\": %.1f,\n"
-             "  \"seconds\": %.3f,\n  \"peak_host_memory_bytes\": %lld,\n%s  \"diverged\": false\n}\n",
+             "  \"seconds\": %.3f,\n  \"peak_host_memory_bytes\": %lld,\n%s  \"interrupted\": %s,\n"
+             "  \"diverged\": %s,\n  \"diverged_step\": %s\n}\n",
              tr->policy.name, tr->ops->name, tr->table.num_params, policy_bytes_per_param(&tr->policy),
              (int)tr->state.step, (long long)tr->state.step * tr->accum_steps * tr->B * tr->T * tr->world, final_loss,
-             final_val, best_val, tr->timed_steps ? tr->tokens_per_s_sum / tr->timed_steps : 0.0, seconds,
-             (long long)usage.ru_maxrss * 1024, device);
+             final_val, best_val, h->timed_steps ? h->tokens_per_s_sum / h->timed_steps : 0.0, run_log_seconds(&tr->log),
+             (long long)usage.ru_maxrss * 1024, device, end->status > 128 ? "true" : "false",
+             end->diverged_step ? "true" : "false", diverged_step);
     run_log_summary(&tr->log, json);
 }
 
@@ -496,43 +577,88 @@ static void export_model(Trainer *tr) {
     free(params);
 }
 
-static void train(Trainer *tr) {
+// The signal that every rank has been sent (mpirun forwards one to all), agreed on so that all ranks stop
+// after the same step; 0 when none.
+static int agreed_interrupt(void) {
+    int sig = pending_interrupt_signal();
+    double noted[2] = {sig == SIGINT, sig == SIGTERM};
+    dist_all_reduce_sum_doubles(noted, 2);
+    return noted[1] > 0 ? SIGTERM : noted[0] > 0 ? SIGINT : 0;
+}
+
+static void record_step(Trainer *tr, const StepRecord *rec) {
+    RunHistory *h = &tr->history;
+    if (rec->step > 1) {  // the first step includes warm-up effects
+        h->tokens_per_s_sum += rec->tokens_per_s;
+        h->timed_steps++;
+    }
+    if (rec->has_val) {
+        h->has_val = 1;
+        h->last_val_loss = rec->val_loss;
+        if (rec->val_loss < h->best_val_loss) h->best_val_loss = rec->val_loss;
+    }
+}
+
+// The steps up to max_steps, or until the run diverges or a signal asks it to stop.
+static RunEnd train_steps(Trainer *tr) {
+    const Config *cfg = &tr->cfg;
+    int max_steps = cfg->training.max_steps;
+    RunEnd end = {0, 0, NAN};
+    while ((int)tr->state.step < max_steps) {
+        StepRecord rec = train_step(tr);
+        end.final_loss = rec.loss;
+        char why[256];
+        if (diverged(tr, &rec, why, sizeof why)) {
+            if (tr->rank == 0) run_log_step(&tr->log, &rec);
+            fprintf(stderr, "train_gpt: %s: the run diverged (summary.json says so; exit status %d)\n", why,
+                    EXIT_DIVERGED);
+            end.status = EXIT_DIVERGED;
+            end.diverged_step = rec.step;
+            return end;
+        }
+        tr->state.step++;
+        if (tr->val_data && (every(cfg->training.eval_every, rec.step) || rec.step == max_steps)) evaluate(tr, &rec);
+        record_step(tr, &rec);
+        if (tr->rank == 0) run_log_step(&tr->log, &rec);
+        if (tr->tokenizer && every(cfg->training.sample_every, rec.step) && tr->rank == 0) write_sample(tr, rec.step);
+        int saved = every(cfg->training.checkpoint_every, rec.step) || (rec.step == max_steps && cfg->output.final_checkpoint);
+        if (saved) save_checkpoint(tr);
+        int sig = agreed_interrupt();
+        if (sig && rec.step < max_steps) {
+            if (!saved) save_checkpoint(tr);
+            printf("\ninterrupted by %s after step %d: checkpoint written; continue with --resume %s\n",
+                   sig == SIGINT ? "SIGINT" : "SIGTERM", rec.step, cfg->output.dir);
+            end.status = 128 + sig;
+            return end;
+        }
+    }
+    return end;
+}
+
+static int train(Trainer *tr) {
     const Config *cfg = &tr->cfg;
     int max_steps = cfg->training.max_steps;
     printf("training %zu parameters under policy %s on the %s backend: %d steps of %d x %d x %d tokens",
            tr->table.num_params, tr->policy.name, tr->ops->name, max_steps, tr->accum_steps, tr->B, tr->T);
     if (tr->world > 1) printf(" on each of %d ranks%s", tr->world, tr->cfg.training.zero ? " (ZeRO-1)" : "");
     printf("\n");
-    double start = wall_time_seconds();
-    float loss = NAN;
-    tr->best_val_loss = INFINITY;
-    int sampled_last = 0;
-    while ((int)tr->state.step < max_steps) {
-        StepRecord rec = train_step(tr);
-        loss = rec.loss;
-        if (rec.step > 1) {  // the first step includes warm-up effects
-            tr->tokens_per_s_sum += rec.tokens_per_s;
-            tr->timed_steps++;
-        }
-        if (tr->val_data && (every(cfg->training.eval_every, rec.step) || rec.step == max_steps)) {
-            evaluate(tr, &rec);
-            tr->last_val_loss = rec.val_loss;
-            if (rec.val_loss < tr->best_val_loss) tr->best_val_loss = rec.val_loss;
-        }
-        if (tr->rank == 0) run_log_step(&tr->log, &rec);
-        sampled_last = tr->tokenizer && every(cfg->training.sample_every, rec.step);
-        if (sampled_last && tr->rank == 0) write_sample(tr, rec.step);
-        int final_step = rec.step == max_steps && cfg->output.final_checkpoint;
-        if (every(cfg->training.checkpoint_every, rec.step) || final_step) save_checkpoint(tr);
+    defer_interrupts();
+    RunEnd end = train_steps(tr);
+    if (tr->rank != 0) return end.status;
+    int finished = end.status == 0;
+    // A final sample, unless the last step wrote one or samples are off.
+    if (finished && tr->tokenizer && cfg->training.sample_every > 0 && !every(cfg->training.sample_every, max_steps)) {
+        write_sample(tr, max_steps);
     }
-    if (tr->rank != 0) return;
-    if (tr->tokenizer && !sampled_last && cfg->training.sample_tokens > 0) write_sample(tr, (int)tr->state.step);
     run_log_close(&tr->log);
-    export_model(tr);
-    write_summary(tr, wall_time_seconds() - start, loss);
+    if (finished) export_model(tr);
+    write_summary(tr, &end);
     if (tr->ops->device_memory_bytes) print_device_memory(tr);
-    printf("done: %d steps; outputs in %s (log.jsonl, samples.txt, model.bin, summary.json, checkpoints/)\n",
-           (int)tr->state.step, cfg->output.dir);
+    if (finished) {
+        printf("done: %d steps; outputs in %s (log.jsonl, samples.txt, model.bin, summary.json, checkpoints/)\n",
+               (int)tr->state.step, cfg->output.dir);
+    }
+    return end.status;
 }
 
 static int run_program(int argc, char **argv, const BackendOps *cuda_ops, int cuda_devices) {
@@ -564,16 +690,30 @@ static int run_program(int argc, char **argv, const BackendOps *cuda_ops, int cu
         dry_run(tr);
         return 0;
     }
+    RunDirUse use = opt.resume && resume.run_dir[0] ? RUN_DIR_CONTINUE : RUN_DIR_NEW;
+    if (opt.resume) {
+        choose_resume_checkpoint(tr, &resume);
+        int step = checkpoint_step_of(resume.checkpoint, 0);
+        if (step == tr->cfg.training.max_steps) {
+            printf("the run in %s is complete: %s is at training.max_steps = %d. To train further: --resume %s "
+                   "--set training.max_steps=N (N > %d)\n", tr->cfg.output.dir, resume.checkpoint, step,
+                   opt.resume, step);
+            return 0;
+        }
+        if (step > tr->cfg.training.max_steps) {
+            fatal("%s is at step %d, beyond training.max_steps = %d: set training.max_steps above %d to continue",
+                  resume.checkpoint, step, tr->cfg.training.max_steps, step);
+        }
+    }
+    if (tr->rank == 0) run_dir_check(tr->cfg.output.dir, use, tr->cfg.output.overwrite);
     open_data(tr);
     create_backend(tr);
     if (opt.resume) {
-        if (!resume.checkpoint[0]) fatal("--resume %s: no checkpoint found in %s/checkpoints", opt.resume, resume.run_dir);
         load_checkpoint(tr, resume.checkpoint);
         printf("resumed from %s at step %d\n", resume.checkpoint, (int)tr->state.step);
     }
-    open_output(tr);
-    train(tr);
-    return 0;
+    open_output(tr, use);
+    return train(tr);
 }
 
 int train_main(int argc, char **argv, const BackendOps *cuda_ops, int cuda_devices) {

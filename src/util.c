@@ -46,14 +46,28 @@ static void remove_files_and_die(int sig) {
     raise(sig);
 }
 
-void cleanup_on_interrupt(void) {
+static void handle_interrupts_with(void (*handler)(int)) {
     struct sigaction action;
     memset(&action, 0, sizeof action);
-    action.sa_handler = remove_files_and_die;
+    action.sa_handler = handler;
     sigemptyset(&action.sa_mask);
     sigaction(SIGINT, &action, NULL);
     sigaction(SIGTERM, &action, NULL);
 }
+
+void cleanup_on_interrupt(void) { handle_interrupts_with(remove_files_and_die); }
+
+static volatile sig_atomic_t pending_interrupt;
+
+// The first signal is only noted; a second one means "now".
+static void note_or_die(int sig) {
+    if (pending_interrupt) remove_files_and_die(sig);
+    pending_interrupt = sig;
+}
+
+void defer_interrupts(void) { handle_interrupts_with(note_or_die); }
+
+int pending_interrupt_signal(void) { return pending_interrupt; }
 
 void fatal(const char *fmt, ...) {
     remove_cleanup_files();

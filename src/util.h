@@ -23,6 +23,12 @@ void fatal_cleanup_unregister(const char *path);
 // On SIGINT or SIGTERM (Ctrl-C, mpirun tearing a job down), remove the registered files too, so that an
 // interrupted checkpoint write leaves the last complete checkpoint and no temporary file.
 void cleanup_on_interrupt(void);
+// From here on, the first SIGINT or SIGTERM is only noted (pending_interrupt_signal() returns it) so that
+// the training loop can stop at the end of its step and save; a second signal ends the process at once, as
+// cleanup_on_interrupt does.
+void defer_interrupts(void);
+// The signal noted since defer_interrupts(), or 0.
+int pending_interrupt_signal(void);
 
 void *xmalloc(size_t nbytes);
 void *xcalloc(size_t count, size_t size);
