@@ -16,7 +16,7 @@ so rerunning the same command continues an interrupted sweep. After the runs:
                                     final validation loss or "div" (the stability view of arXiv 2405.18710)
 
 Divergence (a run counts as diverged when):
-  - its loss becomes NaN or Inf: train_gpt stops with an error naming the step; or
+  - its loss becomes NaN or Inf: train_gpt stops it (exit status 3) naming the step; or
   - its loss stays above the first step's loss by --divergence-margin: while it runs, the sweep polls
     log.jsonl and stops it (SIGTERM) once the last --divergence-window losses all exceed first + margin;
     after it ends, the mean loss of its last 10% of steps must not exceed first + margin.
@@ -61,7 +61,9 @@ GRID_FILE_KEYS = {"policies", "seeds", "lrs", "matmuls", "matmul_rounding", "ste
 AXIS_KEYS = {"precision.policy": "--policies", "training.seed": "--seeds", "training.lr": "--lrs",
              "precision.matmul": "--matmuls", "precision.matmul_rounding": "--matmul-rounding",
              "training.max_steps": "--steps"}
-NON_FINITE_MESSAGE = re.compile(r"step (\d+): .*not finite")
+# train_gpt stops a diverged run itself with this exit status and a message "step N: WHY: the run diverged".
+TRAIN_GPT_DIVERGED = 3
+DIVERGED_MESSAGE = re.compile(r"step (\d+): (.*?): the run diverged")
 CSV_COLUMNS = ["name", "policy", "matmul", "matmul_rounding", "lr", "seed", "status", "diverged",
                "diverged_step", "reason", "steps", "final_loss", "final_val_loss", "best_val_loss",
                "seconds", "tokens_per_s"]
@@ -402,8 +404,10 @@ class LogWatcher:
 # ---- running points ----
 
 def point_is_done(directory: str) -> bool:
-    """Finished (summary.json), or stopped as diverged by an earlier sweep (result.json says so)."""
-    if os.path.exists(os.path.join(directory, "summary.json")):
+    """Finished or diverged (summary.json, unless interrupted), or stopped as diverged by an earlier sweep
+    (result.json says so)."""
+    summary = read_json_file(os.path.join(directory, "summary.json"))
+    if summary is not None and not summary.get("interrupted"):
         return True
     result = read_json_file(os.path.join(directory, "result.json"))
     return bool(result) and result.get("status") == "diverged"
@@ -427,7 +431,12 @@ def run_point(command: list, directory: str, margin: float, window: int, poll_s:
     stopped_at = None
     with open(os.path.join(directory, "stdout.txt"), "w") as out, \
             open(os.path.join(directory, "stderr.txt"), "w") as err:
-        process = subprocess.Popen(command + ["--config", os.path.join(directory, "config.json")],
+        # The point's directory holds its config.json (written by the sweep): train_gpt may overwrite it. The
+        # sweep judges divergence itself, so train_gpt's own stop on a margin is off (a non-finite loss still
+        # stops it).
+        process = subprocess.Popen(command + ["--config", os.path.join(directory, "config.json"),
+                                              "--set", "output.overwrite=1",
+                                              "--set", "training.divergence_margin=0"],
                                    stdout=out, stderr=err)
         try:
             while not exited(process, poll_s):
@@ -469,9 +478,9 @@ def judge_run(log: list, exit_code: int, stderr: str, stopped_at: int | None, ma
         return diverged(stopped_at, f"the last {window} losses exceeded the first + {margin:g}: stopped",
                         exit_code)
     if exit_code != 0:
-        match = NON_FINITE_MESSAGE.search(stderr)
-        if match:
-            return diverged(int(match.group(1)), "loss or gradient norm not finite", exit_code)
+        match = DIVERGED_MESSAGE.search(stderr)
+        if exit_code == TRAIN_GPT_DIVERGED and match:
+            return diverged(int(match.group(1)), match.group(2), exit_code)
         lines = [line for line in stderr.splitlines() if line.strip()]
         return {"status": "failed", "diverged": False, "diverged_step": None, "exit_code": exit_code,
                 "reason": lines[-1] if lines else f"train_gpt exited with {exit_code}"}
@@ -573,7 +582,8 @@ def collect_result(settings: Settings, out_dir: str, point: Point) -> dict:
            "matmul_rounding": settings.matmul_rounding or "", "lr": "" if point.lr is None else f"{point.lr:g}",
            "seed": "" if point.seed is None else point.seed, "steps": log[-1]["step"] if log else 0,
            "seconds": recorded.get("seconds", "")}
-    if summary is not None:  # judged again, under this sweep's margin
+    if summary is not None and not summary.get("diverged") and not summary.get("interrupted"):
+        # a finished run is judged again, under this sweep's margin
         judged = judge_run(log, 0, "", None, settings.margin, settings.window)
     elif recorded:
         judged = recorded

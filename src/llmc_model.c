@@ -5,6 +5,7 @@
 #include "llmc_model.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -68,14 +69,6 @@ static ModelShape read_header(const char *path, FILE *f, int *version) {
     return shape;
 }
 
-ModelShape llmc_model_read_shape(const char *path) {
-    FILE *f = xfopen(path, "rb");
-    int version;
-    ModelShape shape = read_header(path, f, &version);
-    fclose(f);
-    return shape;
-}
-
 static void check_file_size(const char *path, FILE *f, const ParamTable *table, int version) {
     struct stat st;
     if (fstat(fileno(f), &st) != 0) fatal("cannot read model file %s: %s", path, strerror(errno));
@@ -84,6 +77,18 @@ static void check_file_size(const char *path, FILE *f, const ParamTable *table, 
         fatal("model file %s is %lld bytes, but its header (version %d, %zu parameters) needs %lld: truncated or "
               "not a GPT-2 model", path, (long long)st.st_size, version, table->num_params, expected);
     }
+}
+
+ModelShape llmc_model_read_shape(const char *path) {
+    FILE *f = xfopen(path, "rb");
+    int version;
+    ModelShape shape = read_header(path, f, &version);
+    // The header's shape must account for the file's size before anything trusts it.
+    ParamTable table;
+    param_table_init(&table, &shape);
+    check_file_size(path, f, &table, version);
+    fclose(f);
+    return shape;
 }
 
 static void read_params(const char *path, FILE *f, float *params, size_t n, int version) {
@@ -100,6 +105,21 @@ static void read_params(const char *path, FILE *f, float *params, size_t n, int 
     free(chunk);
 }
 
+// A model to start from must hold numbers: a NaN or infinity would only show as a diverged first step.
+static void check_finite(const char *path, const ParamTable *table, const float *params, int version) {
+    for (int t = 0; t < NUM_PARAM_TENSORS; t++) {
+        const ParamTensor *tensor = &table->tensors[t];
+        for (size_t i = 0; i < tensor->numel; i++) {
+            float value = params[tensor->offset + i];
+            if (!isfinite(value)) {
+                fatal("model file %s: tensor %s holds %g at element %zu (byte offset %lld of the file): a model to "
+                      "start from must be finite", path, tensor->name, value, i,
+                      (long long)HEADER_BYTES + (long long)(tensor->offset + i) * bytes_per_param(version));
+            }
+        }
+    }
+}
+
 void llmc_model_load(const char *path, const ParamTable *table, float *params) {
     FILE *f = xfopen(path, "rb");
     int version;
@@ -113,6 +133,7 @@ void llmc_model_load(const char *path, const ParamTable *table, float *params) {
     check_file_size(path, f, table, version);
     read_params(path, f, params, table->num_params, version);
     fclose(f);
+    check_finite(path, table, params, version);
 }
 
 static void write_params_bf16(AtomicFile *out, const float *params, size_t n) {

@@ -20,6 +20,18 @@ static void check_shape(const ModelShape *shape) {
               shape->vocab_size);
 }
 
+// The parameter count in double precision (exact to well beyond the limit): a shape beyond 2^50 parameters
+// would overflow the byte counts of the memory plan (up to 64 bytes per parameter) long before any machine
+// could hold it.
+static void check_size(const ModelShape *s) {
+    double L = s->n_layer, C = s->n_embd;
+    double params = (double)s->padded_vocab * C + (double)s->block_size * C + L * (12.0 * C * C + 13.0 * C) + 2.0 * C;
+    if (params > 0x1p50) {
+        fatal("model shape (n_layer %d, n_embd %d, block_size %d, vocab %d) has %.3g parameters, more than the 2^50 "
+              "this program can count", s->n_layer, s->n_embd, s->block_size, s->padded_vocab, params);
+    }
+}
+
 // One row of the table. numel counts all layers of a per-layer tensor.
 static ParamTensor tensor_entry(const char *name, size_t numel, int per_layer, int is_matrix) {
     ParamTensor t = {name, 0, numel, per_layer, is_matrix};
@@ -32,6 +44,7 @@ void param_table_init(ParamTable *table, const ModelShape *shape) {
     if (table->shape.padded_vocab == 0) table->shape.padded_vocab = padded_vocab_size(shape->vocab_size);
     check_shape(&table->shape);
 
+    check_size(&table->shape);
     size_t L = (size_t)shape->n_layer;
     size_t C = (size_t)shape->n_embd;
     size_t Vp = (size_t)table->shape.padded_vocab;

@@ -122,6 +122,31 @@ static void check_combination(const Policy *p) {
     }
 }
 
+// A setting that the chosen matmul format ignores is refused: a run that seems to sweep it would train the
+// same model every time. Settings at their default values are not "set".
+static void check_settings_used(const Policy *p, const Config *cfg) {
+    Config defaults;
+    config_defaults(&defaults);
+    const char *matmul = p->matmul.format == MATMUL_FP32 ? "fp32" : p->matmul.format == MATMUL_BF16 ? "bf16"
+                       : p->matmul.format == MATMUL_FP8  ? "fp8"  : "eXmY";
+    if (p->matmul.format != MATMUL_EXMY &&
+        strcmp(cfg->precision.matmul_rounding, defaults.precision.matmul_rounding) != 0) {
+        fatal("precision.matmul_rounding = %s has no effect: it applies to eXmY matmuls, and this policy's matmuls "
+              "are %s (set precision.matmul to an eXmY format, or leave matmul_rounding out)",
+              cfg->precision.matmul_rounding, matmul);
+    }
+    int fp8 = p->matmul.format == MATMUL_FP8, delayed = fp8 && p->matmul.scaling == SCALING_DELAYED;
+    const char *unused = NULL;
+    if (!fp8 && strcmp(cfg->precision.scaling, defaults.precision.scaling) != 0) unused = "scaling";
+    else if (!fp8 && cfg->precision.margin != defaults.precision.margin) unused = "margin";
+    else if (!delayed && cfg->precision.amax_history != defaults.precision.amax_history) unused = "amax_history";
+    if (unused) {
+        fatal("precision.%s has no effect: it applies to fp8 matmuls%s, and this policy's matmuls are %s%s", unused,
+              strcmp(unused, "amax_history") == 0 ? " with delayed scaling" : "", matmul,
+              fp8 ? " with current scaling" : " (set precision.matmul = fp8, or leave it out)");
+    }
+}
+
 static void describe_overrides(Policy *p, const Config *cfg) {
     const char *axes[] = {cfg->precision.weights, cfg->precision.update, cfg->precision.adam_m,
                           cfg->precision.adam_v,  cfg->precision.grads,  cfg->precision.matmul,
@@ -157,6 +182,7 @@ Policy policy_from_config(const Config *cfg) {
     apply_matmul(&p, cfg);
     p.allow_tf32 = cfg->precision.allow_tf32;
     check_combination(&p);
+    check_settings_used(&p, cfg);
     describe_overrides(&p, cfg);
     return p;
 }

@@ -180,6 +180,12 @@ static void load_config(Trainer *tr, const CliOptions *opt, const ResumeTarget *
     param_table_init(&tr->table, &shape);
     tr->B = cfg->training.batch_size;
     tr->T = cfg->training.seq_len;
+    // The activation plan multiplies B*T by the widths and by T again (attention): keep it countable.
+    double rows = (double)tr->B * tr->T, width = (double)shape.n_layer * (16.0 * shape.n_embd + shape.n_head * (double)tr->T);
+    if (rows * (width + shape.padded_vocab) > 0x1p50) {
+        fatal("training.batch_size %d x training.seq_len %d: the activations of this model would exceed 2^50 values",
+              tr->B, tr->T);
+    }
     // tokens_per_step counts the tokens of all ranks together.
     long step_tokens = (long)tr->B * tr->T * tr->world;
     if (cfg->training.tokens_per_step % step_tokens != 0) {

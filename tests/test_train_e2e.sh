@@ -5,7 +5,8 @@ write_tiny_config
 
 # 200 steps: the first loss is ln(vocab) within 2%; the validation loss ends below the corpus's unigram
 # entropy (what a model that ignores context can reach) by a fixed margin.
-"$train_gpt" --device cpu --config "$tmp/tiny.json" --set training.max_steps=200 --set output.dir="$tmp/long" >/dev/null
+"$train_gpt" --device cpu --config "$tmp/tiny.json" --set training.max_steps=200 --set training.sample_every=100 \
+  --set output.dir="$tmp/long" >/dev/null
 python3 - "$tmp/long/log.jsonl" "$tmp/data/val_000000.bin" <<'PY' || fail "init loss / learning"
 import collections, json, math, struct, sys
 log = [json.loads(l) for l in open(sys.argv[1])]

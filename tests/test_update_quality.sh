@@ -71,7 +71,7 @@ for p in collage_plus sr dqt_ternary; do
   python3 - "$tmp/straight_$p/log.jsonl" "$tmp/resumed_$p/log.jsonl" <<'PY' || fail "$p: resumed log differs"
 import json, sys
 def fields(path):  # everything but the timings
-    return [{k: v for k, v in json.loads(l).items() if k not in ("tokens_per_s", "ms")} for l in open(path)]
+    return [{k: v for k, v in json.loads(l).items() if k not in ("tokens_per_s", "ms", "time_s")} for l in open(path)]
 a, b = fields(sys.argv[1]), fields(sys.argv[2])
 assert len(a) == len(b) == 20 and a == b
 assert "dqt" not in sys.argv[1] or "flip_rate" in a[19], "DQT metrics carry flip_rate"
