@@ -113,6 +113,7 @@ static const char *const resumable_keys[] = {
     "training.eval_every", "training.eval_batches", "training.sample_every", "training.sample_tokens",
     "training.checkpoint_every", "training.divergence_margin",
     "metrics.every", "metrics.sharpness", "metrics.sharpness_steps",
+    "output.dir",               // a run directory may move: --resume DIR names where it is now
     "output.export", "output.final_checkpoint", "output.overwrite",
     NULL,
 };

@@ -5,7 +5,6 @@
 #include "llmc_model.h"
 
 #include <errno.h>
-#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -105,21 +104,6 @@ static void read_params(const char *path, FILE *f, float *params, size_t n, int 
     free(chunk);
 }
 
-// A model to start from must hold numbers: a NaN or infinity would only show as a diverged first step.
-static void check_finite(const char *path, const ParamTable *table, const float *params, int version) {
-    for (int t = 0; t < NUM_PARAM_TENSORS; t++) {
-        const ParamTensor *tensor = &table->tensors[t];
-        for (size_t i = 0; i < tensor->numel; i++) {
-            float value = params[tensor->offset + i];
-            if (!isfinite(value)) {
-                fatal("model file %s: tensor %s holds %g at element %zu (byte offset %lld of the file): a model to "
-                      "start from must be finite", path, tensor->name, value, i,
-                      (long long)HEADER_BYTES + (long long)(tensor->offset + i) * bytes_per_param(version));
-            }
-        }
-    }
-}
-
 void llmc_model_load(const char *path, const ParamTable *table, float *params) {
     FILE *f = xfopen(path, "rb");
     int version;
@@ -133,7 +117,6 @@ void llmc_model_load(const char *path, const ParamTable *table, float *params) {
     check_file_size(path, f, table, version);
     read_params(path, f, params, table->num_params, version);
     fclose(f);
-    check_finite(path, table, params, version);
 }
 
 static void write_params_bf16(AtomicFile *out, const float *params, size_t n) {

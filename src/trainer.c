@@ -373,10 +373,26 @@ static void open_data(Trainer *tr) {
     tr->targets = xmalloc((size_t)tr->B * tr->T * sizeof(int));
 }
 
+// A model to start from must hold numbers: a NaN or infinity would only show as a diverged first step.
+static void check_finite_params(const char *path, const ParamTable *table, const float *params) {
+    for (int t = 0; t < NUM_PARAM_TENSORS; t++) {
+        const ParamTensor *tensor = &table->tensors[t];
+        for (size_t i = 0; i < tensor->numel; i++) {
+            float value = params[tensor->offset + i];
+            if (!isfinite(value)) {
+                fatal("model.init_from %s: tensor %s holds %g at element %zu: a model to start from must be finite",
+                      path, tensor->name, value, i);
+            }
+        }
+    }
+}
+
 static void create_backend(Trainer *tr) {
     float *params = xmalloc(tr->table.num_params * sizeof(float));
-    if (tr->cfg.model.init_from[0]) llmc_model_load(tr->cfg.model.init_from, &tr->table, params);
-    else gpt_init_params(&tr->table, params, tr->cfg.training.seed);
+    if (tr->cfg.model.init_from[0]) {
+        llmc_model_load(tr->cfg.model.init_from, &tr->table, params);
+        check_finite_params(tr->cfg.model.init_from, &tr->table, params);
+    } else gpt_init_params(&tr->table, params, tr->cfg.training.seed);
     tr->backend = tr->ops->create(&tr->table, &tr->policy, tr->B, tr->T, params);
     free(params);
     if (tr->cfg.training.zero) tr->ops->shard_optimizer_state(tr->backend);

@@ -16,8 +16,8 @@ for t in "$@"; do
     failed+=("$t")
   fi
 done
+echo "$(( $# - ${#failed[@]} )) passed, ${#failed[@]} failed"
 if ((${#failed[@]})); then
-  echo "${#failed[@]} of $# tests failed: ${failed[*]}"
+  echo "failed: ${failed[*]}"
   exit 1
 fi
-echo "all $# tests passed"
