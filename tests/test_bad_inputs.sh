@@ -45,6 +45,62 @@ head -c 5000 "$tmp/data/train_000000.bin" > "$tmp/bad/truncated_000000.bin"
 expect_error "truncated shard" "truncated_000000.bin" --config "$tmp/tiny.json" --set data.train="$tmp/bad/truncated_*.bin"
 expect_error "missing model file" "no_such_model.bin" --config "$tmp/tiny.json" --set model.init_from="$tmp/no_such_model.bin"
 
+# A shard pattern that matches a FIFO: refused at once (opening it would wait for a writer forever).
+mkfifo "$tmp/bad/fifo_000000.bin"
+start=$(date +%s)
+expect_error "FIFO shard" "fifo_000000.bin is not a regular file" --config "$tmp/tiny.json" --set data.train="$tmp/bad/fifo_*.bin"
+[ $(( $(date +%s) - start )) -lt 10 ] || fail "the FIFO took seconds to refuse"
+
+# A config with bytes after a NUL: JSON parsers stop at the NUL, and the rest would be ignored silently.
+python3 - "$tmp" <<'PY'
+import sys
+text = open(sys.argv[1] + "/tiny.json", "rb").read()
+open(sys.argv[1] + "/nul.json", "wb").write(text + b"\0{\"training\": {\"lr\": 10}}")
+PY
+expect_error "NUL in config" "nul.json: a NUL byte at byte offset $(stat -c %s "$tmp/tiny.json")" --config "$tmp/nul.json"
+
+# A dry run of a shape whose parameter count does not fit the counters: refused, not wrapped around.
+expect_error "parameter count overflow" "more than the 2^50" --config "$tmp/tiny.json" --set model.n_embd=1073741824 \
+  --set model.n_head=1 --set model.n_layer=100000 --dry-run
+expect_error "activation overflow" "activations of this model would exceed 2^50" --config "$tmp/tiny.json" \
+  --set model.block_size=1000000 --set training.seq_len=1000000 --set training.batch_size=1000000 --dry-run
+
+# An llm.c model file whose header disagrees with its size: said before any data is validated (the shard
+# pattern here matches nothing, which would be the next error).
+"$train_gpt" --device cpu --config "$tmp/tiny.json" --set training.max_steps=2 --set training.warmup_steps=1 \
+  --set output.dir="$tmp/for_model" >/dev/null
+python3 - "$tmp/for_model/model.bin" "$tmp/bad" <<'PY'
+import struct, sys
+data = bytearray(open(sys.argv[1], "rb").read())
+header = list(struct.unpack("<256i", data[:1024]))
+header[4] = 3  # n_layer 2 -> 3: the file is now a layer short
+open(sys.argv[2] + "/short_model.bin", "wb").write(struct.pack("<256i", *header) + data[1024:])
+data[1024 + 4 * 17] = 0xff; data[1024 + 4 * 17 + 1] = 0xff  # wte element 17: the bits of a NaN
+data[1024 + 4 * 17 + 2] = 0xc0; data[1024 + 4 * 17 + 3] = 0x7f
+open(sys.argv[2] + "/nan_model.bin", "wb").write(data)
+PY
+expect_error "model header vs size" "short_model.bin is .* bytes, but its header .* needs" --config "$tmp/tiny.json" \
+  --set model.init_from="$tmp/bad/short_model.bin" --set data.train="$tmp/nothing_*.bin"
+# NaN in the weights to start from: an import error naming the tensor, before the run directory is touched.
+expect_error "NaN in init_from" "tensor wte holds nan at element 17" --config "$tmp/tiny.json" \
+  --set model.init_from="$tmp/bad/nan_model.bin"
+
+# A tokenizer that knows fewer tokens than the model: a warning at start (samples would lack those ids).
+python3 - "$tmp/data/tokenizer.bin" "$tmp/bad/small_tokenizer.bin" <<'PY'
+import struct, sys
+data = open(sys.argv[1], "rb").read()
+header = list(struct.unpack("<256I", data[:1024]))
+vocab, body, pos = header[2], data[1024:], 0
+for _ in range(200):  # keep the first 200 tokens
+    pos += 1 + body[pos]
+header[2], header[3] = 200, 199  # vocab size, end-of-text id
+open(sys.argv[2], "wb").write(struct.pack("<256I", *header) + body[:pos])
+PY
+"$train_gpt" --device cpu --config "$tmp/tiny.json" --set training.max_steps=1 --set training.warmup_steps=1 \
+  --set data.tokenizer="$tmp/bad/small_tokenizer.bin" --set output.dir="$tmp/small_tok" > "$tmp/stdout" ||
+  fail "a small tokenizer stopped the run"
+grep -q "warning: the tokenizer .*small_tokenizer.bin knows 200 tokens, fewer than model.vocab_size = 257" "$tmp/stdout" ||
+  fail "no warning for a small tokenizer: $(head -3 "$tmp/stdout")"
 # A checkpoint with one flipped byte is refused on resume, and the run directory is left as it was.
 "$train_gpt" --device cpu --config "$tmp/tiny.json" --set training.max_steps=4 --set training.warmup_steps=2 --set output.dir="$tmp/out" >/dev/null
 ckpt="$tmp/out/checkpoints/step_00000004.ckpt"

@@ -32,6 +32,23 @@ static void register_unregister_then_signal(void *signal_number) {
     raise(*(int *)signal_number);
 }
 
+// Deferred: the first signal is only noted (the child goes on and exits 7 when it was noted); the second
+// removes the registered files and kills.
+static void defer_then_signal_once(void *signal_number) {
+    defer_interrupts();
+    raise(*(int *)signal_number);
+    exit(pending_interrupt_signal() == *(int *)signal_number ? 7 : 8);
+}
+
+static void defer_then_signal_twice(void *signal_number) {
+    touch(temp_path);
+    fatal_cleanup_register(temp_path);
+    defer_interrupts();
+    raise(*(int *)signal_number);
+    raise(*(int *)signal_number);
+    exit(9);
+}
+
 int main(void) {
     snprintf(temp_path, sizeof temp_path, "/tmp/lpgpt_test_util.%d.tmp", (int)getpid());
     ChildResult r = run_in_child(register_then_fatal, NULL);
@@ -48,5 +65,13 @@ int main(void) {
     r = run_in_child(register_unregister_then_signal, &signals[0]);
     CHECK(file_exists(temp_path), "an unregistered file was removed");
     unlink(temp_path);
+
+    for (int i = 0; i < 2; i++) {
+        r = run_in_child(defer_then_signal_once, &signals[i]);
+        CHECK(r.exit_status == 7, "deferred signal %d: status %d, expected 7 (noted, not fatal)", signals[i], r.exit_status);
+        r = run_in_child(defer_then_signal_twice, &signals[i]);
+        CHECK(r.exit_status == -1, "second signal %d: the child should die of it (status %d)", signals[i], r.exit_status);
+        CHECK(!file_exists(temp_path), "second signal %d left the temporary file", signals[i]);
+    }
     return test_summary("test_util");
 }
