@@ -15,8 +15,10 @@ void cli_print_help(void) {
         "  --config FILE      the run's JSON config; a name that is not a file is looked up in configs/\n"
         "                     (so --config tiny_cpu.json works from the repository root)\n"
         "  --set S.K=V        override one config key, e.g. --set training.lr=3e-4 (repeatable)\n"
-        "  --resume DIR       continue the run in DIR from its newest checkpoint (or from a checkpoint\n"
-        "                     file); without --config, DIR/config.json is the config\n"
+        "  --resume DIR       continue the run in DIR from its newest complete checkpoint, or from a\n"
+        "                     checkpoint file (an older one starts a branch); without --config,\n"
+        "                     DIR/config.json is the config. Only the same run may resume (README,\n"
+        "                     \"Runs and resume\", lists the keys that may change)\n"
         "  --device D         auto (default: the GPU if there is one, else the CPU), cpu, or cuda\n"
         "  --dry-run          print the model, the policy's storage, bytes per parameter and the memory\n"
         "                     plan, then exit without training\n"
@@ -25,7 +27,9 @@ void cli_print_help(void) {
         "  --help             this text\n"
         "\n"
         "Config sections: model, data, training, precision, metrics, output (see README.md).\n"
-        "Outputs in output.dir: config.json, log.jsonl, samples.txt, checkpoints/, model.bin, summary.json.\n");
+        "Outputs in output.dir: config.json, log.jsonl, samples.txt, checkpoints/, model.bin, summary.json.\n"
+        "A new run refuses a directory that holds a run (--set output.overwrite=1 deletes it first).\n"
+        "Exit status: 0 done, 1 error, 3 diverged, 130/143 interrupted by SIGINT/SIGTERM (checkpoint saved).\n");
 }
 
 static const char *flag_value(int argc, char **argv, int *i) {

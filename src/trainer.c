@@ -204,9 +204,13 @@ static void check_same_on_all_ranks(const Trainer *tr, const char *text, const c
     for (int r = 0; r <= tr->world; r++) bounds[r] = (size_t)r;
     hashes[tr->rank] = xxh64(text, strlen(text));
     dist_all_gather(hashes, sizeof(uint64_t), bounds);
-    if (hashes[tr->rank] != hashes[0]) fatal("rank %d's %s differs from rank 0's: %s", tr->rank, what,
-        strcmp(what, "configuration") == 0 ? "every rank must run with the same config and --set options"
-                                           : "every rank must read the same shards (same names, sizes and contents)");
+    // Every rank looks at every hash, so that all stop before any of them writes a thing.
+    for (int r = 1; r < tr->world; r++) {
+        if (hashes[r] == hashes[0]) continue;
+        fatal("rank %d's %s differs from rank 0's: %s", r, what,
+              strcmp(what, "configuration") == 0 ? "every rank must run with the same config and --set options"
+                                                 : "every rank must read the same shards (same names, sizes and contents)");
+    }
     free(hashes);
     free(bounds);
 }
