@@ -13,7 +13,7 @@ learning-rate schedule always spans max_steps) and prints, and writes to --log, 
 like train_gpt's log.jsonl: step (1-based, after the update), loss (before the update), lr, grad_norm.
 --out-model writes the final weights as an fp32 llm.c model file.
 
-The model (as /work/shared/DESIGN.md and llm.c define it): token + position embeddings; per layer
+The model (GPT-2 as llm.c and this project define it): token + position embeddings; per layer
 x += attn_proj(causal_self_attention(layernorm_1(x))), x += fc_proj(gelu(fc(layernorm_2(x)))); a final
 layernorm; logits = x @ wte^T over the padded vocabulary, of which only the first vocab_size columns enter
 the softmax; the loss is the mean cross-entropy over all B*T positions. LayerNorm eps 1e-5, GELU the tanh
