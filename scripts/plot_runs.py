@@ -2,18 +2,34 @@
 """Plots and tabulates train_gpt runs side by side.
 
     python3 scripts/plot_runs.py RUN_DIR [RUN_DIR ...] [--out DIR] [--log-x] [--smooth N]
+                                 [--baseline RUN_DIR] [--group-by policy|lr|SECTION.KEY]
 
 A RUN_DIR is a train_gpt output directory (its `output.dir`): log.jsonl, config.json and, for a run that
 finished, summary.json. A run that died (no summary.json) is still plotted and tabulated from its log.
 
 Written to --out (default: plots):
   loss.png            training loss against tokens seen (--smooth N: moving average over N steps)
-  val_loss.png        validation loss against tokens seen (when a log has val_loss)
+  val_loss.png        validation loss against tokens seen (when a log has val_loss); a record with
+                      "step": 0 (an evaluation before training) is drawn at 0 tokens, or with --log-x at
+                      half a step's tokens (a log axis has no 0)
   update_quality.png  edq_rel and lost_frac against step (when a log has them: metrics.every > 0)
   lr.png              learning rate against step
   summary.md          a markdown table (also printed): run, policy, final and best validation loss,
                       tokens/s, peak memory, bytes per parameter, edq_rel and lost_frac averaged over
                       the last 20% of steps, diverged or not and at which step
+  loss_diff.png       with --baseline: each run's training loss minus the baseline run's at the steps both
+  loss_diff.csv       logged, as a moving average over --smooth steps (10 when --smooth is not given), since
+                      differences of 0.01 nats vanish on the raw curves; the csv has run, step, diff and
+                      smoothed; summary.md gets the mean difference over the last 20% of those steps
+  groups.csv          with --group-by: per group, key (loss, val_loss) and step, the number of runs, their
+                      mean and sample standard deviation (0 for one run), at the steps that every run of the
+                      group logged; loss.png and val_loss.png then draw each group's mean with a ±1 std band
+                      instead of its runs
+
+--group-by takes `policy` (summary.json's or config.json's), `lr` (training.lr) or any key path of
+config.json such as training.seed or precision.matmul; runs with equal values form a group (seeds of one
+setting, say). Curves beyond ten get the palette's colours again with another line style (solid, dashed,
+dotted, dash-dot: forty distinct styles).
 
 Runs are named in the legends by their policy (from summary.json or config.json, plus the matmul format
 when config.json overrides it); the run directory's name is added when two runs would share a name.
@@ -39,6 +55,11 @@ FIGURE_DPI = 120
 # flatten the curves of the others.
 LOSS_AXIS_HEADROOM = 1.25
 MIB = 1024 * 1024
+# matplotlib's default ten colours ("tab10"), then the same colours with other dashes.
+PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+           "#bcbd22", "#17becf"]
+LINE_STYLES = ["-", "--", ":", "-."]
+DEFAULT_DIFF_SMOOTH = 10
 
 
 class RunError(Exception):
@@ -222,6 +243,65 @@ def late_mean(run: Run, key: str, fraction: float = 0.2):
     return sum(late) / len(late) if late else None
 
 
+def tokens_axis(run: Run, steps: list, log_x: bool) -> list:
+    """Tokens seen at each step; with a log axis, step 0 (before training) is put at half a step."""
+    per_step = tokens_per_step(run)
+    return [step * per_step if step > 0 or not log_x else 0.5 * per_step for step in steps]
+
+
+# ---- comparing runs: a baseline, groups ----
+
+def difference_from(run: Run, baseline: Run, key: str = "loss") -> tuple:
+    """(steps, run's value minus the baseline's) at the steps where both logged a finite value."""
+    base = dict(zip(*series(baseline, key)))
+    steps, values = series(run, key)
+    common = [(s, v - base[s]) for s, v in zip(steps, values) if s in base]
+    return [s for s, _ in common], [d for _, d in common]
+
+
+def config_value(run: Run, key: str):
+    """The value a run is grouped by: `policy`, `lr` (training.lr) or a dotted path into config.json."""
+    if key == "policy":
+        return run.policy
+    path = ["training", "lr"] if key == "lr" else key.split(".")
+    value = run.config
+    for part in path:
+        if not isinstance(value, dict) or part not in value:
+            raise RunError(f"{run.path}: config.json has no {'.'.join(path)} to group by")
+        value = value[part]
+    return value
+
+
+def group_runs(runs: list, key: str) -> list:
+    """[(label, runs)] for the distinct values of key, in the order they first appear."""
+    groups = {}
+    for run in runs:
+        value = config_value(run, key)
+        groups.setdefault(json.dumps(value) if not isinstance(value, str) else value, []).append(run)
+    return [(f"{key}={value} ({len(members)} run{'s' if len(members) > 1 else ''})", members)
+            for value, members in groups.items()]
+
+
+def group_statistics(members: list, key: str) -> tuple:
+    """(steps, means, stds) over the runs of a group at the steps that all of them logged; the standard
+    deviation is the sample one (divisor n - 1), 0 for a group of one run."""
+    per_run = [dict(zip(*series(run, key))) for run in members]
+    steps = sorted(set.intersection(*(set(values) for values in per_run)))
+    means, stds = [], []
+    for step in steps:
+        values = [values[step] for values in per_run]
+        mean = sum(values) / len(values)
+        means.append(mean)
+        stds.append(math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0)
+    return steps, means, stds
+
+
+def line_style(index: int) -> dict:
+    """Colour and dash of the index-th curve: ten colours, then again with the next dash style."""
+    return {"color": PALETTE[index % len(PALETTE)],
+            "linestyle": LINE_STYLES[(index // len(PALETTE)) % len(LINE_STYLES)]}
+
+
 # ---- the table ----
 
 def format_number(value, digits: int = 4) -> str:
@@ -239,7 +319,17 @@ def format_memory(summary: dict | None) -> str:
     return " + ".join(parts) if parts else "—"
 
 
-def summary_row(run: Run) -> list:
+def late_mean_difference(run: Run, baseline: Run, fraction: float = 0.2):
+    """Mean of the run's loss minus the baseline's over the last `fraction` of their common steps."""
+    steps, diffs = difference_from(run, baseline)
+    if not steps:
+        return None
+    start = steps[-1] * (1.0 - fraction)
+    late = [d for s, d in zip(steps, diffs) if s > start]
+    return sum(late) / len(late) if late else None
+
+
+def summary_row(run: Run, baseline: Run | None = None) -> list:
     step = divergence_step(run)
     tokens_per_s = mean_tokens_per_s(run)
     bytes_per_param = run.summary.get("bytes_per_param") if run.summary else None
@@ -254,11 +344,12 @@ def summary_row(run: Run) -> list:
         format_number(late_mean(run, "edq_rel")),
         format_number(late_mean(run, "lost_frac")),
         "no" if step is None else f"yes (step {step})",
-    ]
+    ] + ([format_number(late_mean_difference(run, baseline))] if baseline else [])
 
 
 SUMMARY_HEADER = ["run", "policy", "final val loss", "best val loss", "tokens/s", "peak memory",
                   "bytes/param", "edq_rel (last 20%)", "lost_frac (last 20%)", "diverged"]
+BASELINE_COLUMN = "loss − baseline (last 20%)"
 
 
 def markdown_table(header: list, rows: list) -> str:
@@ -318,41 +409,113 @@ def save(figure, axes, out_dir: str, name: str) -> str:
     return path
 
 
-def plot_loss(plt, runs: list, out_dir: str, log_x: bool, smooth: int) -> str:
+def draw_band(axes, xs: list, means: list, stds: list, label: str, style: dict):
+    """A group's mean as a line and mean ± std as a shaded band of the same colour."""
+    (line,) = axes.plot(xs, means, label=label, linewidth=1.2, **style)
+    axes.fill_between(xs, [m - d for m, d in zip(means, stds)], [m + d for m, d in zip(means, stds)],
+                      color=style["color"], alpha=0.2, linewidth=0)
+    return line
+
+
+def plot_loss(plt, runs: list, out_dir: str, log_x: bool, smooth: int, groups: list | None = None) -> str:
     figure, axes = plt.subplots(figsize=FIGURE_SIZE)
     plotted = []
-    for run in runs:
-        steps, losses = series(run, "loss")
-        if smooth > 1:
-            losses = moving_average(losses, smooth)
-        tokens = [step * tokens_per_step(run) for step in steps]
-        (line,) = axes.plot(tokens, losses, label=run.label, linewidth=1.2)
-        mark_divergence(axes, run, tokens, losses, line)
-        plotted.append(losses)
+    if groups:
+        for index, (label, members) in enumerate(groups):
+            steps, means, stds = group_statistics(members, "loss")
+            if smooth > 1:
+                means, stds = moving_average(means, smooth), moving_average(stds, smooth)
+            draw_band(axes, tokens_axis(members[0], steps, log_x), means, stds, label, line_style(index))
+            plotted.append(means)
+    else:
+        for index, run in enumerate(runs):
+            steps, losses = series(run, "loss")
+            if smooth > 1:
+                losses = moving_average(losses, smooth)
+            tokens = tokens_axis(run, steps, log_x)
+            (line,) = axes.plot(tokens, losses, label=run.label, linewidth=1.2, **line_style(index))
+            mark_divergence(axes, run, tokens, losses, line)
+            plotted.append(losses)
     cap_loss_axis(axes, plotted)
     if log_x:
         axes.set_xscale("log")
-    title = "training loss" + (f" (moving average over {smooth} steps)" if smooth > 1 else "")
+    title = "training loss" + (" (mean ± std per group)" if groups else "") + \
+        (f" (moving average over {smooth} steps)" if smooth > 1 else "")
     axes.set(xlabel="tokens", ylabel="loss", title=title)
     path = save(figure, axes, out_dir, "loss.png")
     plt.close(figure)
     return path
 
 
-def plot_val_loss(plt, runs: list, out_dir: str, log_x: bool) -> str | None:
+def plot_val_loss(plt, runs: list, out_dir: str, log_x: bool, groups: list | None = None) -> str | None:
     if not any(series(run, "val_loss")[0] for run in runs):
         return None
     figure, axes = plt.subplots(figsize=FIGURE_SIZE)
-    for run in runs:
-        steps, values = series(run, "val_loss")
-        if steps:
-            tokens = [step * tokens_per_step(run) for step in steps]
-            axes.plot(tokens, values, marker="o", markersize=3, label=run.label)
+    if groups:
+        for index, (label, members) in enumerate(groups):
+            steps, means, stds = group_statistics(members, "val_loss")
+            if steps:
+                xs = tokens_axis(members[0], steps, log_x)
+                line = draw_band(axes, xs, means, stds, label, line_style(index))
+                axes.plot(xs, means, linestyle="none", marker="o", markersize=3, color=line.get_color())
+    else:
+        for index, run in enumerate(runs):
+            steps, values = series(run, "val_loss")
+            if steps:
+                axes.plot(tokens_axis(run, steps, log_x), values, marker="o", markersize=3, label=run.label,
+                          **line_style(index))
     if log_x:
         axes.set_xscale("log")
-    axes.set(xlabel="tokens", ylabel="validation loss", title="validation loss")
+    title = "validation loss" + (" (mean ± std per group)" if groups else "")
+    if log_x and any(0 in series(run, "val_loss")[0] for run in runs):
+        title += " (step 0 at half a step)"
+    axes.set(xlabel="tokens", ylabel="validation loss", title=title)
     path = save(figure, axes, out_dir, "val_loss.png")
     plt.close(figure)
+    return path
+
+
+def plot_loss_difference(plt, runs: list, baseline: Run, out_dir: str, log_x: bool, smooth: int,
+                         groups: list | None = None) -> tuple:
+    """loss_diff.png and loss_diff.csv: each run's (or group mean's) loss minus the baseline's, smoothed."""
+    figure, axes = plt.subplots(figsize=FIGURE_SIZE)
+    rows = ["run,step,diff,smoothed"]
+    base = dict(zip(*series(baseline, "loss")))
+    if groups:
+        curves = []
+        for label, members in groups:
+            steps, means, _ = group_statistics(members, "loss")
+            common = [(s, m - base[s]) for s, m in zip(steps, means) if s in base]
+            curves.append((label, members[0], [s for s, _ in common], [d for _, d in common]))
+    else:
+        curves = [(run.label, run, *difference_from(run, baseline)) for run in runs if run is not baseline]
+    for index, (label, run, steps, diffs) in enumerate(curves):
+        smoothed = moving_average(diffs, smooth)
+        rows += [f"{label.replace(',', ';')},{s},{d!r},{m!r}" for s, d, m in zip(steps, diffs, smoothed)]
+        if steps:
+            axes.plot(tokens_axis(run, steps, log_x), smoothed, label=label, linewidth=1.2, **line_style(index))
+    axes.axhline(0.0, color="black", linewidth=0.8)
+    if log_x:
+        axes.set_xscale("log")
+    axes.set(xlabel="tokens", ylabel=f"loss − {baseline.label}",
+             title=f"training loss minus the baseline's ({baseline.label}), moving average over {smooth} steps")
+    path = save(figure, axes, out_dir, "loss_diff.png")
+    plt.close(figure)
+    csv_path = os.path.join(out_dir, "loss_diff.csv")
+    with open(csv_path, "w", encoding="utf-8") as f:
+        f.write("\n".join(rows) + "\n")
+    return path, csv_path
+
+
+def write_group_table(groups: list, out_dir: str) -> str:
+    lines = ["group,key,step,runs,mean,std"]
+    for label, members in groups:
+        for key in ("loss", "val_loss"):
+            for step, mean, std in zip(*group_statistics(members, key)):
+                lines.append(f"{label.replace(',', ';')},{key},{step},{len(members)},{mean!r},{std!r}")
+    path = os.path.join(out_dir, "groups.csv")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
     return path
 
 
@@ -362,10 +525,10 @@ def plot_update_quality(plt, runs: list, out_dir: str) -> str | None:
         return None
     figure, all_axes = plt.subplots(2, 1, figsize=(FIGURE_SIZE[0], FIGURE_SIZE[1] * 1.5), sharex=True)
     for axes, (key, title) in zip(all_axes, keys):
-        for run in runs:
+        for index, run in enumerate(runs):
             steps, values = series(run, key)
             if steps:
-                axes.plot(steps, values, marker=".", label=run.label)
+                axes.plot(steps, values, marker=".", label=run.label, **line_style(index))
         axes.set(ylabel=key, title=title)
         axes.grid(True, alpha=0.3)
         if axes.has_data():
@@ -380,9 +543,9 @@ def plot_update_quality(plt, runs: list, out_dir: str) -> str | None:
 
 def plot_lr(plt, runs: list, out_dir: str) -> str:
     figure, axes = plt.subplots(figsize=FIGURE_SIZE)
-    for run in runs:
+    for index, run in enumerate(runs):
         steps, values = series(run, "lr")
-        axes.plot(steps, values, label=run.label)
+        axes.plot(steps, values, label=run.label, **line_style(index))
     axes.set(xlabel="step", ylabel="learning rate", title="learning rate")
     path = save(figure, axes, out_dir, "lr.png")
     plt.close(figure)
@@ -414,8 +577,15 @@ def parse_args(argv: list) -> argparse.Namespace:
     parser.add_argument("--out", default="plots", metavar="DIR",
                         help="where the figures and summary.md go (default: %(default)s)")
     parser.add_argument("--log-x", action="store_true", help="log-scaled tokens axis for the loss figures")
-    parser.add_argument("--smooth", type=positive_int, default=1, metavar="N",
-                        help="plot the training loss as a moving average over N steps (default: 1, none)")
+    parser.add_argument("--smooth", type=positive_int, metavar="N",
+                        help="plot the training loss as a moving average over N steps (default: none; "
+                             f"the --baseline differences: {DEFAULT_DIFF_SMOOTH})")
+    parser.add_argument("--baseline", metavar="RUN_DIR",
+                        help="also plot every run's training loss minus this run's at the same steps "
+                             "(loss_diff.png, loss_diff.csv); it need not be among RUN_DIR")
+    parser.add_argument("--group-by", metavar="policy|lr|SECTION.KEY",
+                        help="draw the mean ± std of the runs that share this value (policy, lr = "
+                             "training.lr, or a config.json key path such as training.seed); writes groups.csv")
     return parser.parse_args(argv)
 
 
@@ -423,13 +593,29 @@ def main(argv: list) -> int:
     args = parse_args(argv)
     try:
         runs = load_runs(args.runs)
+        baseline = None
+        if args.baseline:
+            same = [run for run in runs if os.path.realpath(run.path) == os.path.realpath(args.baseline)]
+            baseline = same[0] if same else load_run(args.baseline)
+            if not baseline.label:
+                baseline.label = baseline.dir_name
+            if not series(baseline, "loss")[0]:
+                raise RunError(f"{args.baseline}: the baseline's log has no training loss")
+        groups = group_runs(runs, args.group_by) if args.group_by else None
         plt = pyplot()
         os.makedirs(args.out, exist_ok=True)
-        written = [plot_loss(plt, runs, args.out, args.log_x, args.smooth),
-                   plot_val_loss(plt, runs, args.out, args.log_x),
+        smooth = args.smooth or 1
+        written = [plot_loss(plt, runs, args.out, args.log_x, smooth, groups),
+                   plot_val_loss(plt, runs, args.out, args.log_x, groups),
                    plot_update_quality(plt, runs, args.out),
                    plot_lr(plt, runs, args.out)]
-        table = markdown_table(SUMMARY_HEADER, [summary_row(run) for run in runs])
+        if baseline:
+            written += plot_loss_difference(plt, runs, baseline, args.out, args.log_x,
+                                            args.smooth or DEFAULT_DIFF_SMOOTH, groups)
+        if groups:
+            written.append(write_group_table(groups, args.out))
+        header = SUMMARY_HEADER + ([BASELINE_COLUMN] if baseline else [])
+        table = markdown_table(header, [summary_row(run, baseline) for run in runs])
         summary_path = os.path.join(args.out, "summary.md")
         with open(summary_path, "w", encoding="utf-8") as f:
             f.write(table)

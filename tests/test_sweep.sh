@@ -31,6 +31,19 @@ for line in lines:
 PY
 [ ! -e "$tmp/dry" ] || fail "the dry run wrote $tmp/dry"
 
+# --help prints a literal "10%" (argparse leaves an epilog without %(prog) unformatted, so "%%" would show);
+# a dry run piped into head ends quietly with status 0 (no BrokenPipeError traceback).
+python3 "$root/scripts/sweep.py" --help > "$tmp/help.txt" || fail "sweep.py --help failed"
+tr -s "\n " "  " < "$tmp/help.txt" | grep -q "last 10% of" || fail "--help: $(grep -n '%' "$tmp/help.txt")"
+! grep -q "%%" "$tmp/help.txt" || fail "--help prints %%: $(grep -n '%%' "$tmp/help.txt")"
+set +o pipefail
+sweep --out "$tmp/dry" --policies fp32 mixed --seeds $(seq 1 5000) --dry-run 2> "$tmp/pipe_err.txt" | head -n 1 > "$tmp/head.txt"
+status=${PIPESTATUS[0]}
+set -o pipefail
+[ "$status" = 0 ] || fail "dry run | head exited $status: $(cat "$tmp/pipe_err.txt")"
+[ ! -s "$tmp/pipe_err.txt" ] || fail "dry run | head printed: $(head -5 "$tmp/pipe_err.txt")"
+[ "$(wc -l < "$tmp/head.txt")" = 1 ] || fail "head did not get the first line"
+
 # The bit-width preset: 8 matmul formats x its learning rates x its seeds, toward-zero rounding.
 python3 "$root/scripts/sweep.py" --train-gpt "$cpu_train_gpt" --base "$root/configs/sweeps/bitwidth_base.json" \
   --grid "$root/configs/sweeps/bitwidth.json" --out "$tmp/bitwidth" --dry-run > "$tmp/bitwidth.txt" ||
