@@ -46,14 +46,19 @@ def bf16_bits_to_float32(bits):
     return (bits.astype(np.uint32) << 16).view(np.float32)
 
 
+def read_bytes(path, what):
+    """The whole file; LlmcError naming `what` it is when it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as error:
+        raise LlmcError(f"cannot read {what} {path}: {error.strerror}") from None
+
+
 def read_model(path):
     """(shape, params) of an llm.c GPT-2 model file; params maps each name to a float32 array. Raises
     LlmcError for a missing, short or corrupt file."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as error:
-        raise LlmcError(f"cannot read model file {path}: {error.strerror}") from None
+    data = read_bytes(path, "model file")
     if len(data) < HEADER_BYTES:
         raise LlmcError(f"{path} is {len(data)} bytes, too short for llm.c's {HEADER_BYTES}-byte header")
     header = np.frombuffer(data, dtype="<i4", count=HEADER_INTS)
@@ -108,11 +113,7 @@ def write_model(path, shape, params):
 
 def read_shard(path):
     """The tokens of an llm.c token shard as a uint16 array."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as error:
-        raise LlmcError(f"cannot read token shard {path}: {error.strerror}") from None
+    data = read_bytes(path, "token shard")
     if len(data) < HEADER_BYTES:
         raise LlmcError(f"{path} is too short to be a token shard")
     magic, version, count = np.frombuffer(data, dtype="<i4", count=3)

@@ -233,14 +233,18 @@ def mean_tokens_per_s(run: Run):
     return sum(values) / len(values) if values else None
 
 
-def late_mean(run: Run, key: str, fraction: float = 0.2):
-    """Mean of a metric over the last `fraction` of the run's steps (the metric steps among them)."""
-    steps, values = series(run, key)
+def tail_mean(steps: list, values: list, fraction: float):
+    """Mean of the values over the last `fraction` of the steps (None when there are none)."""
     if not steps:
         return None
     start = steps[-1] * (1.0 - fraction)
     late = [v for s, v in zip(steps, values) if s > start]
     return sum(late) / len(late) if late else None
+
+
+def late_mean(run: Run, key: str, fraction: float = 0.2):
+    """Mean of a metric over the last `fraction` of the run's steps (the metric steps among them)."""
+    return tail_mean(*series(run, key), fraction)
 
 
 def tokens_axis(run: Run, steps: list, log_x: bool) -> list:
@@ -321,12 +325,7 @@ def format_memory(summary: dict | None) -> str:
 
 def late_mean_difference(run: Run, baseline: Run, fraction: float = 0.2):
     """Mean of the run's loss minus the baseline's over the last `fraction` of their common steps."""
-    steps, diffs = difference_from(run, baseline)
-    if not steps:
-        return None
-    start = steps[-1] * (1.0 - fraction)
-    late = [d for s, d in zip(steps, diffs) if s > start]
-    return sum(late) / len(late) if late else None
+    return tail_mean(*difference_from(run, baseline), fraction)
 
 
 def summary_row(run: Run, baseline: Run | None = None) -> list:
