@@ -58,6 +58,7 @@ static const ConfigKey config_keys[] = {
     {"data", "train", KEY_STRING, offsetof(Config, data.train), "data/fortunes/train_*.bin", 1, PATH_LEN, CLOSED, NULL},
     {"data", "val", KEY_STRING, offsetof(Config, data.val), "data/fortunes/val_*.bin", 0, PATH_LEN, CLOSED, NULL},
     {"data", "tokenizer", KEY_STRING, offsetof(Config, data.tokenizer), "data/fortunes/tokenizer.bin", 0, PATH_LEN, CLOSED, NULL},
+    {"data", "shuffle", KEY_INT, offsetof(Config, data.shuffle), "1", 0, 1, CLOSED, NULL},  // train batches only
     {"training", "batch_size", KEY_INT, offsetof(Config, training.batch_size), "8", 1, INFINITY, CLOSED, NULL},
     {"training", "seq_len", KEY_INT, offsetof(Config, training.seq_len), "128", 1, INFINITY, CLOSED, NULL},
     {"training", "tokens_per_step", KEY_LONG, offsetof(Config, training.tokens_per_step), "0", 0, INFINITY, CLOSED, NULL},

@@ -20,6 +20,7 @@ typedef struct {
         char train[CONFIG_PATH_MAX];      // glob pattern of train shards
         char val[CONFIG_PATH_MAX];        // glob pattern of val shards
         char tokenizer[CONFIG_PATH_MAX];  // llm.c tokenizer file for decoding samples ("" = none)
+        int shuffle;                      // 1: train batches in a per-epoch permuted order (data.h)
     } data;
     struct {
         int batch_size, seq_len;

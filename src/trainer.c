@@ -317,7 +317,7 @@ static void open_data(Trainer *tr) {
     const Config *cfg = &tr->cfg;
     // Each rank reads its own B rows of every batch of world * B rows.
     tr->train_data = dataloader_open(cfg->data.train, tr->B, tr->T, tr->rank, tr->world, cfg->model.vocab_size,
-                                     cfg->training.seed, 1);
+                                     cfg->training.seed, cfg->data.shuffle);
     if (cfg->data.val[0] && cfg->training.eval_every > 0) {
         tr->val_data = dataloader_open(cfg->data.val, tr->B, tr->T, tr->rank, tr->world, cfg->model.vocab_size, 0, 0);
     }

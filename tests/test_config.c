@@ -90,6 +90,7 @@ static void test_defaults(void) {
     CHECK(strcmp(cfg.data.train, "data/fortunes/train_*.bin") == 0, "train \"%s\"", cfg.data.train);
     CHECK(strcmp(cfg.data.val, "data/fortunes/val_*.bin") == 0, "val \"%s\"", cfg.data.val);
     CHECK(strcmp(cfg.data.tokenizer, "data/fortunes/tokenizer.bin") == 0, "tokenizer \"%s\"", cfg.data.tokenizer);
+    CHECK(cfg.data.shuffle == 1, "shuffle %d", cfg.data.shuffle);
     CHECK(cfg.training.batch_size == 8 && cfg.training.seq_len == 128, "batch %d x %d", cfg.training.batch_size,
           cfg.training.seq_len);
     CHECK(cfg.training.tokens_per_step == 0 && cfg.training.max_steps == 200, "tokens_per_step %ld max_steps %d",
