@@ -75,6 +75,7 @@ static const ConfigKey config_keys[] = {
     {"training", "seed", KEY_UINT64, offsetof(Config, training.seed), "1337", 0, INFINITY, CLOSED, NULL},
     {"training", "eval_every", KEY_INT, offsetof(Config, training.eval_every), "50", 0, INFINITY, CLOSED, NULL},
     {"training", "eval_batches", KEY_INT, offsetof(Config, training.eval_batches), "8", 1, INFINITY, CLOSED, NULL},
+    {"training", "eval_at_start", KEY_INT, offsetof(Config, training.eval_at_start), "1", 0, 1, CLOSED, NULL},
     {"training", "sample_every", KEY_INT, offsetof(Config, training.sample_every), "0", 0, INFINITY, CLOSED, NULL},
     {"training", "sample_tokens", KEY_INT, offsetof(Config, training.sample_tokens), "64", 0, INFINITY, CLOSED, NULL},
     {"training", "checkpoint_every", KEY_INT, offsetof(Config, training.checkpoint_every), "0", 0, INFINITY, CLOSED, NULL},
@@ -535,10 +536,6 @@ void config_validate(const Config *cfg) {
     }
     if (cfg->training.min_lr > cfg->training.lr) {
         fatal("training.min_lr (%.9g) must not exceed training.lr (%.9g)", cfg->training.min_lr, cfg->training.lr);
-    }
-    if (cfg->training.warmup_steps > cfg->training.max_steps) {
-        fatal("training.warmup_steps (%d) must not exceed training.max_steps (%d)", cfg->training.warmup_steps,
-              cfg->training.max_steps);
     }
 }
 

@@ -32,6 +32,7 @@ typedef struct {
         float weight_decay, beta1, beta2, eps, grad_clip;
         uint64_t seed;
         int eval_every, eval_batches, sample_every, sample_tokens, checkpoint_every;
+        int eval_at_start;  // 1: the validation loss before the first step, logged as step 0 (not on resume)
         int zero;  // 1: ZeRO-1, the optimizer state sharded across ranks (docs/distributed.md)
     } training;
     struct {

@@ -32,6 +32,8 @@ double wall_time_seconds(void);
 // Opens DIR/log.jsonl for appending. On a resume, lines with a step beyond resume_step are dropped first.
 void run_log_open(RunLog *run, const char *dir, int max_steps, int resume_step);
 void run_log_step(RunLog *run, const StepRecord *rec);
+// An evaluation without a step (before the first): {"step": N, "val_loss": ...} and sharpness if measured.
+void run_log_eval(RunLog *run, const StepRecord *rec);
 void run_log_close(RunLog *run);
 // Appends a sample to DIR/samples.txt and prints it.
 void run_log_sample(RunLog *run, int step, const char *text);

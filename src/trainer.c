@@ -388,6 +388,14 @@ static void evaluate(Trainer *tr, StepRecord *rec) {
     rec->sharpness = (float)(sums[1] / batches);
 }
 
+// training.eval_at_start: the untrained model's validation loss, logged as step 0 (a resume skips it).
+static void evaluate_at_start(Trainer *tr) {
+    StepRecord rec;
+    memset(&rec, 0, sizeof rec);
+    evaluate(tr, &rec);
+    if (tr->rank == 0) run_log_eval(&tr->log, &rec);
+}
+
 static void write_sample(Trainer *tr, int step) {
     RngKey key = {tr->cfg.training.seed, (uint64_t)step, SAMPLE_RNG_TENSOR};
     char *text = sample_text(tr->ops, tr->backend, tr->tokenizer, tr->table.shape.vocab_size, tr->T,
@@ -507,6 +515,11 @@ static void train(Trainer *tr) {
     float loss = NAN;
     tr->best_val_loss = INFINITY;
     int sampled_last = 0;
+    if (cfg->training.warmup_steps > max_steps) {
+        printf("note: training.warmup_steps (%d) exceeds training.max_steps (%d): the learning rate stays below "
+               "training.lr\n", cfg->training.warmup_steps, max_steps);
+    }
+    if (tr->val_data && cfg->training.eval_at_start && tr->state.step == 0) evaluate_at_start(tr);
     while ((int)tr->state.step < max_steps) {
         StepRecord rec = train_step(tr);
         loss = rec.loss;
@@ -526,7 +539,9 @@ static void train(Trainer *tr) {
         if (every(cfg->training.checkpoint_every, rec.step) || final_step) save_checkpoint(tr);
     }
     if (tr->rank != 0) return;
-    if (tr->tokenizer && !sampled_last && cfg->training.sample_tokens > 0) write_sample(tr, (int)tr->state.step);
+    if (tr->tokenizer && !sampled_last && cfg->training.sample_every > 0 && cfg->training.sample_tokens > 0) {
+        write_sample(tr, (int)tr->state.step);
+    }
     run_log_close(&tr->log);
     export_model(tr);
     write_summary(tr, wall_time_seconds() - start, loss);
