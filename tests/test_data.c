@@ -334,6 +334,47 @@ static void test_tokenizer(void) {
     tokenizer_free(tok);
 }
 
+// scripts/prepare_data.py's byte-level tokenizer: ids 0..255 the bytes, 256 end-of-text.
+static void write_byte_tokenizer(const char *name, int swap_two) {
+    FILE *f = fopen(temp_path(name), "wb");
+    uint32_t header[256] = {TOKENIZER_MAGIC, 2, 257, 256};
+    fwrite(header, sizeof header, 1, f);
+    for (int i = 0; i < 256; i++) {
+        unsigned char piece[2] = {1, (unsigned char)i};
+        if (swap_two && i < 2) piece[1] = (unsigned char)(1 - i);  // GPT-2-like: single bytes, not in id order
+        fwrite(piece, 1, 2, f);
+    }
+    unsigned char len = 13;
+    fwrite(&len, 1, 1, f);
+    fwrite("<|endoftext|>", 1, 13, f);
+    fclose(f);
+    remember_file(temp_path(name));
+}
+
+// Byte-level tokenizers encode text as its bytes; a numbered vocabulary or bytes out of id order do not count.
+static void test_byte_level_tokenizer(void) {
+    write_byte_tokenizer("bytes.bin", 0);
+    Tokenizer *tok = tokenizer_load(temp_path("bytes.bin"));
+    CHECK(tokenizer_is_byte_level(tok), "the byte tokenizer is not byte-level");
+    int ids[8];
+    tokenizer_encode_bytes(tok, "Hi \xc3\xa9\n", ids);
+    int expected[6] = {72, 105, 32, 0xc3, 0xa9, 10};
+    CHECK(memcmp(ids, expected, sizeof expected) == 0, "encoded %d %d %d %d %d %d", ids[0], ids[1], ids[2], ids[3],
+          ids[4], ids[5]);
+    int text_ids[7] = {72, 105, 32, 0xc3, 0xa9, 10, 256};
+    char *text = tokenizer_decode_all(tok, text_ids, 7);
+    CHECK(strcmp(text, "Hi \xc3\xa9\n<|endoftext|>") == 0, "decoded '%s'", text);
+    free(text);
+    tokenizer_free(tok);
+    write_byte_tokenizer("bytes_swapped.bin", 1);
+    tok = tokenizer_load(temp_path("bytes_swapped.bin"));
+    CHECK(!tokenizer_is_byte_level(tok), "bytes out of id order count as byte-level");
+    tokenizer_free(tok);
+    tok = tokenizer_load(temp_path("tok.bin"));  // t0, t1, ...: test_tokenizer's
+    CHECK(!tokenizer_is_byte_level(tok), "a numbered vocabulary counts as byte-level");
+    tokenizer_free(tok);
+}
+
 static void open_vocab_257(void *pattern) {
     dataloader_open(pattern, 2, 4, 0, 1, 257, 1, 1);
 }
@@ -438,6 +479,7 @@ int main(void) {
     test_slot_shuffle();
     test_position_and_seek();
     test_tokenizer();
+    test_byte_level_tokenizer();
     test_errors();
     remove_temp_files();
     return test_summary("test_data");
