@@ -304,18 +304,33 @@ void checkpoint_read(const char *path, const CheckpointSection *sections, int co
     free(bytes);
 }
 
-void checkpoint_read_one(const char *path, const CheckpointSection *section) {
+void checkpoint_read_named(const char *path, const CheckpointSection *sections, int count) {
     FoundSection *found;
     uint32_t found_count;
     unsigned char *bytes = load_verified(path, &found, &found_count);
-    uint32_t i = 0;
-    while (i < found_count && strcmp(found[i].name, section->name) != 0) i++;
-    if (i == found_count) fatal("checkpoint %s has no section '%s': not written by this program's trainer", path, section->name);
-    if (found[i].nbytes != section->nbytes) {
-        fatal("checkpoint %s: section '%s' has %llu bytes, expected %zu: written by another version of this program",
-              path, section->name, (unsigned long long)found[i].nbytes, section->nbytes);
+    uint32_t *index = xmalloc((size_t)(count ? count : 1) * sizeof(uint32_t));
+    for (int k = 0; k < count; k++) {
+        const CheckpointSection *section = &sections[k];
+        uint32_t i = 0;
+        while (i < found_count && strcmp(found[i].name, section->name) != 0) i++;
+        if (i == found_count) {
+            fatal("checkpoint %s has no section '%s': not written by this program's trainer, or for another "
+                  "precision policy", path, section->name);
+        }
+        if (found[i].nbytes != section->nbytes) {
+            fatal("checkpoint %s: section '%s' has %llu bytes, expected %zu: written for another model or policy, "
+                  "or by another version of this program", path, section->name, (unsigned long long)found[i].nbytes,
+                  section->nbytes);
+        }
+        index[k] = i;
     }
-    memcpy(section->data, bytes + found[i].data_offset, section->nbytes);
+    // As checkpoint_read: the caller's buffers change only once every section has been found.
+    for (int k = 0; k < count; k++) memcpy(sections[k].data, bytes + found[index[k]].data_offset, sections[k].nbytes);
+    free(index);
     free(found);
     free(bytes);
+}
+
+void checkpoint_read_one(const char *path, const CheckpointSection *section) {
+    checkpoint_read_named(path, section, 1);
 }

@@ -26,8 +26,12 @@ void checkpoint_write(const char *path, const CheckpointSection *sections, int c
 // `sections` by name and size, in order) before copying anything into the sections' buffers; fatal()
 // naming the file, the section and the byte offset on any mismatch.
 void checkpoint_read(const char *path, const CheckpointSection *sections, int count);
-// Reads one section by name from a file verified as checkpoint_read does (to look at a checkpoint before
-// knowing which sections the rest of it should have).
+// Reads the sections named in `sections` (any order; the file's other sections are skipped) from a file
+// verified as checkpoint_read does, each with exactly the size given; fatal() naming a missing section or
+// a size mismatch before any buffer changes. For a reader that needs only part of the state (the weights).
+void checkpoint_read_named(const char *path, const CheckpointSection *sections, int count);
+// One section by name (checkpoint_read_named of one), to look at a checkpoint before knowing which sections
+// the rest of it should have.
 void checkpoint_read_one(const char *path, const CheckpointSection *section);
 
 #ifdef __cplusplus

@@ -9,12 +9,14 @@
 #include <unistd.h>
 
 #include "atomic_file.h"
+#include "backend_choice.h"
 #include "checkpoint.h"
 #include "cli.h"
 #include "config.h"
 #include "data.h"
 #include "distributed.h"
 #include "formats.h"
+#include "generate.h"
 #include "llmc_model.h"
 #include "lr_schedule.h"
 #include "run_log.h"
@@ -174,24 +176,6 @@ static void check_same_config(const Trainer *tr) {
     }
     free(hashes);
     free(bounds);
-}
-
-// A dry run only plans: --device cuda --dry-run prints the GPU memory plan on a machine without a GPU.
-static const BackendOps *choose_backend(DeviceChoice device, const BackendOps *cuda_ops, int cuda_devices,
-                                        int dry_run) {
-    if (device == DEVICE_CPU) return &cpu_backend;
-    if (!cuda_ops) {
-        if (device == DEVICE_CUDA) fatal("--device cuda: this build has no CUDA backend (built without nvcc; use --device cpu)");
-        printf("note: this build has no CUDA backend (built without nvcc): training on the CPU\n");
-        return &cpu_backend;
-    }
-    if (device == DEVICE_CUDA) {
-        if (cuda_devices == 0 && !dry_run) fatal("--device cuda: no CUDA GPU is visible (use --device cpu or auto)");
-        return cuda_ops;
-    }
-    if (cuda_devices > 0) return cuda_ops;
-    printf("note: no GPU found: training on the CPU backend\n");
-    return &cpu_backend;
 }
 
 // ----------------------------------------------------------------------------------------------------
@@ -561,6 +545,7 @@ static int run_program(int argc, char **argv, const BackendOps *cuda_ops, int cu
         formats_print(opt.num_format_names, opt.format_names);
         return 0;
     }
+    if (opt.generate) return generate_main(&opt, cuda_ops, cuda_devices);
     Trainer *tr = xcalloc(1, sizeof *tr);
     tr->rank = dist_rank();
     tr->world = dist_world();
