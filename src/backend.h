@@ -36,6 +36,12 @@ typedef struct {
     // valid until the next call. The logits only until the next backward (it may overwrite them).
     const float *(*probs)(Backend *backend, int t);
     const float *(*logits)(Backend *backend, int t);
+    // Incremental decoding of one sequence with a key/value cache, for sampling: feeds `token` at position
+    // pos (pos 0 starts a new sequence, else pos = the tokens fed since; pos < block_size) and returns the
+    // logits there: (Vp) on the host, valid until the next call, bit for bit those of a forward over the
+    // sequence (fp8 current scaling aside: kv_cache.h). NULL where a backend has none (the CUDA backend): the
+    // caller reruns forward over the window instead.
+    const float *(*decode_step)(Backend *backend, int token, int pos);
     void (*zero_grad)(Backend *backend);
     // Accumulates the gradient of loss_scale * (last forward's mean loss). last: the step's last micro-step,
     // after which reduce_gradients follows; a backend may start summing each gradient over the ranks as soon

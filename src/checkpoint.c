@@ -200,17 +200,48 @@ void checkpoint_read(const char *path, const CheckpointSection *sections, int co
     free(bytes);
 }
 
+// The index of the section called `name`; fatal() when the file has none.
+static uint32_t find_named(const char *path, const FoundSection *found, uint32_t found_count, const char *name) {
+    uint32_t i = 0;
+    while (i < found_count && strcmp(found[i].name, name) != 0) i++;
+    if (i == found_count) {
+        fatal("checkpoint %s has no section '%s': not written by this program's trainer, or for another precision "
+              "policy", path, name);
+    }
+    return i;
+}
+
 void *checkpoint_read_section(const char *path, const char *name, size_t *nbytes) {
     FoundSection *found;
     uint32_t found_count;
     unsigned char *bytes = load_verified(path, &found, &found_count);
-    uint32_t i = 0;
-    while (i < found_count && strcmp(found[i].name, name) != 0) i++;
-    if (i == found_count) fatal("checkpoint %s has no section '%s': not written by this program's trainer", path, name);
+    uint32_t i = find_named(path, found, found_count, name);
     *nbytes = (size_t)found[i].nbytes;
     void *data = xmalloc(*nbytes);
     memcpy(data, bytes + found[i].data_offset, *nbytes);
     free(found);
     free(bytes);
     return data;
+}
+
+void checkpoint_read_named(const char *path, const CheckpointSection *sections, int count) {
+    FoundSection *found;
+    uint32_t found_count;
+    unsigned char *bytes = load_verified(path, &found, &found_count);
+    uint32_t *index = xmalloc((size_t)(count ? count : 1) * sizeof(uint32_t));
+    for (int k = 0; k < count; k++) {
+        const CheckpointSection *section = &sections[k];
+        uint32_t i = find_named(path, found, found_count, section->name);
+        if (found[i].nbytes != section->nbytes) {
+            fatal("checkpoint %s: section '%s' has %llu bytes, expected %zu: written for another model or policy, "
+                  "or by another version of this program", path, section->name, (unsigned long long)found[i].nbytes,
+                  section->nbytes);
+        }
+        index[k] = i;
+    }
+    // As checkpoint_read: the caller's buffers change only once every section has been found.
+    for (int k = 0; k < count; k++) memcpy(sections[k].data, bytes + found[index[k]].data_offset, sections[k].nbytes);
+    free(index);
+    free(found);
+    free(bytes);
 }

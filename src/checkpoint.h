@@ -30,6 +30,10 @@ void checkpoint_read(const char *path, const CheckpointSection *sections, int co
 // checkpoint before knowing which sections the rest of it should have). Returns a new buffer that the
 // caller frees, its size in *nbytes; fatal() naming the file when the section is missing.
 void *checkpoint_read_section(const char *path, const char *name, size_t *nbytes);
+// Reads the sections named in `sections` (any order; the file's other sections are skipped) from a file
+// verified as checkpoint_read does, each with exactly the size given; fatal() naming a missing section or
+// a size mismatch before any buffer changes. For a reader that needs only part of the state (the weights).
+void checkpoint_read_named(const char *path, const CheckpointSection *sections, int count);
 
 #ifdef __cplusplus
 }

@@ -1,6 +1,9 @@
 #include "cli.h"
 
+#include <limits.h>
+#include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "util.h"
@@ -9,8 +12,11 @@ void cli_print_help(void) {
     printf(
         "usage: train_gpt --config FILE [--set SECTION.KEY=VALUE ...] [--resume DIR] [--device auto|cpu|cuda]\n"
         "                 [--dry-run] [--print-config] [--formats [NAME ...]] [--help]\n"
+        "       train_gpt --generate RUN_DIR|MODEL_BIN [--prompt TEXT | --prompt-ids 1,2,3] [--tokens N]\n"
+        "                 [--temperature T] [--top-k K] [--seed S] [--device auto|cpu|cuda] [--set S.K=V ...]\n"
         "\n"
-        "Trains a GPT-2-style model under a precision policy, as the JSON config says.\n"
+        "Trains a GPT-2-style model under a precision policy, as the JSON config says, or generates text with a\n"
+        "trained one.\n"
         "\n"
         "  --config FILE      the run's JSON config; a name that is not a file is looked up in configs/\n"
         "                     (so --config tiny_cpu.json works from the repository root)\n"
@@ -26,6 +32,18 @@ void cli_print_help(void) {
         "  --formats [NAME]   print the numeric formats' properties (e4m3, e5m2, any eXmY) and exit\n"
         "  --help             this text\n"
         "\n"
+        "  --generate R       print a prompt and its continuation by the model of run directory R (its model.bin,\n"
+        "                     else its newest checkpoint; R/config.json gives the policy and data.tokenizer),\n"
+        "                     or of an llm.c model file (config.json beside it, if any, or --config)\n"
+        "  --prompt TEXT      the prompt, after an end-of-text token (byte-level tokenizers only; default: none)\n"
+        "  --prompt-ids IDS   the prompt as token ids, e.g. for GPT-2 BPE runs:\n"
+        "                     --prompt-ids $(python3 scripts/encode_prompt.py --tokenizer gpt2 \"TEXT\")\n"
+        "  --tokens N         tokens to generate (default 64); beyond the context (model.block_size) the\n"
+        "                     model sees the newest half of the context and continues\n"
+        "  --temperature T    divide the logits by T (default 1; 0 = always the most likely token)\n"
+        "  --top-k K          draw among the K most likely tokens (default 0 = all)\n"
+        "  --seed S           the draws' seed (default: the run's training.seed); the same seed, the same text\n"
+        "\n"
         "Config sections: model, data, training, precision, metrics, output (see README.md).\n"
         "Outputs in output.dir: config.json, log.jsonl, samples.txt, checkpoints/, model.bin, summary.json.\n"
         "A new run refuses a directory that holds a run (--set output.overwrite=1 deletes it first).\n"
@@ -37,6 +55,25 @@ static const char *flag_value(int argc, char **argv, int *i) {
     return argv[++*i];
 }
 
+// A whole number in [min, max], or fatal() naming the flag.
+static long parse_whole(const char *flag, const char *text, long min, long max) {
+    char *end;
+    long value = strtol(text, &end, 10);
+    if (end == text || *end != '\0' || value < min || value > max) {
+        fatal("%s %s: expected a whole number from %ld to %ld", flag, text, min, max);
+    }
+    return value;
+}
+
+static float parse_temperature(const char *text) {
+    char *end;
+    float value = strtof(text, &end);
+    if (end == text || *end != '\0' || !(value >= 0.0f) || isinf(value)) {
+        fatal("--temperature %s: expected a number >= 0 (0 = the most likely token)", text);
+    }
+    return value;
+}
+
 static DeviceChoice parse_device(const char *name) {
     if (strcmp(name, "auto") == 0) return DEVICE_AUTO;
     if (strcmp(name, "cpu") == 0) return DEVICE_CPU;
@@ -44,10 +81,24 @@ static DeviceChoice parse_device(const char *name) {
     fatal("--device %s: expected auto, cpu or cuda", name);
 }
 
+// The generation flags go with --generate only, and --generate with no training flag.
+static void check_generate_flags(const CliOptions *opt) {
+    const char *stray = opt->prompt ? "--prompt" : opt->prompt_ids ? "--prompt-ids" : opt->seed ? "--seed" : NULL;
+    if (!opt->generate && stray) fatal("%s goes with --generate RUN_DIR|MODEL_BIN (see --help)", stray);
+    if (!opt->generate) return;
+    if (opt->resume || opt->dry_run || opt->print_config) {
+        const char *other = opt->resume ? "--resume" : opt->dry_run ? "--dry-run" : "--print-config";
+        fatal("--generate does not go with %s", other);
+    }
+    if (opt->prompt && opt->prompt_ids) fatal("--prompt and --prompt-ids: give one of them");
+}
+
 CliOptions cli_parse(int argc, char **argv) {
     CliOptions opt;
     memset(&opt, 0, sizeof opt);
     opt.device = DEVICE_AUTO;
+    opt.tokens = 64;
+    opt.temperature = 1.0f;
     for (int i = 1; i < argc; i++) {
         const char *arg = argv[i];
         if (strcmp(arg, "--config") == 0) {
@@ -65,6 +116,21 @@ CliOptions cli_parse(int argc, char **argv) {
             opt.print_config = 1;
         } else if (strcmp(arg, "--help") == 0 || strcmp(arg, "-h") == 0) {
             opt.help = 1;
+        } else if (strcmp(arg, "--generate") == 0) {
+            opt.generate = flag_value(argc, argv, &i);
+        } else if (strcmp(arg, "--prompt") == 0) {
+            opt.prompt = flag_value(argc, argv, &i);
+        } else if (strcmp(arg, "--prompt-ids") == 0) {
+            opt.prompt_ids = flag_value(argc, argv, &i);
+        } else if (strcmp(arg, "--tokens") == 0) {
+            opt.tokens = (int)parse_whole(arg, flag_value(argc, argv, &i), 0, 1 << 24);
+        } else if (strcmp(arg, "--temperature") == 0) {
+            opt.temperature = parse_temperature(flag_value(argc, argv, &i));
+        } else if (strcmp(arg, "--top-k") == 0) {
+            opt.top_k = (int)parse_whole(arg, flag_value(argc, argv, &i), 0, 65536);
+        } else if (strcmp(arg, "--seed") == 0) {
+            opt.seed = flag_value(argc, argv, &i);
+            parse_whole(arg, opt.seed, 0, LONG_MAX);
         } else if (strcmp(arg, "--formats") == 0) {
             opt.formats = 1;
             opt.format_names = argv + i + 1;
@@ -74,5 +140,6 @@ CliOptions cli_parse(int argc, char **argv) {
             fatal("unknown option \"%s\" (see --help)", arg);
         }
     }
+    check_generate_flags(&opt);
     return opt;
 }

@@ -22,6 +22,14 @@ typedef struct {
     int formats;                      // --formats: the remaining arguments are format names
     char **format_names;
     int num_format_names;
+    // --generate RUN_DIR|MODEL_BIN and its options (generate.h); NULL / defaults when absent.
+    const char *generate;
+    const char *prompt;               // --prompt TEXT
+    const char *prompt_ids;           // --prompt-ids 1,2,3
+    int tokens;                       // --tokens N (default 64)
+    float temperature;                // --temperature T (default 1; 0 = greedy)
+    int top_k;                        // --top-k K (default 0 = off)
+    const char *seed;                 // --seed S (NULL: the run's training.seed)
 } CliOptions;
 
 // fatal() with a usage hint on an unknown flag or a missing value.

@@ -58,6 +58,7 @@ static const ConfigKey config_keys[] = {
     {"data", "train", KEY_STRING, offsetof(Config, data.train), "data/fortunes/train_*.bin", 1, PATH_LEN, CLOSED, NULL},
     {"data", "val", KEY_STRING, offsetof(Config, data.val), "data/fortunes/val_*.bin", 0, PATH_LEN, CLOSED, NULL},
     {"data", "tokenizer", KEY_STRING, offsetof(Config, data.tokenizer), "data/fortunes/tokenizer.bin", 0, PATH_LEN, CLOSED, NULL},
+    {"data", "shuffle", KEY_INT, offsetof(Config, data.shuffle), "1", 0, 1, CLOSED, NULL},  // train batches only
     {"training", "batch_size", KEY_INT, offsetof(Config, training.batch_size), "8", 1, INFINITY, CLOSED, NULL},
     {"training", "seq_len", KEY_INT, offsetof(Config, training.seq_len), "128", 1, INFINITY, CLOSED, NULL},
     {"training", "tokens_per_step", KEY_LONG, offsetof(Config, training.tokens_per_step), "0", 0, INFINITY, CLOSED, NULL},
@@ -74,6 +75,7 @@ static const ConfigKey config_keys[] = {
     {"training", "seed", KEY_UINT64, offsetof(Config, training.seed), "1337", 0, INFINITY, CLOSED, NULL},
     {"training", "eval_every", KEY_INT, offsetof(Config, training.eval_every), "50", 0, INFINITY, CLOSED, NULL},
     {"training", "eval_batches", KEY_INT, offsetof(Config, training.eval_batches), "8", 1, INFINITY, CLOSED, NULL},
+    {"training", "eval_at_start", KEY_INT, offsetof(Config, training.eval_at_start), "1", 0, 1, CLOSED, NULL},
     {"training", "sample_every", KEY_INT, offsetof(Config, training.sample_every), "0", 0, INFINITY, CLOSED, NULL},
     {"training", "sample_tokens", KEY_INT, offsetof(Config, training.sample_tokens), "64", 0, INFINITY, CLOSED, NULL},
     {"training", "checkpoint_every", KEY_INT, offsetof(Config, training.checkpoint_every), "0", 0, INFINITY, CLOSED, NULL},
@@ -554,10 +556,6 @@ void config_validate(const Config *cfg) {
     }
     if (cfg->training.min_lr > cfg->training.lr) {
         fatal("training.min_lr (%.9g) must not exceed training.lr (%.9g)", cfg->training.min_lr, cfg->training.lr);
-    }
-    if (cfg->training.warmup_steps > cfg->training.max_steps) {
-        fatal("training.warmup_steps (%d) must not exceed training.max_steps (%d)", cfg->training.warmup_steps,
-              cfg->training.max_steps);
     }
 }
 

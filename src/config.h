@@ -20,6 +20,7 @@ typedef struct {
         char train[CONFIG_PATH_MAX];      // glob pattern of train shards
         char val[CONFIG_PATH_MAX];        // glob pattern of val shards
         char tokenizer[CONFIG_PATH_MAX];  // llm.c tokenizer file for decoding samples ("" = none)
+        int shuffle;                      // 1: train batches in a per-epoch permuted order (data.h)
     } data;
     struct {
         int batch_size, seq_len;
@@ -31,6 +32,7 @@ typedef struct {
         float weight_decay, beta1, beta2, eps, grad_clip;
         uint64_t seed;
         int eval_every, eval_batches, sample_every, sample_tokens, checkpoint_every;
+        int eval_at_start;  // 1: the validation loss before the first step, logged as step 0 (not on resume)
         int zero;  // 1: ZeRO-1, the optimizer state sharded across ranks (docs/distributed.md)
         float divergence_margin;  // stop as diverged when the loss's moving average exceeds the first loss by this (0 = off)
     } training;

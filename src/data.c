@@ -11,6 +11,7 @@
 #include "util.h"
 
 #define SHUFFLE_TENSOR_ID 0xDA7Au
+#define SLOT_SHUFFLE_TENSOR_ID 0xDA7Bu
 #define VALIDATE_CHUNK_TOKENS (1 << 20)
 
 typedef struct {
@@ -25,6 +26,7 @@ struct DataLoader {
     uint64_t seed;
     int shuffle;
     int *order;           // this epoch's shard order: order[i] is an index into shards
+    int64_t *slots;       // the current shard's batch slots in this epoch's order (a permutation of its slots)
     DataPosition pos;     // always the start of a batch that fits in its shard
     FILE *file;           // the open shard, or NULL
     int file_shard;       // which shard `file` is
@@ -145,6 +147,29 @@ static const Shard *current_shard(const DataLoader *loader) {
     return &loader->shards[loader->order[loader->pos.shard]];
 }
 
+// The batches a shard holds: slot k is the tokens [k*S, (k+1)*S] (S tokens a step, plus the last target).
+static int64_t shard_slots(const DataLoader *loader, const Shard *shard) {
+    return (shard->num_tokens - 1) / step_tokens(loader);
+}
+
+// The current shard's slot order in the current epoch: a Fisher-Yates permutation drawn from (seed, epoch,
+// the shard's index in sorted order), so it depends on nothing a checkpoint does not hold. The modulo's bias
+// is below slots / 2^32, negligible for any real shard.
+static void compute_slots(DataLoader *loader) {
+    int64_t n = shard_slots(loader, current_shard(loader));
+    for (int64_t k = 0; k < n; k++) loader->slots[k] = k;
+    if (!loader->shuffle) return;
+    int shard = loader->order[loader->pos.shard];
+    RngKey key = {.seed = loader->seed, .step = loader->pos.epoch, .tensor_id = SLOT_SHUFFLE_TENSOR_ID};
+    uint64_t stream = (uint64_t)shard << 32;  // one stream of draws per shard
+    for (int64_t i = n - 1; i > 0; i--) {
+        int64_t j = (int64_t)(rng_u32(key, stream | (uint64_t)i) % (uint32_t)(i + 1));
+        int64_t tmp = loader->slots[i];
+        loader->slots[i] = loader->slots[j];
+        loader->slots[j] = tmp;
+    }
+}
+
 // If no full batch fits at the current position, moves to the start of the next shard (next epoch after
 // the last one). Every shard holds at least one batch, so one move is enough.
 static void settle_position(DataLoader *loader) {
@@ -156,6 +181,7 @@ static void settle_position(DataLoader *loader) {
         loader->pos.epoch++;
         compute_order(loader, loader->pos.epoch);
     }
+    compute_slots(loader);
 }
 
 DataLoader *dataloader_open(const char *pattern, int B, int T, int rank, int world, int vocab_size,
@@ -180,6 +206,12 @@ DataLoader *dataloader_open(const char *pattern, int B, int T, int rank, int wor
     free(paths);
 
     loader->order = xmalloc((size_t)loader->num_shards * sizeof(int));
+    int64_t max_slots = 0;
+    for (int i = 0; i < loader->num_shards; i++) {
+        int64_t n = shard_slots(loader, &loader->shards[i]);
+        if (n > max_slots) max_slots = n;
+    }
+    loader->slots = xmalloc((size_t)max_slots * sizeof(int64_t));
     loader->buffer = xmalloc(((size_t)B * T + 1) * sizeof(uint16_t));
     loader->file_shard = -1;
     dataloader_reset(loader);
@@ -192,6 +224,7 @@ void dataloader_free(DataLoader *loader) {
     for (int i = 0; i < loader->num_shards; i++) free(loader->shards[i].path);
     free(loader->shards);
     free(loader->order);
+    free(loader->slots);
     free(loader->buffer);
     free(loader);
 }
@@ -211,8 +244,10 @@ void dataloader_next(DataLoader *loader, int *inputs, int *targets) {
     size_t rank_tokens = (size_t)loader->B * loader->T;
     FILE *f = open_current_shard(loader);
     const char *path = current_shard(loader)->path;
-    // Row r of the global batch starts at position + r*T, so this rank's rows are one contiguous run.
-    int64_t first_token = (int64_t)loader->pos.position + (int64_t)loader->rank * (int64_t)rank_tokens;
+    // The batch is the shard's slot that this epoch's order puts next. Row r of the global batch starts at
+    // r*T into the slot, so this rank's rows are one contiguous run.
+    int64_t slot = loader->slots[(int64_t)loader->pos.position / step_tokens(loader)];
+    int64_t first_token = slot * step_tokens(loader) + (int64_t)loader->rank * (int64_t)rank_tokens;
     seek_to(f, SHARD_HEADER_BYTES + first_token * (int64_t)sizeof(uint16_t), path);
     read_exactly(f, loader->buffer, (rank_tokens + 1) * sizeof(uint16_t), path);
     for (size_t i = 0; i < rank_tokens; i++) {
@@ -226,6 +261,7 @@ void dataloader_next(DataLoader *loader, int *inputs, int *targets) {
 void dataloader_reset(DataLoader *loader) {
     loader->pos = (DataPosition){.epoch = 0, .shard = 0, .position = 0};
     compute_order(loader, 0);
+    compute_slots(loader);
 }
 
 DataPosition dataloader_position(const DataLoader *loader) {
@@ -241,6 +277,7 @@ void dataloader_seek(DataLoader *loader, DataPosition position) {
     }
     loader->pos = position;
     compute_order(loader, position.epoch);
+    compute_slots(loader);
     if (position.position > (uint64_t)current_shard(loader)->num_tokens) {
         fatal("data position %llu is past the end of %s (%lld tokens); was the data changed?",
               (unsigned long long)position.position, current_shard(loader)->path,

@@ -21,14 +21,17 @@ typedef struct DataLoader DataLoader;
 typedef struct {
     uint64_t epoch;
     uint64_t shard;     // index into this epoch's shard order
-    uint64_t position;  // token offset of the next batch in that shard
+    uint64_t position;  // tokens of that shard read so far this epoch: the next batch is its slot number
+                        // position / (world*B*T) in the epoch's slot order
 } DataPosition;
 
 // Opens every shard matching `pattern` and validates magic, version, size and that every token is below
 // vocab_size; fatal() naming the file (and byte offset) on the first problem, or when nothing matches.
 // Each step reads world*B rows of T+1 tokens; this rank reads rows [rank*B, (rank+1)*B).
-// shuffle != 0: the shard order of each epoch is a permutation drawn from (seed, epoch);
-// shuffle == 0: shards in sorted name order (for validation).
+// A shard holds (tokens - 1) / (world*B*T) batch slots, slot k starting at token k*world*B*T.
+// shuffle != 0: each epoch visits the shards in a permutation drawn from (seed, epoch), and each shard's
+// slots in a permutation drawn from (seed, epoch, the shard's index in sorted name order);
+// shuffle == 0: shards in sorted name order, each read front to back (validation, data.shuffle = 0).
 DataLoader *dataloader_open(const char *pattern, int B, int T, int rank, int world, int vocab_size,
                             uint64_t seed, int shuffle);
 void dataloader_free(DataLoader *loader);

@@ -189,6 +189,15 @@ void run_log_step(RunLog *run, const StepRecord *rec) {
     }
 }
 
+void run_log_eval(RunLog *run, const StepRecord *rec) {
+    fprintf(run->log, "{\"step\": %d, \"val_loss\": %.9g", rec->step, rec->val_loss);
+    if (rec->has_sharpness) fprintf(run->log, ", \"sharpness\": %.9g", rec->sharpness);
+    fprintf(run->log, "}\n");
+    if (fflush(run->log) != 0) fatal("cannot write %s/log.jsonl: %s", run->dir, strerror(errno));
+    printf("step %d | val %.4f\n", rec->step, rec->val_loss);
+    fflush(stdout);
+}
+
 void run_log_close(RunLog *run) {
     if (run->log && fclose(run->log) != 0) fatal("cannot write %s/log.jsonl: %s", run->dir, strerror(errno));
     run->log = NULL;

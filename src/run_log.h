@@ -45,6 +45,8 @@ void run_log_open(RunLog *run, const char *dir, int max_steps, int resume_step);
 // The run's training time so far, earlier processes included.
 double run_log_seconds(const RunLog *run);
 void run_log_step(RunLog *run, const StepRecord *rec);
+// An evaluation without a step (before the first): {"step": N, "val_loss": ...} and sharpness if measured.
+void run_log_eval(RunLog *run, const StepRecord *rec);
 void run_log_close(RunLog *run);
 // Appends a sample to DIR/samples.txt and prints it.
 void run_log_sample(RunLog *run, int step, const char *text);

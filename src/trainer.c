@@ -11,12 +11,15 @@
 #include <unistd.h>
 
 #include "atomic_file.h"
+#include "backend_choice.h"
+#include "backend_choice.h"
 #include "checkpoint.h"
 #include "cli.h"
 #include "config.h"
 #include "data.h"
 #include "distributed.h"
 #include "formats.h"
+#include "generate.h"
 #include "llmc_model.h"
 #include "lr_schedule.h"
 #include "run_dir.h"
@@ -153,7 +156,7 @@ static void load_config(Trainer *tr, const CliOptions *opt, const ResumeTarget *
         config_load(cfg, opt->config, NULL);
     } else if (resume && resume->run_dir[0]) {
         char path[CONFIG_PATH_MAX + 16];
-        snprintf(path, sizeof path, "%s/config.json", resume->run_dir);
+        snprintf(path, sizeof path, "%.*s/config.json", CONFIG_PATH_MAX - 1, resume->run_dir);
         config_load(cfg, path, NULL);
     } else if (resume) {
         fatal("--resume %s: this checkpoint is not in a run's checkpoints/ directory, so no run config comes with "
@@ -219,24 +222,6 @@ static void check_same_config(const Trainer *tr) {
     char *json = config_to_json(&tr->cfg);
     check_same_on_all_ranks(tr, json, "configuration");
     free(json);
-}
-
-// A dry run only plans: --device cuda --dry-run prints the GPU memory plan on a machine without a GPU.
-static const BackendOps *choose_backend(DeviceChoice device, const BackendOps *cuda_ops, int cuda_devices,
-                                        int dry_run) {
-    if (device == DEVICE_CPU) return &cpu_backend;
-    if (!cuda_ops) {
-        if (device == DEVICE_CUDA) fatal("--device cuda: this build has no CUDA backend (built without nvcc; use --device cpu)");
-        printf("note: this build has no CUDA backend (built without nvcc): training on the CPU\n");
-        return &cpu_backend;
-    }
-    if (device == DEVICE_CUDA) {
-        if (cuda_devices == 0 && !dry_run) fatal("--device cuda: no CUDA GPU is visible (use --device cpu or auto)");
-        return cuda_ops;
-    }
-    if (cuda_devices > 0) return cuda_ops;
-    printf("note: no GPU found: training on the CPU backend\n");
-    return &cpu_backend;
 }
 
 // ----------------------------------------------------------------------------------------------------
@@ -357,7 +342,7 @@ static void open_data(Trainer *tr) {
     const Config *cfg = &tr->cfg;
     // Each rank reads its own B rows of every batch of world * B rows.
     tr->train_data = dataloader_open(cfg->data.train, tr->B, tr->T, tr->rank, tr->world, cfg->model.vocab_size,
-                                     cfg->training.seed, 1);
+                                     cfg->training.seed, cfg->data.shuffle);
     if (cfg->data.val[0] && cfg->training.eval_every > 0) {
         tr->val_data = dataloader_open(cfg->data.val, tr->B, tr->T, tr->rank, tr->world, cfg->model.vocab_size, 0, 0);
     }
@@ -461,6 +446,28 @@ static void evaluate(Trainer *tr, StepRecord *rec) {
     rec->val_loss = (float)(sums[0] / batches);
     rec->has_sharpness = tr->cfg.metrics.sharpness > 0.0f;
     rec->sharpness = (float)(sums[1] / batches);
+}
+
+// training.eval_at_start: the untrained model's validation loss, logged as step 0 (a resume skips it).
+static void record_step(Trainer *tr, const StepRecord *rec) {
+    RunHistory *h = &tr->history;
+    if (rec->step > 1) {  // the first step includes warm-up effects
+        h->tokens_per_s_sum += rec->tokens_per_s;
+        h->timed_steps++;
+    }
+    if (rec->has_val) {
+        h->has_val = 1;
+        h->last_val_loss = rec->val_loss;
+        if (rec->val_loss < h->best_val_loss) h->best_val_loss = rec->val_loss;
+    }
+}
+
+static void evaluate_at_start(Trainer *tr) {
+    StepRecord rec;
+    memset(&rec, 0, sizeof rec);
+    evaluate(tr, &rec);
+    record_step(tr, &rec);
+    if (tr->rank == 0) run_log_eval(&tr->log, &rec);
 }
 
 static void write_sample(Trainer *tr, int step) {
@@ -612,19 +619,6 @@ static int agreed_interrupt(void) {
     return noted[1] > 0 ? SIGTERM : noted[0] > 0 ? SIGINT : 0;
 }
 
-static void record_step(Trainer *tr, const StepRecord *rec) {
-    RunHistory *h = &tr->history;
-    if (rec->step > 1) {  // the first step includes warm-up effects
-        h->tokens_per_s_sum += rec->tokens_per_s;
-        h->timed_steps++;
-    }
-    if (rec->has_val) {
-        h->has_val = 1;
-        h->last_val_loss = rec->val_loss;
-        if (rec->val_loss < h->best_val_loss) h->best_val_loss = rec->val_loss;
-    }
-}
-
 // The steps up to max_steps, or until the run diverges or a signal asks it to stop.
 static RunEnd train_steps(Trainer *tr) {
     const Config *cfg = &tr->cfg;
@@ -668,12 +662,18 @@ static int train(Trainer *tr) {
            tr->table.num_params, tr->policy.name, tr->ops->name, max_steps, tr->accum_steps, tr->B, tr->T);
     if (tr->world > 1) printf(" on each of %d ranks%s", tr->world, tr->cfg.training.zero ? " (ZeRO-1)" : "");
     printf("\n");
+    if (cfg->training.warmup_steps > max_steps) {
+        printf("note: training.warmup_steps (%d) exceeds training.max_steps (%d): the learning rate stays below "
+               "training.lr\n", cfg->training.warmup_steps, max_steps);
+    }
+    if (tr->val_data && cfg->training.eval_at_start && tr->state.step == 0) evaluate_at_start(tr);
     defer_interrupts();
     RunEnd end = train_steps(tr);
     if (tr->rank != 0) return end.status;
     int finished = end.status == 0;
     // A final sample, unless the last step wrote one or samples are off.
-    if (finished && tr->tokenizer && cfg->training.sample_every > 0 && !every(cfg->training.sample_every, max_steps)) {
+    if (finished && tr->tokenizer && cfg->training.sample_every > 0 && cfg->training.sample_tokens > 0 &&
+        !every(cfg->training.sample_every, max_steps)) {
         write_sample(tr, max_steps);
     }
     run_log_close(&tr->log);
@@ -698,6 +698,7 @@ static int run_program(int argc, char **argv, const BackendOps *cuda_ops, int cu
         formats_print(opt.num_format_names, opt.format_names);
         return 0;
     }
+    if (opt.generate) return generate_main(&opt, cuda_ops, cuda_devices);
     Trainer *tr = xcalloc(1, sizeof *tr);
     tr->rank = dist_rank();
     tr->world = dist_world();

@@ -32,11 +32,12 @@ write_tiny_config() {
 JSON
 }
 
-# The losses of a run's log.jsonl, one per line, exactly as written.
+# The losses of a run's log.jsonl, one per step, exactly as written (the step-0 evaluation has none).
 # (SIGPIPE kills it quietly when a reader such as head stops early.)
 losses() {
   python3 -c 'import json, signal, sys
 signal.signal(signal.SIGPIPE, signal.SIG_DFL)
 for line in open(sys.argv[1]):
-    print(repr(json.loads(line)["loss"]))' "$1/log.jsonl"
+    record = json.loads(line)
+    if "loss" in record: print(repr(record["loss"]))' "$1/log.jsonl"
 }

@@ -382,6 +382,39 @@ static void test_read_one_section(const char *dir) {
           missing.message);
 }
 
+static State *named_dest;  // shared with the child, so the parent sees whether a refused read wrote
+
+static void child_read_named_missing(void *arg) {
+    CheckpointSection wanted[2] = {{"params", named_dest->params, sizeof named_dest->params},
+                                   {"master", named_dest->moments, 4}};
+    checkpoint_read_named(arg, wanted, 2);
+}
+
+// Several sections by name, in another order than the file's, the others skipped; a missing one is refused
+// before anything is copied.
+static void test_read_named_sections(const char *dir) {
+    char path[512];
+    snprintf(path, sizeof path, "%s/named.ckpt", dir);
+    State a, b;
+    CheckpointSection sa[NUM_SECTIONS];
+    fill_state(&a, 5);
+    describe(&a, sa);
+    checkpoint_write(path, sa, NUM_SECTIONS);
+    memset(&b, 0, sizeof b);
+    CheckpointSection wanted[2] = {{"step", &b.step, sizeof b.step}, {"params", b.params, sizeof b.params}};
+    checkpoint_read_named(path, wanted, 2);
+    CHECK(b.step == a.step && memcmp(b.params, a.params, sizeof a.params) == 0, "read_named: values differ");
+    CHECK(b.moments[0] == 0 && b.moments[63] == 0, "read_named wrote a section it was not asked for");
+    named_dest = shared_state();
+    memset(named_dest, 0xAB, sizeof *named_dest);
+    ChildResult missing = run_in_child(child_read_named_missing, path);
+    CHECK(missing.exit_status == 1 && strstr(missing.message, "no section 'master'"), "read_named, missing: '%s'",
+          missing.message);
+    unsigned char untouched[sizeof named_dest->params];
+    memset(untouched, 0xAB, sizeof untouched);
+    CHECK(memcmp(named_dest->params, untouched, sizeof untouched) == 0, "a refused read_named wrote params");
+}
+
 int main(void) {
     char dir[] = "/tmp/lpgpt_test_checkpoint_XXXXXX";
     if (!mkdtemp(dir)) fatal("mkdtemp failed");
@@ -393,6 +426,7 @@ int main(void) {
     test_atomic_replacement(dir);
     test_full_disk(dir);
     test_read_one_section(dir);
+    test_read_named_sections(dir);
     CHECK(count_temp_files(dir) == 0, "temp files left in %s", dir);
     remove_dir_contents(dir);
     rmdir(dir);

@@ -197,6 +197,74 @@ static void test_shuffle(void) {
     CHECK(shuffled, "shuffle changes the order");
 }
 
+#define SLOT_EPOCHS 3
+#define SLOTS_0 10  // shard 0: 81 tokens = 10 slots of 8 tokens and the last target
+#define SLOTS_1 7   // shard 1: 60 tokens = 7 slots (3 tokens left over, never read)
+
+// The batches of SLOT_EPOCHS epochs over shards 0 and 1 at B = 1, T = 8, as (shard, slot) = (token / 1000,
+// token % 1000 / 8) of each batch's first token.
+static void slot_orders(uint64_t seed, int shuffle, int shards[][SLOTS_0 + SLOTS_1], int slots[][SLOTS_0 + SLOTS_1]) {
+    DataLoader *loader = dataloader_open(pattern_for("slots_*.bin"), 1, 8, 0, 1, VOCAB, seed, shuffle);
+    int inputs[8], targets[8];
+    for (int e = 0; e < SLOT_EPOCHS; e++) {
+        for (int i = 0; i < SLOTS_0 + SLOTS_1; i++) {
+            CHECK(dataloader_position(loader).epoch == (uint64_t)e, "epoch %d batch %d", e, i);
+            dataloader_next(loader, inputs, targets);
+            shards[e][i] = inputs[0] / TOKENS_PER_SHARD_ID;
+            slots[e][i] = inputs[0] % TOKENS_PER_SHARD_ID / 8;
+            // A batch is one whole slot: 8 consecutive tokens, each target the token after its input.
+            CHECK(inputs[0] % TOKENS_PER_SHARD_ID % 8 == 0, "batch starts at token %d, not a slot", inputs[0]);
+            for (int t = 0; t < 8; t++) {
+                CHECK(inputs[t] == inputs[0] + t && targets[t] == inputs[0] + t + 1, "epoch %d batch %d token %d", e, i, t);
+            }
+        }
+    }
+    dataloader_free(loader);
+}
+
+// data.shuffle: within each shard the batch slots come in a new order every epoch, each slot exactly once;
+// the same seed repeats the order, another seed changes it; without shuffle, front to back.
+static void test_slot_shuffle(void) {
+    write_counting_shard("slots_000.bin", 0, 81);
+    write_counting_shard("slots_001.bin", 1, 60);
+    int sh[SLOT_EPOCHS][SLOTS_0 + SLOTS_1], sl[SLOT_EPOCHS][SLOTS_0 + SLOTS_1];
+    int sh2[SLOT_EPOCHS][SLOTS_0 + SLOTS_1], sl2[SLOT_EPOCHS][SLOTS_0 + SLOTS_1];
+    int sh3[SLOT_EPOCHS][SLOTS_0 + SLOTS_1], sl3[SLOT_EPOCHS][SLOTS_0 + SLOTS_1];
+    slot_orders(42, 1, sh, sl);
+    slot_orders(42, 1, sh2, sl2);
+    CHECK(memcmp(sh, sh2, sizeof sh) == 0 && memcmp(sl, sl2, sizeof sl) == 0, "same seed, same batches");
+    slot_orders(43, 1, sh3, sl3);
+    CHECK(memcmp(sl, sl3, sizeof sl) != 0, "another seed, other slot orders");
+    int moved = 0, epochs_differ = 0;
+    for (int e = 0; e < SLOT_EPOCHS; e++) {
+        int seen[2][SLOTS_0] = {{0}};
+        for (int i = 0; i < SLOTS_0 + SLOTS_1; i++) {
+            int shard = sh[e][i], slot = sl[e][i];
+            int in_range = (shard == 0 && slot < SLOTS_0) || (shard == 1 && slot < SLOTS_1);
+            CHECK(in_range, "epoch %d batch %d: shard %d slot %d does not exist", e, i, shard, slot);
+            if (in_range) seen[shard][slot]++;
+            // Shards are read one after the other: a shard's batches are consecutive.
+            CHECK(i == 0 || shard == sh[e][i - 1] || i == (sh[e][0] == 0 ? SLOTS_0 : SLOTS_1),
+                  "epoch %d batch %d: shards interleave", e, i);
+            int index_in_shard = shard == sh[e][0] ? i : i - (sh[e][0] == 0 ? SLOTS_0 : SLOTS_1);
+            if (slot != index_in_shard) moved = 1;
+        }
+        for (int s = 0; s < 2; s++)
+            for (int k = 0; k < (s == 0 ? SLOTS_0 : SLOTS_1); k++)
+                CHECK(seen[s][k] == 1, "epoch %d: shard %d slot %d read %d times", e, s, k, seen[s][k]);
+        if (e > 0 && memcmp(sl[e], sl[0], sizeof sl[0]) != 0) epochs_differ = 1;
+    }
+    CHECK(moved, "shuffle leaves every slot in place");
+    CHECK(epochs_differ, "every epoch has the same slot order");
+    slot_orders(42, 0, sh3, sl3);
+    for (int e = 0; e < SLOT_EPOCHS; e++)
+        for (int i = 0; i < SLOTS_0 + SLOTS_1; i++) {
+            int shard = i < SLOTS_0 ? 0 : 1, slot = i < SLOTS_0 ? i : i - SLOTS_0;
+            CHECK(sh3[e][i] == shard && sl3[e][i] == slot, "unshuffled epoch %d batch %d: shard %d slot %d", e, i,
+                  sh3[e][i], sl3[e][i]);
+        }
+}
+
 // Seeking to a saved position reproduces the following batches, across shard and epoch boundaries.
 static void test_position_and_seek(void) {
     const char *pattern = pattern_for("ranks_*.bin");  // 200 + 150 tokens, written by test_rank_slicing
@@ -263,6 +331,47 @@ static void test_tokenizer(void) {
     CHECK(strcmp(tokenizer_decode(tok, 299), "<|endoftext|>") == 0, "eot is '%s'", tokenizer_decode(tok, 299));
     CHECK(strcmp(tokenizer_decode(tok, 300), "") == 0, "out of range decodes to ''");
     CHECK(strcmp(tokenizer_decode(tok, -1), "") == 0, "negative decodes to ''");
+    tokenizer_free(tok);
+}
+
+// scripts/prepare_data.py's byte-level tokenizer: ids 0..255 the bytes, 256 end-of-text.
+static void write_byte_tokenizer(const char *name, int swap_two) {
+    FILE *f = fopen(temp_path(name), "wb");
+    uint32_t header[256] = {TOKENIZER_MAGIC, 2, 257, 256};
+    fwrite(header, sizeof header, 1, f);
+    for (int i = 0; i < 256; i++) {
+        unsigned char piece[2] = {1, (unsigned char)i};
+        if (swap_two && i < 2) piece[1] = (unsigned char)(1 - i);  // GPT-2-like: single bytes, not in id order
+        fwrite(piece, 1, 2, f);
+    }
+    unsigned char len = 13;
+    fwrite(&len, 1, 1, f);
+    fwrite("<|endoftext|>", 1, 13, f);
+    fclose(f);
+    remember_file(temp_path(name));
+}
+
+// Byte-level tokenizers encode text as its bytes; a numbered vocabulary or bytes out of id order do not count.
+static void test_byte_level_tokenizer(void) {
+    write_byte_tokenizer("bytes.bin", 0);
+    Tokenizer *tok = tokenizer_load(temp_path("bytes.bin"));
+    CHECK(tokenizer_is_byte_level(tok), "the byte tokenizer is not byte-level");
+    int ids[8];
+    tokenizer_encode_bytes(tok, "Hi \xc3\xa9\n", ids);
+    int expected[6] = {72, 105, 32, 0xc3, 0xa9, 10};
+    CHECK(memcmp(ids, expected, sizeof expected) == 0, "encoded %d %d %d %d %d %d", ids[0], ids[1], ids[2], ids[3],
+          ids[4], ids[5]);
+    int text_ids[7] = {72, 105, 32, 0xc3, 0xa9, 10, 256};
+    char *text = tokenizer_decode_all(tok, text_ids, 7);
+    CHECK(strcmp(text, "Hi \xc3\xa9\n<|endoftext|>") == 0, "decoded '%s'", text);
+    free(text);
+    tokenizer_free(tok);
+    write_byte_tokenizer("bytes_swapped.bin", 1);
+    tok = tokenizer_load(temp_path("bytes_swapped.bin"));
+    CHECK(!tokenizer_is_byte_level(tok), "bytes out of id order count as byte-level");
+    tokenizer_free(tok);
+    tok = tokenizer_load(temp_path("tok.bin"));  // t0, t1, ...: test_tokenizer's
+    CHECK(!tokenizer_is_byte_level(tok), "a numbered vocabulary counts as byte-level");
     tokenizer_free(tok);
 }
 
@@ -367,8 +476,10 @@ int main(void) {
     test_sorted_shards();
     test_rank_slicing();
     test_shuffle();
+    test_slot_shuffle();
     test_position_and_seek();
     test_tokenizer();
+    test_byte_level_tokenizer();
     test_errors();
     remove_temp_files();
     return test_summary("test_data");

@@ -15,11 +15,11 @@ write_tiny_config
   --set output.dir="$tmp/mixed" >/dev/null
 # A run that died after step 12: its log stops there and it has no summary.json.
 cp -r "$tmp/fp32_a" "$tmp/died"
-head -n 12 "$tmp/fp32_a/log.jsonl" > "$tmp/died/log.jsonl"
+sed '/"step": 13,/,$d' "$tmp/fp32_a/log.jsonl" > "$tmp/died/log.jsonl"
 rm "$tmp/died/summary.json"
 # A log with a NaN loss at step 8 (JSON has no NaN, but Python's reader takes the token).
 cp -r "$tmp/fp32_a" "$tmp/nan"
-sed -i '8s/"loss": [^,]*/"loss": NaN/' "$tmp/nan/log.jsonl"
+sed -i '/"step": 8,/s/"loss": [^,]*/"loss": NaN/' "$tmp/nan/log.jsonl"
 grep -q '"step": 8, "loss": NaN' "$tmp/nan/log.jsonl" || fail "could not write the NaN log"
 
 python3 "$root/scripts/plot_runs.py" "$tmp/fp32_a" "$tmp/fp32_b" "$tmp/mixed" "$tmp/died" "$tmp/nan" \

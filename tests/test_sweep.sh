@@ -79,6 +79,9 @@ assert sorted(rows) == ["fp32_lr0.001_seed1", "fp32_lr10_seed1", "fp32_lr1e06_se
 def log(name):
     return [json.loads(l) for l in open(os.path.join(out, "points", name, "log.jsonl"))]
 
+def step_records(name):  # without the step-0 evaluation (training.eval_at_start), which has no loss
+    return [r for r in log(name) if "loss" in r]
+
 good = rows["fp32_lr0.001_seed1"]
 assert good["status"] == "finished" and good["diverged"] == "False", good
 val = [r["val_loss"] for r in log("fp32_lr0.001_seed1") if "val_loss" in r][-1]
@@ -87,14 +90,14 @@ assert abs(float(good["final_val_loss"]) - val) < 1e-6, (good, val)
 nan = rows["fp32_lr1e06_seed1"]
 assert nan["status"] == "diverged" and nan["diverged"] == "True", nan
 # train_gpt logs the non-finite step (its loss or norm as null) and stops there, with a summary that says so.
-nan_log = log("fp32_lr1e06_seed1")
+nan_log = step_records("fp32_lr1e06_seed1")
 assert int(nan["diverged_step"]) == len(nan_log) <= 10, nan
 assert nan_log[-1]["loss"] is None or nan_log[-1]["grad_norm"] is None, nan_log[-1]
 summary = json.load(open(os.path.join(out, "points", "fp32_lr1e06_seed1", "summary.json")))
 assert summary["diverged"] is True and summary["diverged_step"] == len(nan_log), summary
 
 high = rows["fp32_lr10_seed1"]
-losses = [r["loss"] for r in log("fp32_lr10_seed1")]
+losses = [r["loss"] for r in step_records("fp32_lr10_seed1")]
 assert losses[-1] > losses[0] + 0.5, losses
 assert high["status"] == "diverged" and high["diverged"] == "True" and "last 10%" in high["reason"], high
 step = int(high["diverged_step"])

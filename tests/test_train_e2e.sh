@@ -3,14 +3,19 @@ source "$(dirname "$0")/e2e_common.sh"
 prepare_test_data
 write_tiny_config
 
-# 200 steps: the first loss is ln(vocab) within 2%; the validation loss ends below the corpus's unigram
-# entropy (what a model that ignores context can reach) by a fixed margin.
+# 200 steps: the validation loss before the first step (training.eval_at_start, logged as step 0) and the
+# first loss are ln(vocab) within 2%; the validation loss ends below the corpus's unigram entropy (what a
+# model that ignores context can reach) by a fixed margin. Samples at steps 100 and 200, once each.
 "$train_gpt" --device cpu --config "$tmp/tiny.json" --set training.max_steps=200 --set training.sample_every=100 \
   --set output.dir="$tmp/long" >/dev/null
 python3 - "$tmp/long/log.jsonl" "$tmp/data/val_000000.bin" <<'PY' || fail "init loss / learning"
 import collections, json, math, struct, sys
-log = [json.loads(l) for l in open(sys.argv[1])]
-assert len(log) == 200, len(log)
+records = [json.loads(l) for l in open(sys.argv[1])]
+assert sorted(records[0]) == ["step", "val_loss"] and records[0]["step"] == 0, records[0]
+start_val = records[0]["val_loss"]
+assert abs(start_val - math.log(257)) / math.log(257) < 0.02, f"val loss at init {start_val}"
+log = records[1:]
+assert [r["step"] for r in log] == list(range(1, 201)), "one record per step after step 0"
 first = log[0]["loss"]
 assert abs(first - math.log(257)) / math.log(257) < 0.02, f"loss at init {first} vs ln(257) {math.log(257)}"
 shard = open(sys.argv[2], "rb").read()
@@ -23,6 +28,8 @@ assert "val_loss" in log[9] and "val_loss" not in log[10], "val loss on eval ste
 print(f"loss {first:.4f} -> val {val:.4f} (unigram entropy {unigram:.4f})")
 PY
 for f in config.json summary.json samples.txt model.bin; do [ -s "$tmp/long/$f" ] || fail "missing $f"; done
+[ "$(grep -c '^--- step' "$tmp/long/samples.txt")" = 2 ] && grep -q '^--- step 100 ---' "$tmp/long/samples.txt" &&
+  grep -q '^--- step 200 ---' "$tmp/long/samples.txt" || fail "samples.txt: $(grep '^--- step' "$tmp/long/samples.txt")"
 
 # Same seed, same losses; another seed, other losses.
 "$train_gpt" --device cpu --config "$tmp/tiny.json" --set output.dir="$tmp/a" >/dev/null
@@ -30,14 +37,32 @@ for f in config.json summary.json samples.txt model.bin; do [ -s "$tmp/long/$f" 
 "$train_gpt" --device cpu --config "$tmp/tiny.json" --set output.dir="$tmp/c" --set training.seed=43 >/dev/null
 cmp -s <(losses "$tmp/a") <(losses "$tmp/b") || fail "two runs with the same seed differ"
 cmp -s <(losses "$tmp/a") <(losses "$tmp/c") && fail "a different seed gave the same losses"
+# training.sample_every = 0 (the tiny config's): no sample, not even at the end.
+[ -e "$tmp/a/samples.txt" ] && fail "sample_every=0 wrote samples.txt"
+# data.shuffle (on by default) changes the batches: unshuffled, the same seed gives other losses.
+"$train_gpt" --device cpu --config "$tmp/tiny.json" --set data.shuffle=0 --set output.dir="$tmp/unshuffled" >/dev/null
+cmp -s <(losses "$tmp/a") <(losses "$tmp/unshuffled") && fail "data.shuffle=0 gave the shuffled losses"
 
-# Resume: 20 steps straight, or 10 steps + resume + 10 steps, give the same bits.
+# Warm-up longer than the run is allowed, with a note; training.eval_at_start=0 logs no step 0.
+"$train_gpt" --device cpu --config "$tmp/tiny.json" --set training.max_steps=3 --set training.warmup_steps=10 \
+  --set training.eval_at_start=0 --set output.dir="$tmp/short" > "$tmp/short.txt"
+grep -q "note: training.warmup_steps (10) exceeds training.max_steps (3)" "$tmp/short.txt" || fail "no warm-up note"
+python3 - "$tmp/short/log.jsonl" <<'PY' || fail "short warm-up run"
+import json, sys
+log = [json.loads(l) for l in open(sys.argv[1])]
+assert [r["step"] for r in log] == [1, 2, 3], [r["step"] for r in log]
+assert all(abs(r["lr"] - 1e-3 * r["step"] / 10) < 1e-9 for r in log), [r["lr"] for r in log]  # lr * step / warmup
+PY
+
+# Resume: 20 steps straight, or 10 steps + resume + 10 steps, give the same bits (with the shuffled batch
+# order: the checkpoint's data position continues it); the step-0 evaluation is not repeated.
 "$train_gpt" --device cpu --config "$tmp/tiny.json" --set training.checkpoint_every=10 --set output.dir="$tmp/straight" >/dev/null
 cp -r "$tmp/straight" "$tmp/resumed"
 rm "$tmp/resumed/checkpoints/step_00000020.ckpt" "$tmp/resumed/model.bin" "$tmp/resumed/summary.json"
 "$train_gpt" --device cpu --resume "$tmp/resumed" >/dev/null
 cmp -s <(losses "$tmp/straight") <(losses "$tmp/resumed") || fail "resumed losses differ"
-[ "$(wc -l < "$tmp/resumed/log.jsonl")" = 20 ] || fail "resumed log does not have 20 steps"
+[ "$(wc -l < "$tmp/resumed/log.jsonl")" = 21 ] || fail "resumed log does not have step 0 and 20 steps"
+[ "$(head -1 "$tmp/resumed/log.jsonl")" = "$(head -1 "$tmp/straight/log.jsonl")" ] || fail "step-0 record changed"
 cmp -s "$tmp/straight/checkpoints/step_00000020.ckpt" "$tmp/resumed/checkpoints/step_00000020.ckpt" ||
   fail "resumed final checkpoint differs"
 cmp -s "$tmp/straight/model.bin" "$tmp/resumed/model.bin" || fail "resumed final weights differ"
@@ -56,8 +81,8 @@ python3 - "$tmp/imported" "$tmp/straight" <<'PY' || fail "init_from"
 import json, sys
 cfg = json.load(open(sys.argv[1] + "/config.json"))
 assert cfg["model"]["n_layer"] == 2, cfg["model"]
-first = json.loads(open(sys.argv[1] + "/log.jsonl").readline())["loss"]
-straight_last = [json.loads(l)["loss"] for l in open(sys.argv[2] + "/log.jsonl")][-1]
+first = [json.loads(l) for l in open(sys.argv[1] + "/log.jsonl")][1]["loss"]  # after the step-0 evaluation
+straight_last = [json.loads(l) for l in open(sys.argv[2] + "/log.jsonl")][-1]["loss"]
 assert first < straight_last + 0.3, f"imported model starts at {first}, trained one ended at {straight_last}"
 PY
 
@@ -85,7 +110,7 @@ PY
   --set output.dir="$tmp/mixed" >/dev/null
 python3 - "$tmp/mixed" <<'PY' || fail "mixed"
 import json, struct, sys
-log = [json.loads(l) for l in open(sys.argv[1] + "/log.jsonl")]
+log = [json.loads(l) for l in open(sys.argv[1] + "/log.jsonl")][1:]  # the steps, after the step-0 evaluation
 assert log[-1]["loss"] < log[0]["loss"] - 1.0, (log[0]["loss"], log[-1]["loss"])
 data = open(sys.argv[1] + "/model.bin", "rb").read()
 header = struct.unpack("<256i", data[:1024])
@@ -101,7 +126,7 @@ done
 python3 - "$tmp/sharp_0.01/log.jsonl" "$tmp/sharp_0.05/log.jsonl" "$tmp/a/log.jsonl" <<'PY' || fail "sharpness"
 import json, sys
 small, large, off = ([json.loads(l) for l in open(p)] for p in sys.argv[1:])
-assert [r["step"] for r in small if "sharpness" in r] == [10, 20], "sharpness on eval steps"
+assert [r["step"] for r in small if "sharpness" in r] == [0, 10, 20], "sharpness on eval steps (and step 0)"
 assert all(r["sharpness"] > 0 for r in small if "sharpness" in r)
 assert all(b["sharpness"] > a["sharpness"] for a, b in zip(small, large) if "sharpness" in a)
 assert not any("sharpness" in r for r in off), "no sharpness when metrics.sharpness = 0"

@@ -65,6 +65,13 @@ void attention_forward(float *out, float *att, const float *qkv, int B, int T, i
             }
 }
 
+void attention_forward_last(float *out, float *att, const float *qkv, int T, int C, int NH, const OperandCast *cast) {
+    int hs = C / NH;
+    float scale = 1.0f / sqrtf((float)hs);
+#pragma omp parallel for schedule(static)
+    for (int h = 0; h < NH; h++) attention_row(out + h * hs, att + (size_t)h * T, qkv, T, C, hs, h, T - 1, scale, cast);
+}
+
 // The backward of one (batch, head): dq, dk, dv of all positions. Keys and values receive gradient from
 // every later query, so one task does the whole head, in a fixed order. dqkv, qkv: (T, 3C) and dout: (T, C)
 // of one sequence; att: (T, T) of this head; datt: (T) scratch.

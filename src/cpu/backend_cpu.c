@@ -17,6 +17,7 @@
 
 #include "backend.h"
 #include "cpu/gpt_cpu.h"
+#include "cpu/kv_cache.h"
 #include "distributed.h"
 #include "param_storage.h"
 #include "util.h"
@@ -45,6 +46,7 @@ struct Backend {
     size_t state_numel;      // elements of optimizer state held (master, lo, c, m, v)
     int B, T;                // of the last forward
     float *rows;             // (B, Vp) the probabilities or logits at one position, for the caller
+    KVCache *kv_cache;       // decode_step's, allocated by its first call
     BackendState state;
 };
 
@@ -177,6 +179,7 @@ static void cpu_destroy(Backend *b) {
     param_layout_free(&b->layout);
     free(b->chunk_sums);
     free(b->rows);
+    kv_cache_free(b->kv_cache);
     free(b);
 }
 
@@ -200,6 +203,12 @@ static const float *rows_at(Backend *b, const float *all, int t) {
 static const float *cpu_probs(Backend *b, int t) { return rows_at(b, gpt_cpu_probs(b->model), t); }
 
 static const float *cpu_logits(Backend *b, int t) { return rows_at(b, gpt_cpu_logits(b->model), t); }
+
+// The cache spans the model's whole context, whatever batch shape the backend was created for.
+static const float *cpu_decode_step(Backend *b, int token, int pos) {
+    if (!b->kv_cache) b->kv_cache = kv_cache_create(&b->table, b->table.shape.block_size);
+    return kv_cache_step(b->kv_cache, b->model, b->params, token, pos);
+}
 
 static void cpu_zero_grad(Backend *b) {
     size_t n = b->table.num_params;
@@ -398,6 +407,7 @@ const BackendOps cpu_backend = {
     .forward = cpu_forward,
     .probs = cpu_probs,
     .logits = cpu_logits,
+    .decode_step = cpu_decode_step,
     .zero_grad = cpu_zero_grad,
     .backward = cpu_backward,
     .reduce_gradients = cpu_reduce_gradients,

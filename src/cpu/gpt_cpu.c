@@ -204,6 +204,8 @@ const float *gpt_cpu_probs(const GPTCpu *model) { return model->acts.probs; }
 
 const float *gpt_cpu_logits(const GPTCpu *model) { return model->acts.logits; }
 
+const OperandCast *gpt_cpu_attention_cast(const GPTCpu *model) { return &model->attention_cast; }
+
 // Points the activation buffers into the one allocation, packed for the batch shape at hand.
 static void place_activations(GPTCpu *model, int B, int T) {
     ActivationBuffer list[NUM_ACTIVATION_BUFFERS];
@@ -265,9 +267,8 @@ static const float *linear_operand(GPTCpu *model, int layer, BlockLinear linear,
     return out;
 }
 
-// out (N, OC) = inp (N, C) @ weight (OC, C)^T + bias: block `layer`'s linear layer `linear`.
-static void linear_forward(GPTCpu *model, int layer, BlockLinear linear, float *out, const float *inp,
-                           const float *weight, const float *bias, int N, int C, int OC) {
+void gpt_cpu_linear_forward(GPTCpu *model, int layer, BlockLinear linear, float *out, const float *inp,
+                            const float *weight, const float *bias, int N, int C, int OC) {
     OperandCopies *copies = &model->operands;
     const float *x = linear_operand(model, layer, linear, OPERAND_INPUT, 0, copies->inp, inp, (size_t)N * C);
     const float *w = linear_operand(model, layer, linear, OPERAND_WEIGHT, 0, copies->weight, weight, (size_t)OC * C);
@@ -285,8 +286,7 @@ static void linear_backward(GPTCpu *model, int layer, BlockLinear linear, float 
     sum_rows_add(dbias, dout, N, OC);
 }
 
-// logits (N, Vp) = lnf (N, C) @ wte (Vp, C)^T, operands cast like attention's.
-static void lm_head_forward(GPTCpu *model, float *logits, const float *lnf, const float *wte, int N, int C, int Vp) {
+void gpt_cpu_lm_head_forward(GPTCpu *model, float *logits, const float *lnf, const float *wte, int N, int C, int Vp) {
     const OperandCast *cast = &model->attention_cast;
     const float *x = cast_operand(cast, model->operands.inp, lnf, (size_t)N * C);
     const float *w = cast_operand(cast, model->operands.weight, wte, (size_t)Vp * C);
@@ -348,23 +348,23 @@ float gpt_cpu_forward(GPTCpu *model, const float *params, const int *inputs, con
         LayerOffsets p = layer_offsets(&model->table, l);
         LayerActivations x = layer_activations(a, s, l, B, T);
         layernorm_forward(x.ln1, x.ln1_mean, x.ln1_rstd, x.residual, params + p.ln1w, params + p.ln1b, N, C);
-        linear_forward(model, l, LINEAR_QKV, x.qkv, x.ln1, params + p.qkvw, params + p.qkvb, N, C, 3 * C);
+        gpt_cpu_linear_forward(model, l, LINEAR_QKV, x.qkv, x.ln1, params + p.qkvw, params + p.qkvb, N, C, 3 * C);
         attention_cast_forward(model, x.atty, x.att, x.qkv, B, T, C, NH);
-        linear_forward(model, l, LINEAR_ATTPROJ, a->proj_out, x.atty, params + p.attprojw, params + p.attprojb, N, C,
-                       C);
+        gpt_cpu_linear_forward(model, l, LINEAR_ATTPROJ, a->proj_out, x.atty, params + p.attprojw,
+                               params + p.attprojb, N, C, C);
         residual_forward(x.residual2, x.residual, a->proj_out, (size_t)N * C);
         layernorm_forward(x.ln2, x.ln2_mean, x.ln2_rstd, x.residual2, params + p.ln2w, params + p.ln2b, N, C);
-        linear_forward(model, l, LINEAR_FC, x.fch, x.ln2, params + p.fcw, params + p.fcb, N, C, 4 * C);
+        gpt_cpu_linear_forward(model, l, LINEAR_FC, x.fch, x.ln2, params + p.fcw, params + p.fcb, N, C, 4 * C);
         gelu_forward(x.fch_gelu, x.fch, (size_t)N * 4 * C);
-        linear_forward(model, l, LINEAR_FCPROJ, a->proj_out, x.fch_gelu, params + p.fcprojw, params + p.fcprojb, N,
-                       4 * C, C);
+        gpt_cpu_linear_forward(model, l, LINEAR_FCPROJ, a->proj_out, x.fch_gelu, params + p.fcprojw,
+                               params + p.fcprojb, N, 4 * C, C);
         residual_forward(x.residual3, x.residual2, a->proj_out, (size_t)N * C);
     }
     const float *final_residual = layer_activations(a, s, L - 1, B, T).residual3;
     layernorm_forward(a->lnf, a->lnf_mean, a->lnf_rstd, final_residual, params + tensors[PARAM_LNFW].offset,
                       params + tensors[PARAM_LNFB].offset, N, C);
     // The LM head is wte itself (tied), all Vp rows; the classifier ignores the padded logits.
-    lm_head_forward(model, a->logits, a->lnf, wte, N, C, Vp);
+    gpt_cpu_lm_head_forward(model, a->logits, a->lnf, wte, N, C, Vp);
     classifier_forward(a->probs, a->losses, a->logits, targets, N, V, Vp);
     linear_casts_forward_done(&model->linear_casts);
     if (!targets) return 0.0f;

@@ -55,6 +55,16 @@ const float *gpt_cpu_logits(const GPTCpu *model);
 // loss_scale = 1/accum_steps.
 void gpt_cpu_backward(GPTCpu *model, const float *params, float *grads, float loss_scale);
 
+// The pieces of the forward that a decoding step (kv_cache.h) runs on single positions, so that its
+// products and casts are the forward's own: they read the model's operand formats and copies, not its
+// activations. out (N, OC) = inp (N, C) @ weight (OC, C)^T + bias: block `layer`'s linear layer `linear`.
+void gpt_cpu_linear_forward(GPTCpu *model, int layer, BlockLinear linear, float *out, const float *inp,
+                            const float *weight, const float *bias, int N, int C, int OC);
+// logits (N, Vp) = lnf (N, C) @ wte (Vp, C)^T, operands cast like attention's.
+void gpt_cpu_lm_head_forward(GPTCpu *model, float *logits, const float *lnf, const float *wte, int N, int C, int Vp);
+// The cast of the attention products' operands (q, k, v, the probabilities) and of the LM head's.
+const OperandCast *gpt_cpu_attention_cast(const GPTCpu *model);
+
 // For tests: one cast of a linear layer's operand, the values before and after it.
 typedef struct {
     int layer;

@@ -49,6 +49,9 @@ void quantize_operand(float *out, const float *inp, size_t n, const OperandCast 
 // `cast`.
 void attention_forward(float *out, float *att, const float *qkv, int B, int T, int C, int NH,
                        const OperandCast *cast);
+// The output of the last of T positions of one sequence only (a decoding step), by the same arithmetic as
+// attention_forward's row T-1. out: (C); att: (NH, T) scratch for its probabilities; qkv: (T, 3C).
+void attention_forward_last(float *out, float *att, const float *qkv, int T, int C, int NH, const OperandCast *cast);
 // dqkv: (B, T, 3C), dout: (B, T, C)
 void attention_backward(float *dqkv, const float *dout, const float *qkv, const float *att, int B, int T, int C,
                         int NH, const OperandCast *cast);

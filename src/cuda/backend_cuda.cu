@@ -693,6 +693,7 @@ extern "C" const BackendOps cuda_backend = {
     cuda_forward,
     cuda_probs,
     cuda_logits,
+    NULL,  // decode_step: no key/value cache; sampling reruns the forward over the window
     cuda_zero_grad,
     cuda_backward,
     cuda_reduce_gradients,
