@@ -21,6 +21,8 @@ Divergence (a run counts as diverged when):
     log.jsonl and stops it (SIGTERM) once the last --divergence-window losses all exceed first + margin;
     after it ends, the mean loss of its last 10% of steps must not exceed first + margin.
 The step reported for the margin rule is where the final stretch of losses above first + margin began.
+Each point's config sets training.divergence_margin = 0 (train_gpt's own margin stop is off: the sweep's
+rules judge) and output.overwrite = 1 (the sweep reruns a point that did not finish in its directory).
 
 A grid file (--grid, JSON) may hold any of: "policies", "seeds", "lrs", "matmuls", "matmul_rounding",
 "steps", "divergence_margin", "divergence_window" and "set" (an object of "section.key": value); the
@@ -281,6 +283,10 @@ def point_config(settings: Settings, point: Point, out_dir: str) -> dict:
         if value is not None:
             set_key(config, key, value)
     set_key(config, "output.dir", point_dir(out_dir, point))
+    # The point's directory holds the config.json the sweep writes: train_gpt may overwrite it. The sweep
+    # judges divergence itself, so train_gpt's own stop on a margin is off (a non-finite loss still stops it).
+    set_key(config, "output.overwrite", 1)
+    set_key(config, "training.divergence_margin", 0)
     return config
 
 
@@ -431,12 +437,7 @@ def run_point(command: list, directory: str, margin: float, window: int, poll_s:
     stopped_at = None
     with open(os.path.join(directory, "stdout.txt"), "w") as out, \
             open(os.path.join(directory, "stderr.txt"), "w") as err:
-        # The point's directory holds its config.json (written by the sweep): train_gpt may overwrite it. The
-        # sweep judges divergence itself, so train_gpt's own stop on a margin is off (a non-finite loss still
-        # stops it).
-        process = subprocess.Popen(command + ["--config", os.path.join(directory, "config.json"),
-                                              "--set", "output.overwrite=1",
-                                              "--set", "training.divergence_margin=0"],
+        process = subprocess.Popen(command + ["--config", os.path.join(directory, "config.json")],
                                    stdout=out, stderr=err)
         try:
             while not exited(process, poll_s):

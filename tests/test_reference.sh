@@ -8,9 +8,7 @@
 # The run exercises warmup, the cosine schedule, weight decay, gradient clipping (clip 0.5 against norms
 # around 0.6-0.8), gradient accumulation (tokens_per_step = 2 micro-batches) and the data wrap-around
 # (3000 tokens, 256 per step).
-# The train data is one shard read in order: train_gpt shuffles only the order of shards, which one shard
-# does not change. (When data.shuffle exists, this test should also pass --set data.shuffle=0: the train
-# order must be unshuffled for the reference to read the same batches.)
+# The train data is one shard read front to back (data.shuffle=0), as the reference reads it.
 source "$(dirname "$0")/e2e_common.sh"
 python3 -c 'import numpy' 2>/dev/null || fail "numpy is not installed (pip install -r requirements.txt)"
 cd "$root"
@@ -75,7 +73,7 @@ python3 scripts/synthetic_shard.py --out "$tmp/data" --vocab 257 --tokens 3000 -
   --set training.batch_size=4 --set training.seq_len=32 --set training.tokens_per_step=256 \
   --set training.max_steps=20 --set training.warmup_steps=5 --set training.schedule=cosine \
   --set training.lr=1e-3 --set training.min_lr=1e-4 --set training.weight_decay=0.1 --set training.grad_clip=0.5 \
-  --set training.eval_every=0 --set training.sample_every=0 --set training.checkpoint_every=0 \
+  --set training.eval_every=0 --set training.sample_every=0 --set training.checkpoint_every=0 --set data.shuffle=0 \
   --set precision.policy=fp32 --set output.export=fp32 --set output.dir="$tmp/run" >"$tmp/train.txt" 2>&1 \
   || fail "train_gpt failed: $(tail -3 "$tmp/train.txt")"
 python3 scripts/reference.py "$tmp/run/config.json" --log "$tmp/reference.jsonl" --out-model "$tmp/reference.bin" \

@@ -31,7 +31,7 @@ grep -q "removed the previous run's outputs" "$tmp/out" || fail "overwrite did n
 python3 - "$tmp/run" <<'PY' || fail "after overwrite"
 import json, sys
 steps = [json.loads(l)["step"] for l in open(sys.argv[1] + "/log.jsonl")]
-assert steps == [1, 2, 3, 4, 5, 6], steps
+assert steps == [0, 1, 2, 3, 4, 5, 6], steps  # step 0: the evaluation before training
 assert json.load(open(sys.argv[1] + "/config.json"))["training"]["seed"] == 7
 PY
 
