@@ -195,7 +195,7 @@ for policy in $policies; do
   for ((r = 0; r < runs; r++)); do
     ./train_gpt --config tiny_cpu.json --device "$device" --set precision.policy="$policy" \
       --set training.max_steps="$steps" --set training.warmup_steps=0 --set training.eval_every=0 --set training.sample_every=0 \
-      --set training.sample_tokens=0 --set output.dir="$out/$policy" >/dev/null
+      --set training.sample_tokens=0 --set output.overwrite=1 --set output.dir="$out/$policy" >/dev/null
     rates+=("$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["mean_tokens_per_s"])' "$out/$policy/summary.json")")
   done
   python3 - "$policy" "$(python3 -c 'import json; c=json.load(open("configs/tiny_cpu.json")); print(c["training"]["batch_size"]*c["training"]["seq_len"])')" "${rates[@]}" <<'PY'

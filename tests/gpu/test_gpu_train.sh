@@ -82,7 +82,8 @@ import json, os, sys
 run, device = sys.argv[1:]
 try:
     summary = json.load(open(os.path.join(run, "summary.json")))
-    steps = [json.loads(line)["step"] for line in open(os.path.join(run, "log.jsonl"))]
+    # The training steps (the record of step 0, the evaluation before training, has no loss).
+    steps = [r["step"] for r in map(json.loads, open(os.path.join(run, "log.jsonl"))) if "loss" in r]
 except (OSError, ValueError, KeyError) as e:
     sys.exit(f"no complete outputs ({e})")
 if summary.get("backend") != device:
@@ -99,7 +100,7 @@ why() {
 
 # run NAME DEVICE [ARGS...]: 20 steps of tiny_cpu into $tmp/NAME ($tmp/NAME.out); status 0 only for a complete
 # run on DEVICE's backend. resume NAME FROM DEVICE: $tmp/NAME is what FROM left after step 10 (config.json, the
-# step-10 checkpoint, log lines 1-10), continued to step 20 on DEVICE.
+# step-10 checkpoint, the log up to step 10), continued to step 20 on DEVICE.
 run() {
   local name=$1 device=$2
   shift 2
@@ -120,7 +121,9 @@ resume() {
   mkdir -p "$tmp/$name/checkpoints"
   cp "$tmp/$from/config.json" "$tmp/$name/"
   cp "$tmp/$from/checkpoints/step_00000010.ckpt" "$tmp/$name/checkpoints/"
-  head -n 10 "$tmp/$from/log.jsonl" >"$tmp/$name/log.jsonl"
+  python3 -c 'import json, sys
+for line in open(sys.argv[1]):
+    if json.loads(line)["step"] <= 10: print(line, end="")' "$tmp/$from/log.jsonl" >"$tmp/$name/log.jsonl"
   if [ "$device" = cpu ]; then export OMP_NUM_THREADS=$cpu_threads; fi
   timeout "$run_timeout" "$train_gpt" --resume "$tmp/$name" --device "$device" >"$tmp/$name.out" 2>&1
   local status=$?
@@ -150,7 +153,7 @@ cpu_resume_runs() {
 close() {
   python3 - "$tmp/$1/log.jsonl" "$tmp/$2/log.jsonl" "$3" "${4:-1}" <<'PY'
 import json, sys
-a, b = ({r["step"]: r["loss"] for r in map(json.loads, open(p))} for p in sys.argv[1:3])
+a, b = ({r["step"]: r["loss"] for r in map(json.loads, open(p)) if "loss" in r} for p in sys.argv[1:3])
 tol, first = float(sys.argv[3]), int(sys.argv[4])
 if sorted(a) != list(range(1, 21)) or sorted(b) != list(range(1, 21)):
     sys.exit(f"steps are not 1..20: {sorted(a)} vs {sorted(b)}")
