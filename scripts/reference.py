@@ -29,8 +29,7 @@ the remaining steps up to max_steps.
 Data order (src/data.c, without shuffling): the shards matching data.train in sorted order; a batch is
 B*T+1 consecutive tokens (inputs and the targets shifted by one) from the current position, which then
 advances by B*T; when the next batch would not fit in the shard, the next shard (or the first again)
-starts at position 0. train_gpt shuffles the shard order each epoch, so the reference matches it only on
-data with one shard (or with shuffling off).
+starts at position 0. That is train_gpt's order with data.shuffle = 0, which the config must say.
 
 Everything is float64, so the reference differs from a correct fp32 run only by the fp32 run's rounding.
 """
@@ -271,6 +270,9 @@ def read_config(path):
     if missing:
         raise ReferenceError(f"{path} lacks {', '.join(missing)}: pass a resolved config (the config.json in a run's "
                              "output.dir, or ./train_gpt --config X --print-config)")
+    if config.get("data", {}).get("shuffle", 0):
+        raise ReferenceError(f"{path} has data.shuffle = 1: the reference reads the train data front to back, "
+                             "as train_gpt does with --set data.shuffle=0")
     return config
 
 
@@ -308,8 +310,8 @@ def main(argv):
         description="Float64 NumPy reference of train_gpt's fp32 training: GPT-2 forward/backward and AdamW "
                     "from model.init_from on data.train, per-step losses like log.jsonl.",
         epilog="CONFIG: a resolved train_gpt config (a run's config.json, or ./train_gpt --config X "
-               "--print-config > resolved.json) with model.init_from set. Matches train_gpt's data order "
-               "only on one train shard (train_gpt shuffles the shard order).")
+               "--print-config > resolved.json) with model.init_from set and data.shuffle = 0 (the reference "
+               "reads the train data front to back).")
     parser.add_argument("config", metavar="CONFIG", help="resolved train_gpt config (JSON)")
     parser.add_argument("--steps", type=int, help="steps to train (default: training.max_steps)")
     parser.add_argument("--log", metavar="FILE", help="write the per-step records here, one JSON object a line")
