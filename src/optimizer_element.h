@@ -103,17 +103,31 @@ LP_HD MomentValue optimizer_step_moment(const MomentBuffer *moment, size_t i, fl
 }
 
 // An fp32 weight stepped by the fp32 AdamW update: fp32 weights, the master copy, 1-D parameters under DQT.
-LP_HD void optimizer_step_fp32(float *weight, const ElementStep *e) {
-    float before = *weight;
-    float delta = adamw_delta_fp32(before, e->m.value, e->v.value, &e->k->fp32, e->decay);
-    *weight = before + delta;
-    if (e->sums) update_sums_add_element(e->sums, delta, (double)*weight - before);
+// Returns Δ.
+LP_HD float optimizer_step_fp32(float *weight, const ElementStep *e) {
+    float delta = adamw_delta_fp32(*weight, e->m.value, e->v.value, &e->k->fp32, e->decay);
+    *weight += delta;
+    return delta;
 }
 
+// An fp32 weight that forward reads as it is stored (fp32 weights, 1-D parameters under DQT): read weight
+// and stored value are one.
+LP_HD void optimizer_step_fp32_read(float *weight, const ElementStep *e) {
+    float before = *weight;
+    float delta = optimizer_step_fp32(weight, e);
+    double moved = (double)*weight - before;
+    if (e->sums) update_sums_add_element(e->sums, delta, moved, moved);
+}
+
+// Forward reads the bf16 copy; the fp32 master keeps what the copy's rounding drops.
 LP_HD void optimizer_step_master(const OptimizerBuffers *b, size_t i, const ElementStep *e) {
-    optimizer_step_fp32(&b->master[e->state], e);
+    float master_before = b->master[e->state], read_before = bf16_to_f32(b->weights_bf16[i]);
+    float delta = optimizer_step_fp32(&b->master[e->state], e);
     b->weights_bf16[i] = bf16_from_f32(b->master[e->state]);
     b->params[i] = bf16_to_f32(b->weights_bf16[i]);
+    if (e->sums)
+        update_sums_add_element(e->sums, delta, (double)b->params[i] - read_before,
+                                (double)b->master[e->state] - master_before);
 }
 
 LP_HD void optimizer_step_rne(const OptimizerBuffers *b, size_t i, const ElementStep *e) {
@@ -121,7 +135,8 @@ LP_HD void optimizer_step_rne(const OptimizerBuffers *b, size_t i, const Element
     bf16 delta = adamw_delta_bf16(before, e->m.operand, e->v.operand, e->k, e->decay);
     b->weights_bf16[i] = weight_step_rne(before, delta);
     b->params[i] = bf16_to_f32(b->weights_bf16[i]);
-    if (e->sums) update_sums_add_element(e->sums, bf16_to_f32(delta), (double)b->params[i] - bf16_to_f32(before));
+    double moved = (double)b->params[i] - bf16_to_f32(before);
+    if (e->sums) update_sums_add_element(e->sums, bf16_to_f32(delta), moved, moved);
 }
 
 LP_HD void optimizer_step_mcf(const OptimizerBuffers *b, size_t i, const ElementStep *e) {
@@ -133,7 +148,8 @@ LP_HD void optimizer_step_mcf(const OptimizerBuffers *b, size_t i, const Element
     b->params[i] = bf16_to_f32(after.hi);
     if (e->sums) {
         double raw = bf16_to_f32(delta);
-        update_sums_add_element(e->sums, raw, mcf_to_double(after) - mcf_to_double(before));
+        update_sums_add_element(e->sums, raw, (double)b->params[i] - bf16_to_f32(before.hi),
+                                mcf_to_double(after) - mcf_to_double(before));
         update_sums_add_compensation(e->sums, bf16_to_f32(after.lo), raw);
     }
 }
@@ -152,7 +168,8 @@ LP_HD void optimizer_step_kahan(const OptimizerBuffers *b, size_t i, const Eleme
     b->params[i] = bf16_to_f32(after.value);
     if (e->sums) {
         double raw = bf16_to_f32(delta);
-        update_sums_add_element(e->sums, raw, kahan_value(after) - kahan_value(before));
+        update_sums_add_element(e->sums, raw, (double)b->params[i] - bf16_to_f32(before.value),
+                                kahan_value(after) - kahan_value(before));
         update_sums_add_compensation(e->sums, -(double)bf16_to_f32(after.compensation), raw);
     }
 }
@@ -162,7 +179,8 @@ LP_HD void optimizer_step_sr(const OptimizerBuffers *b, size_t i, const ElementS
     float delta = adamw_delta_fp32(bf16_to_f32(before), e->m.value, e->v.value, &e->k->fp32, e->decay);
     b->weights_bf16[i] = weight_step_sr(before, delta, e->key, e->index);
     b->params[i] = bf16_to_f32(b->weights_bf16[i]);
-    if (e->sums) update_sums_add_element(e->sums, delta, (double)b->params[i] - bf16_to_f32(before));
+    double moved = (double)b->params[i] - bf16_to_f32(before);
+    if (e->sums) update_sums_add_element(e->sums, delta, moved, moved);
 }
 
 LP_HD void optimizer_step_grid(const OptimizerBuffers *b, size_t i, size_t code, float scale, const ElementStep *e) {
@@ -172,7 +190,8 @@ LP_HD void optimizer_step_grid(const OptimizerBuffers *b, size_t i, size_t code,
     b->dqt_codes[code] = (int8_t)after;
     b->params[i] = int_grid_dequantize(after, scale);
     if (e->sums) {
-        update_sums_add_element(e->sums, delta, (double)(after - before) * scale);
+        double moved = (double)(after - before) * scale;
+        update_sums_add_element(e->sums, delta, moved, moved);
         update_sums_add_code(e->sums, before, after);
     }
 }
@@ -183,7 +202,7 @@ LP_HD void optimizer_step_dqt(const OptimizerBuffers *b, size_t i, const Chunk *
     if (b->is_matrix[chunk->tensor]) {
         optimizer_step_grid(b, i, stored, b->dqt_scales[chunk->slice], e);
     } else {
-        optimizer_step_fp32(&b->dqt_vectors[stored], e);
+        optimizer_step_fp32_read(&b->dqt_vectors[stored], e);
         b->params[i] = b->dqt_vectors[stored];
     }
 }
@@ -211,7 +230,7 @@ LP_HD void optimizer_step_element(const OptimizerBuffers *b, const Chunk *chunk,
     e.v = optimizer_step_moment(&b->v, e.state, g, &k->v);
     e.index = i - b->tensor_offset[chunk->tensor];
     switch (b->update) {
-    case UPDATE_EXACT: optimizer_step_fp32(&b->params[i], &e); break;
+    case UPDATE_EXACT: optimizer_step_fp32_read(&b->params[i], &e); break;
     case UPDATE_FP32_MASTER: optimizer_step_master(b, i, &e); break;
     case UPDATE_BF16_RNE: optimizer_step_rne(b, i, &e); break;
     case UPDATE_MCF_GROW: optimizer_step_mcf(b, i, &e); break;

@@ -148,7 +148,9 @@ static void write_update_quality(FILE *f, int first, const UpdateMetrics *metric
     UpdateQuality q = update_quality(metrics, sums);
     write_field(f, &first, "edq", q.edq);
     write_field(f, &first, "edq_rel", q.edq_rel);
+    write_field(f, &first, "edq_rel_state", q.edq_rel_state);
     write_field(f, &first, "lost_frac", q.lost_frac);
+    write_field(f, &first, "lost_frac_state", q.lost_frac_state);
     if (metrics->has_compensation) {
         write_field(f, &first, "comp_norm", q.comp_norm);
         write_field(f, &first, "comp_proj", q.comp_proj);

@@ -39,9 +39,11 @@ static double ratio(double numerator, double denominator) { return denominator !
 
 UpdateQuality update_quality(const UpdateMetrics *metrics, const UpdateSums *s) {
     UpdateQuality q;
-    q.edq = ratio(s->effective_dot_raw, sqrt(s->raw_sq));
-    q.edq_rel = ratio(s->effective_dot_raw, s->raw_sq);
+    q.edq = ratio(s->read_dot_raw, sqrt(s->raw_sq));
+    q.edq_rel = ratio(s->read_dot_raw, s->raw_sq);
     q.lost_frac = ratio((double)s->lost, (double)s->updated);
+    q.edq_rel_state = ratio(s->state_dot_raw, s->raw_sq);
+    q.lost_frac_state = ratio((double)s->lost_state, (double)s->updated);
     q.comp_norm = metrics->has_compensation ? sqrt(s->comp_sq) : NAN;
     q.comp_proj = metrics->has_compensation ? ratio(s->comp_dot_raw, s->raw_sq) : NAN;
     q.flip_rate = metrics->has_codes ? ratio((double)s->flips, (double)s->codes) : NAN;

@@ -2,13 +2,14 @@
 // double with this file's own round-to-nearest-even (for +, -, *, / and sqrt of bf16 operands, rounding
 // the exact or double result once to 8 significant bits equals rounding through fp32 first: 24 >= 2*8+2),
 // hand-worked bf16 values, long runs of tiny updates (Kahan and MCF keep them, RNE loses them), and the
-// statistics of stochastic rounding (unbiased, on the grid). Also the fp32 AdamW step's bits and the
-// update-quality ratios.
+// statistics of stochastic rounding (unbiased, on the grid). Also the fp32 AdamW step's bits, the
+// update-quality ratios on hand-made elements, and which values the element steps measure them on.
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "optimizer_element.h"
 #include "update_metrics.h"
 #include "update_rules.h"
 #include "testing.h"
@@ -304,25 +305,93 @@ static void test_grid_sr(void) {
     }
 }
 
-// The ratios of update_quality on hand-made sums.
+// One hand-made element: Δ, and the read weight and stored value before and after the step.
+typedef struct {
+    double raw, read_before, read_after, state_before, state_after;
+} HandElement;
+
+// update_quality on hand-made elements, against the EDQ values worked out by hand below.
 static void test_quality_ratios(void) {
+    const HandElement elements[] = {
+        {3.0, 10.0, 13.0, 10.0, 13.0},  // taken in full by both
+        {4.0, 8.0, 8.0, 8.0, 12.0},     // lost by the read weight, kept by the compensation
+        {0.0, 5.0, 5.0, 5.0, 5.0},      // nothing intended
+        {-2.0, 1.0, -3.0, 1.0, 1.0},    // the read weight releases a compensation; the stored value keeps still
+        {1.0, 2.0, 2.0, 2.0, 3.0},      // lost by the read weight, kept by the compensation
+    };
+    int n = (int)(sizeof elements / sizeof elements[0]);
     UpdateMetrics metrics;
     memset(&metrics, 0, sizeof metrics);
     metrics.has_compensation = 1;
-    UpdateSums sums;
+    UpdateSums sums, first_half, second_half;
     memset(&sums, 0, sizeof sums);
-    update_sums_add_element(&sums, 3.0, 3.0);   // taken in full
-    update_sums_add_element(&sums, 4.0, 0.0);   // lost
-    update_sums_add_element(&sums, 0.0, 0.0);   // nothing intended
-    update_sums_add_compensation(&sums, 2.0, 4.0);
+    memset(&first_half, 0, sizeof first_half);
+    memset(&second_half, 0, sizeof second_half);
+    for (int i = 0; i < n; i++) {
+        const HandElement *x = &elements[i];
+        UpdateSums *half = i < 2 ? &first_half : &second_half;
+        update_sums_add_element(half, x->raw, x->read_after - x->read_before, x->state_after - x->state_before);
+        update_sums_add_compensation(half, x->state_after - x->read_after, x->raw);  // comp before: 0 everywhere
+    }
+    update_sums_add(&sums, &first_half);
+    update_sums_add(&sums, &second_half);
+    // ‖Δ‖² = 9 + 16 + 4 + 1 = 30; ⟨Δ̂ read, Δ⟩ = 9 + 0 + 8 + 0 = 17; ⟨Δ̂ state, Δ⟩ = 9 + 16 + 0 + 1 = 26;
+    // 4 elements with Δ ≠ 0: the read weight lost 2 (the 2nd and 5th), the stored value 1 (the 4th);
+    // comp = state − read after: 0, 4, 0, 4, 1: ‖comp‖² = 33, ⟨comp, Δ⟩ = 16 − 8 + 1 = 9.
     UpdateQuality q = update_quality(&metrics, &sums);
-    CHECK(q.edq == 9.0 / 5.0 && q.edq_rel == 9.0 / 25.0, "edq %g, edq_rel %g", q.edq, q.edq_rel);
-    CHECK(q.lost_frac == 0.5, "lost_frac %g", q.lost_frac);
-    CHECK(q.comp_norm == 2.0 && q.comp_proj == 8.0 / 25.0, "comp %g %g", q.comp_norm, q.comp_proj);
+    CHECK(q.edq == 17.0 / sqrt(30.0) && q.edq_rel == 17.0 / 30.0, "edq %g, edq_rel %g", q.edq, q.edq_rel);
+    CHECK(q.edq_rel_state == 26.0 / 30.0, "edq_rel_state %g", q.edq_rel_state);
+    CHECK(q.lost_frac == 0.5 && q.lost_frac_state == 0.25, "lost_frac %g, lost_frac_state %g", q.lost_frac,
+          q.lost_frac_state);
+    CHECK(q.comp_norm == sqrt(33.0) && q.comp_proj == 9.0 / 30.0, "comp %g %g", q.comp_norm, q.comp_proj);
+    // The stored value is read + comp, and comp was 0 before: the state's EDQ exceeds the read one by comp_proj.
+    CHECK(fabs(q.edq_rel_state - q.edq_rel - q.comp_proj) < 1e-15, "state - read %g, comp_proj %g",
+          q.edq_rel_state - q.edq_rel, q.comp_proj);
     CHECK(isnan(q.flip_rate), "no codes: flip rate NaN");
     UpdateSums empty;
     memset(&empty, 0, sizeof empty);
-    CHECK(isnan(update_quality(&metrics, &empty).edq_rel), "no update: edq_rel NaN");
+    UpdateQuality none = update_quality(&metrics, &empty);
+    CHECK(isnan(none.edq_rel) && isnan(none.edq_rel_state) && isnan(none.lost_frac_state), "no update: NaN");
+}
+
+// The element steps of optimizer_element.h measure the read weight and the stored value apart: Δ = −2^-20
+// on a weight of 1 (bf16 ulp 2^-7) is lost by the bf16 weight forward reads (MCF hi, the master's bf16
+// copy) and kept whole by hi + lo and by the fp32 master.
+static void test_element_read_and_state(void) {
+    AdamWStep s = {0};
+    s.lr = 0x1p-20f;  // with m = v = 1, bias corrections 1 and eps 0: Δ = −lr, exact in both bf16 and fp32
+    s.beta1 = 0.9f, s.beta2 = 0.95f;
+    s.bias_correction1 = s.bias_correction2 = 1.0f;
+    s.grad_scale = 1.0f;
+    UpdateConstants k = update_constants(&s);
+    ElementStep e;
+    memset(&e, 0, sizeof e);
+    e.k = &k;
+    e.m.value = e.v.value = 1.0f;
+    e.m.operand = e.v.operand = bf16_from_f32(1.0f);
+    float params = 1.0f, master = 1.0f;
+    bf16 hi = bf16_from_f32(1.0f), lo = bf16_from_f32(0.0f);
+    OptimizerBuffers b;
+    memset(&b, 0, sizeof b);
+    b.params = &params;
+    b.weights_bf16 = &hi;
+    b.mcf_lo = &lo;
+    b.master = &master;
+    const char *names[] = {"MCF", "master"};
+    for (int rule = 0; rule < 2; rule++) {
+        UpdateSums sums;
+        memset(&sums, 0, sizeof sums);
+        e.sums = &sums;
+        hi = bf16_from_f32(1.0f), lo = bf16_from_f32(0.0f), master = 1.0f, params = 1.0f;
+        if (rule == 0) optimizer_step_mcf(&b, 0, &e);
+        else optimizer_step_master(&b, 0, &e);
+        CHECK(params == 1.0f && bf16_to_f32(hi) == 1.0f, "%s: the read weight moved to %g", names[rule], params);
+        CHECK(sums.raw_sq == 0x1p-40 && sums.read_dot_raw == 0.0 && sums.state_dot_raw == 0x1p-40,
+              "%s: raw_sq %g, read %g, state %g", names[rule], sums.raw_sq, sums.read_dot_raw, sums.state_dot_raw);
+        CHECK(sums.updated == 1 && sums.lost == 1 && sums.lost_state == 0, "%s: updated %llu, lost %llu, state %llu",
+              names[rule], (unsigned long long)sums.updated, (unsigned long long)sums.lost,
+              (unsigned long long)sums.lost_state);
+    }
 }
 
 int main(void) {
@@ -337,5 +406,6 @@ int main(void) {
     test_sr_unbiased();
     test_grid_sr();
     test_quality_ratios();
+    test_element_read_and_state();
     return test_summary("update_rules");
 }
