@@ -12,11 +12,12 @@ Written to --out (default: plots):
   val_loss.png        validation loss against tokens seen (when a log has val_loss); a record with
                       "step": 0 (an evaluation before training) is drawn at 0 tokens, or with --log-x at
                       half a step's tokens (a log axis has no 0)
-  update_quality.png  edq_rel and lost_frac against step (when a log has them: metrics.every > 0)
+  update_quality.png  edq_rel and lost_frac against step, of the read weight (left) and of the stored
+                      value (right: edq_rel_state, lost_frac_state), when a log has them (metrics.every > 0)
   lr.png              learning rate against step
   summary.md          a markdown table (also printed): run, policy, final and best validation loss,
-                      tokens/s, peak memory, bytes per parameter, edq_rel and lost_frac averaged over
-                      the last 20% of steps, diverged or not and at which step
+                      tokens/s, peak memory, bytes per parameter, edq_rel, edq_rel_state, lost_frac and
+                      lost_frac_state averaged over the last 20% of steps, diverged or not and at which step
   loss_diff.png       with --baseline: each run's training loss minus the baseline run's at the steps both
   loss_diff.csv       logged, as a moving average over --smooth steps (10 when --smooth is not given), since
                       differences of 0.01 nats vanish on the raw curves; the csv has run, step, diff and
@@ -328,6 +329,11 @@ def late_mean_difference(run: Run, baseline: Run, fraction: float = 0.2):
     return tail_mean(*difference_from(run, baseline), fraction)
 
 
+# The update-quality fields of log.jsonl that the table averages: each of the read weight beside the same
+# of the stored value (update_metrics.h).
+UPDATE_QUALITY_KEYS = ["edq_rel", "edq_rel_state", "lost_frac", "lost_frac_state"]
+
+
 def summary_row(run: Run, baseline: Run | None = None) -> list:
     step = divergence_step(run)
     tokens_per_s = mean_tokens_per_s(run)
@@ -340,14 +346,13 @@ def summary_row(run: Run, baseline: Run | None = None) -> list:
         f"{tokens_per_s:,.0f}" if is_finite_number(tokens_per_s) else "—",
         format_memory(run.summary),
         str(bytes_per_param) if bytes_per_param is not None else "—",
-        format_number(late_mean(run, "edq_rel")),
-        format_number(late_mean(run, "lost_frac")),
+    ] + [format_number(late_mean(run, key)) for key in UPDATE_QUALITY_KEYS] + [
         "no" if step is None else f"yes (step {step})",
     ] + ([format_number(late_mean_difference(run, baseline))] if baseline else [])
 
 
-SUMMARY_HEADER = ["run", "policy", "final val loss", "best val loss", "tokens/s", "peak memory",
-                  "bytes/param", "edq_rel (last 20%)", "lost_frac (last 20%)", "diverged"]
+SUMMARY_HEADER = (["run", "policy", "final val loss", "best val loss", "tokens/s", "peak memory", "bytes/param"]
+                  + [f"{key} (last 20%)" for key in UPDATE_QUALITY_KEYS] + ["diverged"])
 BASELINE_COLUMN = "loss − baseline (last 20%)"
 
 
@@ -519,11 +524,17 @@ def write_group_table(groups: list, out_dir: str) -> str:
 
 
 def plot_update_quality(plt, runs: list, out_dir: str) -> str | None:
-    keys = [("edq_rel", "relative EDQ  ⟨Δ̂,Δ⟩/‖Δ‖²"), ("lost_frac", "lost-update fraction")]
+    """Relative EDQ (top) and lost-update fraction (bottom), of the read weight (left) and of the stored
+    value (right)."""
+    keys = [("edq_rel", "relative EDQ ⟨Δ̂,Δ⟩/‖Δ‖², read weight"),
+            ("edq_rel_state", "relative EDQ, stored value"),
+            ("lost_frac", "lost-update fraction, read weight"),
+            ("lost_frac_state", "lost-update fraction, stored value")]
     if not any(series(run, key)[0] for run in runs for key, _ in keys):
         return None
-    figure, all_axes = plt.subplots(2, 1, figsize=(FIGURE_SIZE[0], FIGURE_SIZE[1] * 1.5), sharex=True)
-    for axes, (key, title) in zip(all_axes, keys):
+    figure, all_axes = plt.subplots(2, 2, figsize=(FIGURE_SIZE[0] * 2, FIGURE_SIZE[1] * 1.5), sharex=True,
+                                    sharey="row")
+    for axes, (key, title) in zip(all_axes.flat, keys):
         for index, run in enumerate(runs):
             steps, values = series(run, key)
             if steps:
@@ -532,7 +543,8 @@ def plot_update_quality(plt, runs: list, out_dir: str) -> str | None:
         axes.grid(True, alpha=0.3)
         if axes.has_data():
             axes.legend(fontsize="small")
-    all_axes[-1].set_xlabel("step")
+    for axes in all_axes[-1]:
+        axes.set_xlabel("step")
     figure.tight_layout()
     path = os.path.join(out_dir, "update_quality.png")
     figure.savefig(path, dpi=FIGURE_DPI)
@@ -568,8 +580,8 @@ def parse_args(argv: list) -> argparse.Namespace:
         description="Plot loss, validation loss, update quality and learning rate of train_gpt runs, and "
                     "write a markdown summary table.",
         epilog="Outputs in --out: loss.png, val_loss.png, update_quality.png (when the logs have edq_rel "
-               "or lost_frac), lr.png and summary.md. A run without summary.json counts as diverged at "
-               "the step after its log's last line; a non-finite loss in the log, at that step.")
+               "or lost_frac, and their _state twins), lr.png and summary.md. A run without summary.json counts "
+               "as diverged at the step after its log's last line; a non-finite loss in the log, at that step.")
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR",
                         help="train_gpt output directories (each with log.jsonl; config.json and "
                              "summary.json when present)")

@@ -70,7 +70,8 @@ for name in ["fp32_a", "fp32_b", "mixed"]:
     # Update quality over the last 20% of the steps (the metric steps among them), from the log.
     log = logs[name]
     last = log[-1]["step"]
-    for key, column in [("edq_rel", "edq_rel (last 20%)"), ("lost_frac", "lost_frac (last 20%)")]:
+    for key in ["edq_rel", "edq_rel_state", "lost_frac", "lost_frac_state"]:
+        column = f"{key} (last 20%)"
         late = [r[key] for r in log if key in r and r["step"] > 0.8 * last]
         assert late and abs(float(rows[name][column]) - sum(late) / len(late)) < 6e-5, (name, column, late)
 assert rows["died"]["diverged"] == "yes (step 13)", rows["died"]
