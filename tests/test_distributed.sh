@@ -60,7 +60,9 @@ same_run "$tmp/three_0" "$tmp/three_1" || fail "3 ranks: ZeRO-1 differs from no 
 python3 - "$tmp/mixed_1/log.jsonl" <<'PY' || fail "ZeRO-1 metrics"
 import json, sys
 log = {r["step"]: r for r in map(json.loads, open(sys.argv[1]))}
-assert 0 < log[3]["edq_rel"] <= 1.01 and "groups" in log[3], log[3]
+# The read weight (the bf16 copy) takes Δ on average; the fp32 master takes it up to fp32 rounding.
+assert 0 < log[3]["edq_rel"] <= 1.1 and "groups" in log[3], log[3]
+assert abs(log[3]["edq_rel_state"] - 1) < 1e-3 and log[3]["lost_frac_state"] < 0.01, log[3]
 PY
 
 # Multi-rank resume, with and without ZeRO-1: 5 steps + resume + 5 steps = 10 steps straight, bit for bit.
