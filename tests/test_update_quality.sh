@@ -26,16 +26,15 @@ done
 # stored value (update_metrics.h) tell the policies apart:
 # - fp32: one value, both exact up to fp32 rounding (measured edq_rel 0.99996..1.00000, lost_frac 3e-4).
 # - bf16: one value, most updates lost (measured edq_rel 0.04, lost_frac 0.97).
-# - kahan: c starts at 0, the weight on the bf16 grid: the read weight moves only where an accumulated
-#   compensation crosses half an ulp (measured edq_rel 0.05 rising to 0.24 by step 5), while θ − c keeps
-#   the update (edq_rel_state within 4e-4 of 1 at every step).
-# - mixed, collage_light, collage_plus: the fp32 master, or hi + lo (lo holds the fp32 initialisation's
-#   remainder), sits anywhere inside the bf16 read weight's rounding interval, so the read weight jumps a
-#   whole ulp with probability |Δ|/ulp: about 95% of its updates are lost (lost_frac 0.947), yet it takes
-#   Δ in expectation (edq_rel 0.96..1.04 per step, 0.99..1.01 on average, like SR's). The stored value
-#   keeps the update: the master up to fp32 rounding; hi + lo up to lo's rounding (half an ulp of lo, which
-#   reaches 0.25 of Δ for the largest weights; measured edq_rel_state 0.984 at step 1, >= 0.996 after,
-#   lost_frac_state 0.019).
+# - kahan, collage_light, collage_plus: c and lo start at 0 (Collage's released code: zeros_like of the bf16
+#   parameter), the weight on the bf16 grid: the read weight moves only where an accumulated compensation
+#   crosses half an ulp (measured edq_rel 0.05 rising to 0.24 by step 5, 0.135 on average), while θ − c or
+#   hi + lo keeps the update (edq_rel_state within 4e-4 of 1 at every step): the paper's point, visible only
+#   when the read weight is measured.
+# - mixed: the fp32 master sits anywhere inside the bf16 read weight's rounding interval, so the read weight
+#   jumps a whole ulp with probability |Δ|/ulp: about 95% of its updates are lost (lost_frac 0.947), yet it
+#   takes Δ in expectation (edq_rel 0.96..1.04 per step, 1.01 on average, like SR's); the master keeps the
+#   update up to fp32 rounding.
 # - sr: one value, Δ in expectation, most single elements do not move (edq_rel 0.99, lost_frac 0.947).
 policies="fp32 bf16 mixed collage_light collage_plus kahan sr"
 for p in $policies; do
@@ -74,15 +73,13 @@ for policy in sys.argv[2:]:
         assert all(abs(r["edq_rel"] - 1) < 1e-3 for r in rows) and lost < 0.01, (policy, read, lost)
     elif policy == "bf16":
         assert read < 0.1 and lost > 0.9, (policy, read, lost)
-    elif policy == "kahan":
+    elif policy in ("kahan", "collage_light", "collage_plus"):
         assert read < 0.5 and lost > 0.9, (policy, read, lost)
         assert all(abs(r["edq_rel_state"] - 1) < 0.002 for r in rows) and lost_state < 0.01, (policy, state, lost_state)
-    else:  # mixed, collage_light, collage_plus, sr: the read weight takes Δ in expectation, rarely
+    else:  # mixed, sr: the read weight takes Δ in expectation, rarely
         assert abs(read - 1) < 0.1 and lost > 0.9, (policy, read, lost)
     if policy == "mixed":
         assert all(abs(r["edq_rel_state"] - 1) < 1e-3 for r in rows) and lost_state < 0.01, (policy, state, lost_state)
-    elif policy.startswith("collage"):
-        assert all(abs(r["edq_rel_state"] - 1) < 0.03 for r in rows) and lost_state < 0.05, (policy, state, lost_state)
 PY
 
 # Resume: 20 steps straight, or 10 + resume + 10, give the same losses, metrics, checkpoint and weights,

@@ -86,9 +86,9 @@ static void init_weights(Backend *b, const float *init) {
         b->master = xmalloc(n * sizeof(float));
         memcpy(b->master, init, n * sizeof(float));
     } else if (b->policy.update == UPDATE_MCF_GROW) {
-        // The pair holds the initial fp32 value to about 16 bits.
-        b->mcf_lo = xmalloc(n * sizeof(bf16));
-        for (size_t i = 0; i < n; i++) b->mcf_lo[i] = mcf_from_f32(init[i]).lo;
+        // lo starts at zero, as in Collage's released code (zeros_like of the bf16 parameter): the pair starts
+        // from the bf16 model the paper trains, not from the fp32 initialisation.
+        b->mcf_lo = xcalloc(n, sizeof(bf16));
     } else if (b->policy.update == UPDATE_KAHAN) {
         b->kahan_c = xcalloc(n, sizeof(bf16));
     }

@@ -277,8 +277,8 @@ static void init_weights(Backend *b, const float *init) {
     upload(b, o->weights_bf16, hi, n * sizeof(bf16));
     if (p->update == UPDATE_FP32_MASTER) upload(b, o->master, init, n * sizeof(float));
     if (p->update == UPDATE_MCF_GROW) {
-        // The pair holds the initial fp32 value to about 16 bits.
-        for (size_t i = 0; i < n; i++) hi[i] = mcf_from_f32(init[i]).lo;
+        // lo starts at zero, as in Collage's released code (zeros_like of the bf16 parameter), as on the CPU.
+        memset(hi, 0, n * sizeof(bf16));
         upload(b, o->mcf_lo, hi, n * sizeof(bf16));
     }
     free(hi);

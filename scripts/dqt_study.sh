@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# The DQT study (docs/dqt-study.md): `mixed`, `bitnet`, and DQT on the ternary, int3, int4 and int8 grids,
+# each with the embeddings on the grid and in fp32, at three peak learning rates and three seeds, on the
+# stability study's tiny model (configs/sweeps/bitwidth_base.json, policy overridden per variant).
+#
+#   scripts/dqt_study.sh [OUT]          (default OUT: runs/dqt_study; about 25 minutes on two cores)
+#
+# Each variant is one scripts/sweep.py run in OUT/VARIANT (rerunning skips what is done); OUT/summary.md
+# and OUT/summary.csv hold the final validation loss per variant and learning rate (mean ± population std
+# over the seeds, and how many runs diverged) and the bytes per parameter of weights + gradients + optimizer
+# state. STEPS, LRS and SEEDS (space-separated) narrow it for a smoke test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=${1:-runs/dqt_study}
+steps=${STEPS:-200}
+read -r -a lrs <<<"${LRS:-1e-3 3e-3 1e-2}"
+read -r -a seeds <<<"${SEEDS:-1 2 3}"
+base=configs/sweeps/bitwidth_base.json
+
+variant() {  # variant NAME POLICY [--set ...]
+  local name=$1 policy=$2
+  shift 2
+  python3 scripts/sweep.py --base "$base" --out "$out/$name" --policies "$policy" --lrs "${lrs[@]}" \
+    --seeds "${seeds[@]}" --steps "$steps" --set training.eval_every=50 "$@" >"$out/$name.txt"
+  echo "$name: $(tail -n 1 "$out/$name.txt")"
+}
+
+mkdir -p "$out"
+variant mixed mixed
+variant bitnet bitnet
+for weights in ternary int3 int4 int8; do
+  for embeddings in grid fp32; do
+    variant "dqt_${weights}_emb_${embeddings}" dqt_int8 --set precision.weights="$weights" \
+      --set precision.embeddings="$embeddings"
+  done
+done
+
+python3 - "$out" <<'PY'
+import csv, glob, json, math, os, sys
+out = sys.argv[1]
+rows = []
+for variant_dir in sorted(d for d in glob.glob(os.path.join(out, "*")) if os.path.isdir(d)):
+    results = os.path.join(variant_dir, "results.csv")
+    if not os.path.exists(results):
+        continue
+    points = list(csv.DictReader(open(results)))
+    summaries = [os.path.join(variant_dir, "points", p["name"], "summary.json") for p in points]
+    bytes_per_param = next((json.load(open(s))["bytes_per_param"] for s in summaries if os.path.exists(s)), "")
+    for lr in sorted({p["lr"] for p in points}, key=float):
+        at_lr = [p for p in points if p["lr"] == lr]
+        losses = [float(p["final_val_loss"]) for p in at_lr if p["final_val_loss"] and p["diverged"] != "True"]
+        mean = sum(losses) / len(losses) if losses else math.nan
+        std = math.sqrt(sum((x - mean) ** 2 for x in losses) / len(losses)) if losses else math.nan
+        rows.append({"variant": os.path.basename(variant_dir), "lr": lr, "runs": len(at_lr),
+                     "diverged": sum(p["diverged"] == "True" for p in at_lr), "mean_val_loss": f"{mean:.4f}",
+                     "std_val_loss": f"{std:.4f}", "bytes_per_param": bytes_per_param})
+with open(os.path.join(out, "summary.csv"), "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+with open(os.path.join(out, "summary.md"), "w") as f:
+    f.write("| variant | lr | final val loss (mean ± std) | diverged | bytes/param |\n| --- | --- | --- | --- | --- |\n")
+    for r in rows:
+        f.write(f"| `{r['variant']}` | {r['lr']} | {r['mean_val_loss']} ± {r['std_val_loss']} | "
+                f"{r['diverged']}/{r['runs']} | {r['bytes_per_param']} |\n")
+print(open(os.path.join(out, "summary.md")).read())
+PY
