@@ -57,6 +57,7 @@ DEFAULT_TRAIN_GPT = os.path.join(REPO_ROOT, "train_gpt")
 DEFAULT_MARGIN = 0.5
 DEFAULT_WINDOW = 20
 TAIL_FRACTION = 0.1  # the post-run rule averages the last 10% of steps
+MATMUL_ROUNDINGS = ("nearest", "toward_zero", "bf16_truncate")  # precision.matmul_rounding (src/config.c)
 GRID_FILE_KEYS = {"policies", "seeds", "lrs", "matmuls", "matmul_rounding", "steps", "divergence_margin",
                   "divergence_window", "set"}
 # Config keys the sweep sets itself, and the option to use instead of --set for each.
@@ -258,8 +259,8 @@ def build_settings(args: argparse.Namespace) -> Settings:
     steps = pick(args.steps, grid.get("steps"))
     margin = pick(args.divergence_margin, grid.get("divergence_margin"), DEFAULT_MARGIN)
     window = pick(args.divergence_window, grid.get("divergence_window"), DEFAULT_WINDOW)
-    if rounding not in (None, "nearest", "toward_zero"):
-        raise SweepError(f"matmul_rounding {rounding!r}: expected nearest or toward_zero")
+    if rounding not in (None, *MATMUL_ROUNDINGS):
+        raise SweepError(f"matmul_rounding {rounding!r}: expected one of {', '.join(MATMUL_ROUNDINGS)}")
     if steps is not None and (not isinstance(steps, int) or steps < 1):
         raise SweepError(f"steps {steps!r}: expected a positive integer")
     if not is_finite_number(margin) or margin < 0:
@@ -732,7 +733,7 @@ def parse_args(argv: list) -> argparse.Namespace:
     parser.add_argument("--lrs", nargs="+", metavar="LR", help="peak learning rates (training.lr)")
     parser.add_argument("--matmuls", nargs="+", metavar="FMT",
                         help="matmul operand formats (precision.matmul: fp32, bf16, fp8 or eXmY)")
-    parser.add_argument("--matmul-rounding", choices=["nearest", "toward_zero"],
+    parser.add_argument("--matmul-rounding", choices=MATMUL_ROUNDINGS,
                         help="precision.matmul_rounding for every point")
     parser.add_argument("--steps", type=positive_int, metavar="N", help="training.max_steps for every point")
     parser.add_argument("--divergence-margin", type=non_negative_float, metavar="M",

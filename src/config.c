@@ -42,8 +42,8 @@ static const char *const weight_choices[] = {"preset", "fp32", "bf16", "int8", "
 static const char *const update_choices[] = {"preset", "exact", "master", "rne", "mcf", "kahan", "sr", "grid_sr", NULL};
 static const char *const moment_choices[] = {"preset", "fp32", "bf16", "mcf", NULL};
 static const char *const grad_choices[] = {"preset", "fp32", "bf16", NULL};
-static const char *const attention_choices[] = {"preset", "fp32", "bf16", NULL};
-static const char *const rounding_choices[] = {"nearest", "toward_zero", NULL};
+static const char *const activation_choices[] = {"preset", "fp32", "bf16", NULL};
+static const char *const rounding_choices[] = {"nearest", "toward_zero", "bf16_truncate", NULL};
 static const char *const scaling_choices[] = {"delayed", "current", NULL};
 static const char *const export_choices[] = {"fp32", "bf16", "none", NULL};
 
@@ -88,7 +88,9 @@ static const ConfigKey config_keys[] = {
     {"precision", "adam_v", KEY_STRING, offsetof(Config, precision.adam_v), "preset", 1, NAME_LEN, CLOSED, moment_choices},
     {"precision", "grads", KEY_STRING, offsetof(Config, precision.grads), "preset", 1, NAME_LEN, CLOSED, grad_choices},
     {"precision", "matmul", KEY_STRING, offsetof(Config, precision.matmul), "preset", 1, NAME_LEN, CLOSED, NULL},
-    {"precision", "attention", KEY_STRING, offsetof(Config, precision.attention), "preset", 1, NAME_LEN, CLOSED, attention_choices},
+    {"precision", "attention", KEY_STRING, offsetof(Config, precision.attention), "preset", 1, NAME_LEN, CLOSED, NULL},
+    {"precision", "lm_head", KEY_STRING, offsetof(Config, precision.lm_head), "preset", 1, NAME_LEN, CLOSED, NULL},
+    {"precision", "activations", KEY_STRING, offsetof(Config, precision.activations), "preset", 1, NAME_LEN, CLOSED, activation_choices},
     {"precision", "matmul_rounding", KEY_STRING, offsetof(Config, precision.matmul_rounding), "nearest", 1, NAME_LEN, CLOSED, rounding_choices},
     {"precision", "scaling", KEY_STRING, offsetof(Config, precision.scaling), "delayed", 1, NAME_LEN, CLOSED, scaling_choices},
     {"precision", "amax_history", KEY_INT, offsetof(Config, precision.amax_history), "16", 1, 1024, CLOSED, NULL},

@@ -45,8 +45,10 @@ typedef struct {
         char adam_v[CONFIG_NAME_MAX];     // fp32 | bf16 | mcf
         char grads[CONFIG_NAME_MAX];      // fp32 | bf16
         char matmul[CONFIG_NAME_MAX];     // fp32 | bf16 | fp8 | eXmY
-        char attention[CONFIG_NAME_MAX];  // fp32 | bf16: attention products and the LM head
-        char matmul_rounding[CONFIG_NAME_MAX];  // eXmY matmuls: nearest | toward_zero
+        char attention[CONFIG_NAME_MAX];  // fp32 | bf16 | fp8 | eXmY: attention products QK^T and PV
+        char lm_head[CONFIG_NAME_MAX];    // fp32 | bf16 | fp8 | eXmY: the LM head's product
+        char activations[CONFIG_NAME_MAX];  // fp32 | bf16: tensors stored between ops
+        char matmul_rounding[CONFIG_NAME_MAX];  // eXmY matmuls: nearest | toward_zero | bf16_truncate
         char scaling[CONFIG_NAME_MAX];          // fp8 matmuls: delayed | current
         int amax_history;                       // fp8 delayed scaling: history length in steps
         int margin;                             // fp8: scale = (fmt_max / amax) / 2^margin

@@ -15,22 +15,23 @@ typedef struct {
     MomentStorage adam_m, adam_v;
     GradStorage grads;
     MatmulFormat matmul;
-    MatmulFormat attention;
+    MatmulFormat attention;  // also the LM head's
+    ActivationStorage activations;
 } Preset;
 
 static const Preset presets[] = {
-    {"fp32", WEIGHTS_FP32, 0, UPDATE_EXACT, STATE_FP32, STATE_FP32, GRADS_FP32, MATMUL_FP32, MATMUL_FP32},
+    {"fp32", WEIGHTS_FP32, 0, UPDATE_EXACT, STATE_FP32, STATE_FP32, GRADS_FP32, MATMUL_FP32, MATMUL_FP32, ACTIVATIONS_FP32},
     // The (16,32) baseline: bf16 weights and operands; fp32 master weights, moments and gradients.
-    {"mixed", WEIGHTS_BF16, 0, UPDATE_FP32_MASTER, STATE_FP32, STATE_FP32, GRADS_FP32, MATMUL_BF16, MATMUL_BF16},
-    {"mixed_nomaster", WEIGHTS_BF16, 0, UPDATE_BF16_RNE, STATE_FP32, STATE_FP32, GRADS_BF16, MATMUL_BF16, MATMUL_BF16},
-    {"bf16", WEIGHTS_BF16, 0, UPDATE_BF16_RNE, STATE_BF16, STATE_BF16, GRADS_BF16, MATMUL_BF16, MATMUL_BF16},
-    {"collage_light", WEIGHTS_BF16, 0, UPDATE_MCF_GROW, STATE_BF16, STATE_BF16, GRADS_BF16, MATMUL_BF16, MATMUL_BF16},
-    {"collage_plus", WEIGHTS_BF16, 0, UPDATE_MCF_GROW, STATE_BF16, STATE_MCF, GRADS_BF16, MATMUL_BF16, MATMUL_BF16},
-    {"kahan", WEIGHTS_BF16, 0, UPDATE_KAHAN, STATE_BF16, STATE_BF16, GRADS_BF16, MATMUL_BF16, MATMUL_BF16},
-    {"sr", WEIGHTS_BF16, 0, UPDATE_SR, STATE_BF16, STATE_BF16, GRADS_BF16, MATMUL_BF16, MATMUL_BF16},
-    {"fp8_sim", WEIGHTS_BF16, 0, UPDATE_FP32_MASTER, STATE_FP32, STATE_FP32, GRADS_FP32, MATMUL_FP8, MATMUL_BF16},
-    {"dqt_int8", WEIGHTS_INT_GRID, 8, UPDATE_GRID_SR, STATE_FP32, STATE_FP32, GRADS_BF16, MATMUL_BF16, MATMUL_BF16},
-    {"dqt_ternary", WEIGHTS_INT_GRID, 0, UPDATE_GRID_SR, STATE_FP32, STATE_FP32, GRADS_BF16, MATMUL_BF16, MATMUL_BF16},
+    {"mixed", WEIGHTS_BF16, 0, UPDATE_FP32_MASTER, STATE_FP32, STATE_FP32, GRADS_FP32, MATMUL_BF16, MATMUL_BF16, ACTIVATIONS_BF16},
+    {"mixed_nomaster", WEIGHTS_BF16, 0, UPDATE_BF16_RNE, STATE_FP32, STATE_FP32, GRADS_BF16, MATMUL_BF16, MATMUL_BF16, ACTIVATIONS_BF16},
+    {"bf16", WEIGHTS_BF16, 0, UPDATE_BF16_RNE, STATE_BF16, STATE_BF16, GRADS_BF16, MATMUL_BF16, MATMUL_BF16, ACTIVATIONS_BF16},
+    {"collage_light", WEIGHTS_BF16, 0, UPDATE_MCF_GROW, STATE_BF16, STATE_BF16, GRADS_BF16, MATMUL_BF16, MATMUL_BF16, ACTIVATIONS_BF16},
+    {"collage_plus", WEIGHTS_BF16, 0, UPDATE_MCF_GROW, STATE_BF16, STATE_MCF, GRADS_BF16, MATMUL_BF16, MATMUL_BF16, ACTIVATIONS_BF16},
+    {"kahan", WEIGHTS_BF16, 0, UPDATE_KAHAN, STATE_BF16, STATE_BF16, GRADS_BF16, MATMUL_BF16, MATMUL_BF16, ACTIVATIONS_BF16},
+    {"sr", WEIGHTS_BF16, 0, UPDATE_SR, STATE_BF16, STATE_BF16, GRADS_BF16, MATMUL_BF16, MATMUL_BF16, ACTIVATIONS_BF16},
+    {"fp8_sim", WEIGHTS_BF16, 0, UPDATE_FP32_MASTER, STATE_FP32, STATE_FP32, GRADS_FP32, MATMUL_FP8, MATMUL_BF16, ACTIVATIONS_BF16},
+    {"dqt_int8", WEIGHTS_INT_GRID, 8, UPDATE_GRID_SR, STATE_FP32, STATE_FP32, GRADS_BF16, MATMUL_BF16, MATMUL_BF16, ACTIVATIONS_BF16},
+    {"dqt_ternary", WEIGHTS_INT_GRID, 0, UPDATE_GRID_SR, STATE_FP32, STATE_FP32, GRADS_BF16, MATMUL_BF16, MATMUL_BF16, ACTIVATIONS_BF16},
 };
 #define NUM_PRESETS (sizeof presets / sizeof presets[0])
 
@@ -54,6 +55,7 @@ static const char *const weight_names[] = {"fp32", "bf16", "int"};
 static const char *const update_names[] = {"exact", "master", "rne", "mcf", "kahan", "sr", "grid_sr"};
 static const char *const moment_names[] = {"fp32", "bf16", "mcf"};
 static const char *const grad_names[] = {"fp32", "bf16"};
+static const char *const activation_names[] = {"fp32", "bf16"};
 
 static int index_of(const char *value, const char *const *names, int count) {
     for (int i = 0; i < count; i++) {
@@ -77,14 +79,12 @@ static void apply_weights(Policy *p, const char *value) {
     }
 }
 
-static MatmulFormat parse_attention(const char *value) {
-    return strcmp(value, "fp32") == 0 ? MATMUL_FP32 : MATMUL_BF16;
-}
-
-static void apply_matmul(Policy *p, const Config *cfg) {
-    const char *value = cfg->precision.matmul;
-    MatmulPrecision *m = &p->matmul;
-    m->rounding = strcmp(cfg->precision.matmul_rounding, "toward_zero") == 0 ? ROUND_TOWARD_ZERO : ROUND_NEAREST_EVEN;
+// One matmul axis (matmul, attention, lm_head) from its config value; the shared settings (rounding, fp8
+// scaling) come from their own keys. "preset" keeps the preset's format.
+static void apply_matmul(MatmulPrecision *m, const char *key, const char *value, const Config *cfg) {
+    const char *rounding = cfg->precision.matmul_rounding;
+    m->rounding = strcmp(rounding, "nearest") == 0 ? ROUND_NEAREST_EVEN : ROUND_TOWARD_ZERO;
+    m->bf16_first = strcmp(rounding, "bf16_truncate") == 0;
     m->scaling = strcmp(cfg->precision.scaling, "current") == 0 ? SCALING_CURRENT : SCALING_DELAYED;
     m->amax_history = cfg->precision.amax_history;
     m->margin = cfg->precision.margin;
@@ -101,7 +101,7 @@ static void apply_matmul(Policy *p, const Config *cfg) {
         m->exp_bits = format.exp_bits;
         m->man_bits = format.man_bits;
     } else {
-        fatal("precision.matmul: \"%s\" is not fp32, bf16, fp8 or an eXmY format (1 <= X <= 8, 0 <= Y <= 23)", value);
+        fatal("precision.%s: \"%s\" is not fp32, bf16, fp8 or an eXmY format (1 <= X <= 8, 0 <= Y <= 23)", key, value);
     }
 }
 
@@ -116,33 +116,42 @@ static void check_combination(const Policy *p) {
         fatal("precision: integer-grid weights (int8, int4, ternary) are updated by \"grid_sr\" and only they are "
               "(weights %s, update %s)", weight_names[p->weights], update_names[p->update]);
     }
-    if (p->matmul.format == MATMUL_EXMY && p->matmul.rounding != ROUND_NEAREST_EVEN &&
-        p->matmul.rounding != ROUND_TOWARD_ZERO) {
-        fatal("precision.matmul_rounding: eXmY matmuls round to nearest or toward zero");
-    }
 }
 
-// A setting that the chosen matmul format ignores is refused: a run that seems to sweep it would train the
-// same model every time. Settings at their default values are not "set".
+static const char *format_name(MatmulFormat f) {
+    return f == MATMUL_FP32 ? "fp32" : f == MATMUL_BF16 ? "bf16" : f == MATMUL_FP8 ? "fp8" : "eXmY";
+}
+
+// Whether any of the three matmul axes has format f.
+static int any_matmul(const Policy *p, MatmulFormat f) {
+    return p->matmul.format == f || p->attention.format == f || p->lm_head.format == f;
+}
+
+// A setting that the chosen matmul formats ignore is refused: a run that seems to sweep it would train the
+// same model every time. Settings at their default values are not "set". matmul_rounding and margin act on
+// every eXmY / fp8 axis; scaling and amax_history only on fp8 block linears (attention and the LM head
+// always scale by the current amax: they keep no amax history).
 static void check_settings_used(const Policy *p, const Config *cfg) {
     Config defaults;
     config_defaults(&defaults);
-    const char *matmul = p->matmul.format == MATMUL_FP32 ? "fp32" : p->matmul.format == MATMUL_BF16 ? "bf16"
-                       : p->matmul.format == MATMUL_FP8  ? "fp8"  : "eXmY";
-    if (p->matmul.format != MATMUL_EXMY &&
+    char formats[64];
+    snprintf(formats, sizeof formats, "%s, %s, %s", format_name(p->matmul.format), format_name(p->attention.format),
+             format_name(p->lm_head.format));
+    if (!any_matmul(p, MATMUL_EXMY) &&
         strcmp(cfg->precision.matmul_rounding, defaults.precision.matmul_rounding) != 0) {
         fatal("precision.matmul_rounding = %s has no effect: it applies to eXmY matmuls, and this policy's matmuls "
-              "are %s (set precision.matmul to an eXmY format, or leave matmul_rounding out)",
-              cfg->precision.matmul_rounding, matmul);
+              "(block linears, attention, LM head) are %s (set one of them to an eXmY format, or leave "
+              "matmul_rounding out)", cfg->precision.matmul_rounding, formats);
     }
     int fp8 = p->matmul.format == MATMUL_FP8, delayed = fp8 && p->matmul.scaling == SCALING_DELAYED;
     const char *unused = NULL;
     if (!fp8 && strcmp(cfg->precision.scaling, defaults.precision.scaling) != 0) unused = "scaling";
-    else if (!fp8 && cfg->precision.margin != defaults.precision.margin) unused = "margin";
+    else if (!any_matmul(p, MATMUL_FP8) && cfg->precision.margin != defaults.precision.margin) unused = "margin";
     else if (!delayed && cfg->precision.amax_history != defaults.precision.amax_history) unused = "amax_history";
     if (unused) {
-        fatal("precision.%s has no effect: it applies to fp8 matmuls%s, and this policy's matmuls are %s%s", unused,
-              strcmp(unused, "amax_history") == 0 ? " with delayed scaling" : "", matmul,
+        fatal("precision.%s has no effect: it applies to fp8 %s%s, and this policy's matmuls (block linears, "
+              "attention, LM head) are %s%s", unused, strcmp(unused, "margin") == 0 ? "matmuls" : "block linears",
+              strcmp(unused, "amax_history") == 0 ? " with delayed scaling" : "", formats,
               fp8 ? " with current scaling" : " (set precision.matmul = fp8, or leave it out)");
     }
 }
@@ -150,7 +159,7 @@ static void check_settings_used(const Policy *p, const Config *cfg) {
 static void describe_overrides(Policy *p, const Config *cfg) {
     const char *axes[] = {cfg->precision.weights, cfg->precision.update, cfg->precision.adam_m,
                           cfg->precision.adam_v,  cfg->precision.grads,  cfg->precision.matmul,
-                          cfg->precision.attention};
+                          cfg->precision.attention, cfg->precision.lm_head, cfg->precision.activations};
     for (size_t i = 0; i < sizeof axes / sizeof axes[0]; i++) {
         if (!is_preset(axes[i])) {
             strncat(p->name, "+overrides", sizeof p->name - strlen(p->name) - 1);
@@ -171,15 +180,21 @@ Policy policy_from_config(const Config *cfg) {
     p.adam_v = preset->adam_v;
     p.grads = preset->grads;
     p.matmul.format = preset->matmul;
-    p.attention = preset->attention;
+    p.attention.format = preset->attention;
+    p.lm_head.format = preset->attention;
+    p.activations = preset->activations;
 
     apply_weights(&p, cfg->precision.weights);
     if (!is_preset(cfg->precision.update)) p.update = (WeightUpdate)index_of(cfg->precision.update, update_names, 7);
     if (!is_preset(cfg->precision.adam_m)) p.adam_m = (MomentStorage)index_of(cfg->precision.adam_m, moment_names, 3);
     if (!is_preset(cfg->precision.adam_v)) p.adam_v = (MomentStorage)index_of(cfg->precision.adam_v, moment_names, 3);
     if (!is_preset(cfg->precision.grads)) p.grads = (GradStorage)index_of(cfg->precision.grads, grad_names, 2);
-    if (!is_preset(cfg->precision.attention)) p.attention = parse_attention(cfg->precision.attention);
-    apply_matmul(&p, cfg);
+    if (!is_preset(cfg->precision.activations))
+        p.activations = (ActivationStorage)index_of(cfg->precision.activations, activation_names, 2);
+    apply_matmul(&p.matmul, "matmul", cfg->precision.matmul, cfg);
+    apply_matmul(&p.attention, "attention", cfg->precision.attention, cfg);
+    apply_matmul(&p.lm_head, "lm_head", cfg->precision.lm_head, cfg);
+    p.attention.scaling = p.lm_head.scaling = SCALING_CURRENT;  // these sites keep no amax history
     p.allow_tf32 = cfg->precision.allow_tf32;
     check_combination(&p);
     check_settings_used(&p, cfg);
@@ -241,7 +256,8 @@ static const char *matmul_text(const MatmulPrecision *m, char *buf, size_t len) 
         return buf;
     case MATMUL_EXMY:
         snprintf(buf, len, "e%dm%d, round %s, no scaling", m->exp_bits, m->man_bits,
-                 m->rounding == ROUND_TOWARD_ZERO ? "toward zero" : "to nearest");
+                 m->bf16_first ? "to bf16, then toward zero" : m->rounding == ROUND_TOWARD_ZERO ? "toward zero"
+                                                                                               : "to nearest");
         return buf;
     }
     return "?";
@@ -256,6 +272,8 @@ void policy_print(const Policy *p) {
     printf("  %-18s %s\n", "adam v", moment_text(p->adam_v));
     printf("  %-18s %s\n", "gradients", p->grads == GRADS_FP32 ? "fp32" : "bf16");
     printf("  %-18s %s\n", "linear matmuls", matmul_text(&p->matmul, buf, sizeof buf));
-    printf("  %-18s %s\n", "attention, head", p->attention == MATMUL_FP32 ? "fp32" : "bf16, fp32 accumulate");
+    printf("  %-18s %s\n", "attention", matmul_text(&p->attention, buf, sizeof buf));
+    printf("  %-18s %s\n", "LM head", matmul_text(&p->lm_head, buf, sizeof buf));
+    printf("  %-18s %s\n", "activations", p->activations == ACTIVATIONS_BF16 ? "bf16 (stored between ops)" : "fp32");
     printf("  %-18s %zu (weights + gradients + optimizer state)\n", "bytes/param", policy_bytes_per_param(p));
 }

@@ -31,6 +31,12 @@ typedef enum {
 typedef enum { STATE_FP32, STATE_BF16, STATE_MCF } MomentStorage;  // Adam m, v (MCF: bf16 pair)
 typedef enum { GRADS_FP32, GRADS_BF16 } GradStorage;
 
+// Every tensor the forward stores between ops (embedding output, layernorm outputs, qkv, attention output,
+// projections, residual stream, GELU input and output, logits): fp32, or rounded once to bf16 (nearest-even)
+// as it is written, each op computing in fp32 from its inputs. Softmax probabilities, layernorm statistics
+// and the loss stay fp32 (they are the ops' own fp32 internals).
+typedef enum { ACTIVATIONS_FP32, ACTIVATIONS_BF16 } ActivationStorage;
+
 typedef enum {
     MATMUL_FP32,  // operands used as they are
     MATMUL_BF16,  // operands rounded to bf16 (nearest-even) before the product, in forward and backward
@@ -44,6 +50,7 @@ typedef struct {
     MatmulFormat format;
     int exp_bits, man_bits;  // MATMUL_EXMY
     RoundingMode rounding;   // MATMUL_EXMY: ROUND_NEAREST_EVEN or ROUND_TOWARD_ZERO
+    int bf16_first;          // MATMUL_EXMY: round to bf16 (nearest-even) first, as 2405.18710 masks bf16 values
     ScalingMode scaling;     // MATMUL_FP8
     int amax_history;        // MATMUL_FP8 with delayed scaling: steps of amax history
     int margin;              // MATMUL_FP8: scale = (fmt_max / amax) / 2^margin
@@ -57,8 +64,10 @@ typedef struct {
     MomentStorage adam_m;
     MomentStorage adam_v;
     GradStorage grads;
+    ActivationStorage activations;
     MatmulPrecision matmul;      // the four linear layers of each block, forward and backward
-    MatmulFormat attention;      // attention products (QK^T, PV) and the LM head: MATMUL_FP32 or MATMUL_BF16
+    MatmulPrecision attention;   // the attention products QK^T and PV, forward and backward
+    MatmulPrecision lm_head;     // the LM head's product (logits = lnf @ wte^T), forward and backward
     int allow_tf32;              // fp32 products may round their operands to TF32 (CUDA backend; the CPU has no TF32)
 } Policy;
 

@@ -48,10 +48,17 @@ static void setup_free(Setup *s) {
     free(s->grads);
 }
 
-static GPTCpu *create_model(const Setup *s, const MatmulPrecision *linear, MatmulFormat attention) {
+static GPTCpu *create_model_sites(const Setup *s, const MatmulPrecision *linear, const MatmulPrecision *attention,
+                                  const MatmulPrecision *lm_head) {
     GPTCpu *model = gpt_cpu_create(&s->table, B, T);
-    gpt_cpu_set_precision(model, linear, attention);
+    gpt_cpu_set_precision(model, linear, attention, lm_head);
     return model;
+}
+
+// Attention and the LM head in the same format.
+static GPTCpu *create_model(const Setup *s, const MatmulPrecision *linear, MatmulFormat attention) {
+    MatmulPrecision head = {.format = attention};
+    return create_model_sites(s, linear, &head, &head);
 }
 
 static float train_step(GPTCpu *model, Setup *s) {
@@ -438,19 +445,93 @@ static void check_losses(void) {
     setup_free(&s);
 }
 
-static void set_fp8_attention(void *model) {
-    MatmulPrecision fp32 = {.format = MATMUL_FP32};
-    gpt_cpu_set_precision(model, &fp32, MATMUL_FP8);
+// bf16_truncate (round to bf16, then truncate the mantissa: 2405.18710's masking of bf16 values) against
+// an independent reference: the bf16 value's bits with the low 23 - Y mantissa bits cleared (normal values).
+// Plain truncation from fp32 differs from it wherever bf16 rounding carried into the kept bits.
+static void check_bf16_truncate_values(void) {
+    MatmulPrecision e8m3 = {.format = MATMUL_EXMY, .exp_bits = 8, .man_bits = 3, .rounding = ROUND_TOWARD_ZERO};
+    OperandCast plain = operand_cast_for(&e8m3);
+    e8m3.bf16_first = 1;
+    OperandCast masked = operand_cast_for(&e8m3);
+    RngKey key = {5, 0, 0};
+    int bad = 0, differs = 0;
+    for (uint64_t i = 0; i < 100000; i++) {
+        float x = (2.0f * rng_uniform(key, i) - 1.0f) * 100.0f;
+        uint32_t bits = f32_to_bits(round_bf16(x)) & ~((1u << (23 - 3)) - 1u);
+        float expected = f32_from_bits(bits);
+        bad += !same_bits(quantize_operand_value(x, &masked), expected);
+        differs += !same_bits(quantize_operand_value(x, &plain), expected);
+    }
+    CHECK(bad == 0, "bf16_truncate e8m3: %d values differ from the masked bf16 value", bad);
+    CHECK(differs > 0, "truncation straight from fp32 never differed from bf16_truncate");
 }
 
-static void check_bad_attention_format(void) {
+// e8m7 with bf16_truncate is bf16 bit for bit at each matmul site on its own (the other sites fp32):
+// block linears, attention, LM head. Plain truncation from fp32 is not.
+static void check_e8m7_truncate_is_bf16(void) {
     Setup s;
     setup_init(&s);
-    GPTCpu *model = gpt_cpu_create(&s.table, B, T);
-    ChildResult r = run_in_child(set_fp8_attention, model);
-    CHECK(r.exit_status == 1 && strstr(r.message, "fp32 or bf16"), "fp8 attention: status %d, \"%s\"",
-          r.exit_status, r.message);
-    gpt_cpu_free(model);
+    size_t np = s.table.num_params;
+    float *grads_bf16 = xmalloc(np * sizeof(float));
+    MatmulPrecision fp32 = {.format = MATMUL_FP32}, bf16 = {.format = MATMUL_BF16};
+    MatmulPrecision masked = {.format = MATMUL_EXMY, .exp_bits = 8, .man_bits = 7, .rounding = ROUND_TOWARD_ZERO,
+                              .bf16_first = 1};
+    MatmulPrecision truncated = masked;
+    truncated.bf16_first = 0;
+    const char *sites[] = {"block linears", "attention", "LM head"};
+    for (int site = 0; site < 3; site++) {
+        const MatmulPrecision *ref[3] = {&fp32, &fp32, &fp32}, *got[3] = {&fp32, &fp32, &fp32},
+                              *trunc[3] = {&fp32, &fp32, &fp32};
+        ref[site] = &bf16;
+        got[site] = &masked;
+        trunc[site] = &truncated;
+        GPTCpu *a = create_model_sites(&s, ref[0], ref[1], ref[2]);
+        float loss_bf16 = train_step(a, &s);
+        memcpy(grads_bf16, s.grads, np * sizeof(float));
+        GPTCpu *b = create_model_sites(&s, got[0], got[1], got[2]);
+        float loss_masked = train_step(b, &s);
+        CHECK(same_bits(loss_bf16, loss_masked), "%s: e8m7 bf16_truncate loss %.9g vs bf16 %.9g", sites[site],
+              loss_masked, loss_bf16);
+        CHECK(memcmp(grads_bf16, s.grads, np * sizeof(float)) == 0, "%s: e8m7 bf16_truncate gradients differ",
+              sites[site]);
+        GPTCpu *c = create_model_sites(&s, trunc[0], trunc[1], trunc[2]);
+        float loss_truncated = train_step(c, &s);
+        CHECK(!same_bits(loss_bf16, loss_truncated), "%s: e8m7 toward zero from fp32 gave the bf16 loss", sites[site]);
+        gpt_cpu_free(a);
+        gpt_cpu_free(b);
+        gpt_cpu_free(c);
+    }
+    free(grads_bf16);
+    setup_free(&s);
+}
+
+// Attention and the LM head take every format: fp8 (current scaling), and eXmY, each moving the loss a
+// little away from fp32 and gradients staying finite.
+static void check_attention_and_head_formats(void) {
+    Setup s;
+    setup_init(&s);
+    MatmulPrecision fp32 = {.format = MATMUL_FP32};
+    float reference = loss_under(&s, &fp32, MATMUL_FP32);
+    MatmulPrecision formats[] = {
+        {.format = MATMUL_FP8, .scaling = SCALING_CURRENT},
+        {.format = MATMUL_EXMY, .exp_bits = 4, .man_bits = 3, .rounding = ROUND_NEAREST_EVEN},
+        {.format = MATMUL_EXMY, .exp_bits = 8, .man_bits = 3, .rounding = ROUND_TOWARD_ZERO, .bf16_first = 1},
+    };
+    const char *names[] = {"fp8", "e4m3", "e8m3 bf16_truncate"};
+    for (int f = 0; f < 3; f++)
+        for (int site = 0; site < 2; site++) {
+            GPTCpu *model = site == 0 ? create_model_sites(&s, &fp32, &formats[f], &fp32)
+                                      : create_model_sites(&s, &fp32, &fp32, &formats[f]);
+            float loss = train_step(model, &s);
+            size_t nonfinite = 0;
+            for (size_t i = 0; i < s.table.num_params; i++) nonfinite += !isfinite(s.grads[i]);
+            double diff = fabs((double)loss - reference);
+            printf("  %-9s %-18s loss %.7f  |loss - fp32| %.2e\n", site ? "LM head" : "attention", names[f], loss,
+                   diff);
+            CHECK(diff > 0.0 && diff < 0.05 && nonfinite == 0, "%s %s: loss %f vs fp32 %f, %zu non-finite gradients",
+                  site ? "LM head" : "attention", names[f], loss, reference, nonfinite);
+            gpt_cpu_free(model);
+        }
     setup_free(&s);
 }
 
@@ -467,6 +548,8 @@ int main(void) {
     check_e8m7_is_bf16();
     check_attention_switch();
     check_losses();
-    check_bad_attention_format();
+    check_bf16_truncate_values();
+    check_e8m7_truncate_is_bf16();
+    check_attention_and_head_formats();
     return test_summary("test_matmul_formats");
 }

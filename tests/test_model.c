@@ -199,7 +199,8 @@ static void run_step(const SmallModel *m, int threads, const MatmulPrecision *li
                      float *loss, float *probs, float *grads) {
     omp_set_num_threads(threads);
     GPTCpu *model = gpt_cpu_create(&m->table, m->B, m->T);
-    gpt_cpu_set_precision(model, linear, attention);
+    MatmulPrecision head = {.format = attention};
+    gpt_cpu_set_precision(model, linear, &head, &head);
     *loss = gpt_cpu_forward(model, m->params, m->inputs, m->targets, m->B, m->T);
     memcpy(probs, gpt_cpu_probs(model), (size_t)m->B * m->T * m->table.shape.padded_vocab * sizeof(float));
     memset(grads, 0, m->table.num_params * sizeof(float));

@@ -35,10 +35,27 @@ refused 'precision.amax_history has no effect.*current scaling' --set precision.
   --set precision.scaling=current --set precision.amax_history=4
 refused 'precision.scaling has no effect.*fp32' --set precision.policy=fp32 --set precision.scaling=current
 
+# matmul_rounding acts where ANY matmul site is eXmY: accepted with only the LM head eXmY, refused with none.
+run head_e8m3 --set precision.policy=mixed --set precision.lm_head=e8m3 --set precision.matmul_rounding=bf16_truncate
+refused 'precision.matmul_rounding = bf16_truncate has no effect.*bf16, bf16, bf16' --set precision.policy=mixed \
+  --set precision.matmul_rounding=bf16_truncate
+refused 'precision.margin has no effect' --set precision.policy=mixed --set precision.attention=e4m3 \
+  --set precision.margin=2
+run attention_fp8_margin --set precision.policy=mixed --set precision.attention=fp8 --set precision.margin=2
+# e8m7 masked from bf16 is bf16 at every site at once (the bit-width sweep's e8m7 row is the bf16 baseline).
+run mixed --set precision.policy=mixed
+run mixed_e8m7 --set precision.policy=mixed --set precision.matmul=e8m7 --set precision.attention=e8m7 \
+  --set precision.lm_head=e8m7 --set precision.matmul_rounding=bf16_truncate
+same_losses mixed mixed_e8m7
+# bf16 activations are the bf16 family's default and act: fp32 activations give other losses.
+run mixed_act32 --set precision.policy=mixed --set precision.activations=fp32
+cmp -s <(losses "$tmp/mixed") <(losses "$tmp/mixed_act32") && fail "activations=fp32 gave the bf16-activation losses"
+
 run fp32 --set precision.policy=fp32
 run fp32_explicit --set precision.policy=fp32 --set precision.weights=fp32 --set precision.update=exact \
   --set precision.adam_m=fp32 --set precision.adam_v=fp32 --set precision.grads=fp32 --set precision.matmul=fp32 \
-  --set precision.attention=fp32 --set precision.scaling=delayed --set precision.margin=0
+  --set precision.attention=fp32 --set precision.lm_head=fp32 --set precision.activations=fp32 \
+  --set precision.scaling=delayed --set precision.margin=0
 same_losses fp32 fp32_explicit
 
 # And the axes do act where they are used: e8m3 toward zero is not bf16.

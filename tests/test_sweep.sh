@@ -53,7 +53,7 @@ import json, sys
 grid = json.load(open(sys.argv[2]))
 lines = open(sys.argv[1]).read().splitlines()
 formats = ["e8m7", "e8m6", "e8m5", "e8m4", "e8m3", "e7m7", "e6m7", "e5m7"]
-assert grid["matmuls"] == formats and grid["matmul_rounding"] == "toward_zero", grid
+assert grid["matmuls"] == formats and grid["matmul_rounding"] == "bf16_truncate", grid
 assert len(lines) == len(formats) * len(grid["lrs"]) * len(grid["seeds"]), len(lines)
 assert all(f"matmul={f}" in " ".join(lines) for f in formats)
 PY

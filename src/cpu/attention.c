@@ -2,7 +2,8 @@
 //   att[t, t2] = softmax over t2 <= t of (q_t . k_t2) / sqrt(hs),   out_t = sum_t2 att[t, t2] v_t2.
 // The products take cast operands: q, k, v and dout arrive cast; the probabilities (in PV and its
 // backward) and the score gradients (in the backward of QK^T) are cast here. The softmax and its backward
-// stay fp32.
+// stay fp32. Under fp8 these two are scaled per query row by the row's current amax (E4M3 probabilities,
+// E5M2 score gradients): they exist one row at a time, and a per-tensor scale would need a second pass.
 #include <math.h>
 #include <stdlib.h>
 
@@ -20,6 +21,12 @@ static float dot(const float *a, const float *b, int n) {
 static void axpy(float *y, float alpha, const float *x, int n) {
 #pragma omp simd
     for (int i = 0; i < n; i++) y[i] += alpha * x[i];
+}
+
+static float row_amax(const float *x, int n) {
+    float amax = 0.0f;
+    for (int i = 0; i < n; i++) amax = fmaxf(amax, fabsf(x[i]));
+    return amax;
 }
 
 // One query row: scores with max subtraction for a stable softmax, then the weighted sum of values.
@@ -46,9 +53,10 @@ static void attention_row(float *out, float *att_row, const float *qkv, int T, i
     for (int t2 = 0; t2 <= t; t2++) att_row[t2] *= inv_sum;
     for (int t2 = t + 1; t2 < T; t2++) att_row[t2] = 0.0f;
 
+    OperandCast probs = operand_cast_current(*cast, exmy_e4m3(), row_amax(att_row, t + 1));
     for (int i = 0; i < hs; i++) out[i] = 0.0f;
     for (int t2 = 0; t2 <= t; t2++)
-        axpy(out, quantize_operand_value(att_row[t2], cast), values + (size_t)t2 * stride, hs);
+        axpy(out, quantize_operand_value(att_row[t2], &probs), values + (size_t)t2 * stride, hs);
 }
 
 void attention_forward(float *out, float *att, const float *qkv, int B, int T, int C, int NH,
@@ -83,18 +91,22 @@ static void attention_head_backward(float *dqkv, const float *dout, const float 
         const float *dout_t = dout + (size_t)t * C + h * hs;  // (hs)
         const float *q = qkv + (size_t)t * stride + h * hs;
         float *dq = dqkv + (size_t)t * stride + h * hs;
-        // out_t = sum att[t2] v_t2: gradients of the probabilities and of the values.
+        // out_t = sum att[t2] v_t2: gradients of the probabilities and of the values (with the forward's cast).
+        OperandCast probs = operand_cast_current(*cast, exmy_e4m3(), row_amax(att_row, t + 1));
         for (int t2 = 0; t2 <= t; t2++) {
             const float *v = qkv + (size_t)t2 * stride + 2 * C + h * hs;
             float *dv = dqkv + (size_t)t2 * stride + 2 * C + h * hs;
             datt[t2] = dot(dout_t, v, hs);
-            axpy(dv, quantize_operand_value(att_row[t2], cast), dout_t, hs);
+            axpy(dv, quantize_operand_value(att_row[t2], &probs), dout_t, hs);
         }
-        // Softmax backward: dscore = att * (datt - sum(att * datt)), the gradient of q . k (scale included).
+        // Softmax backward: dscore = att * (datt - sum(att * datt)), the gradient of q . k (scale included),
+        // formed in place of datt.
         float weighted = 0.0f;
         for (int t2 = 0; t2 <= t; t2++) weighted += att_row[t2] * datt[t2];
+        for (int t2 = 0; t2 <= t; t2++) datt[t2] = att_row[t2] * (datt[t2] - weighted) * scale;
+        OperandCast dscores = operand_cast_current(*cast, exmy_e5m2(), row_amax(datt, t + 1));
         for (int t2 = 0; t2 <= t; t2++) {
-            float dscore = quantize_operand_value(att_row[t2] * (datt[t2] - weighted) * scale, cast);
+            float dscore = quantize_operand_value(datt[t2], &dscores);
             const float *k = qkv + (size_t)t2 * stride + C + h * hs;
             float *dk = dqkv + (size_t)t2 * stride + C + h * hs;
             axpy(dq, dscore, k, hs);

@@ -144,7 +144,8 @@ static Backend *cpu_create(const ParamTable *table, const Policy *policy, int B,
     b->policy = *policy;
     b->model = gpt_cpu_create(table, B, T);
     b->rows = xmalloc((size_t)B * table->shape.padded_vocab * sizeof(float));
-    gpt_cpu_set_precision(b->model, &policy->matmul, policy->attention);
+    gpt_cpu_set_precision(b->model, &policy->matmul, &policy->attention, &policy->lm_head);
+    gpt_cpu_set_activations(b->model, policy->activations);
     b->rank = dist_rank();
     b->world = dist_world();
     param_layout_init(&b->layout, table, policy, b->world);
@@ -396,7 +397,9 @@ static size_t cpu_plan_state_bytes(const ParamTable *table, const Policy *policy
 // gpt_cpu.c's activations, and the cast copies of matmul operands for a format other than fp32.
 static size_t cpu_plan_activation_bytes(const ParamTable *table, const Policy *policy, int B, int T) {
     size_t bytes = gpt_cpu_activation_bytes(table, B, T);
-    if (policy->matmul.format == MATMUL_FP32 && policy->attention == MATMUL_FP32) return bytes;
+    if (policy->matmul.format == MATMUL_FP32 && policy->attention.format == MATMUL_FP32 &&
+        policy->lm_head.format == MATMUL_FP32)
+        return bytes;
     return bytes + gpt_cpu_operand_copy_bytes(table, B, T);
 }
 

@@ -109,7 +109,9 @@ struct GPTCpu {
     ParamTable table;
     int max_B, max_T;  // capacity of the buffers
     LinearCasts linear_casts;    // the block linear layers' operands (fp8: scales per use)
-    OperandCast attention_cast;  // attention products and the LM head
+    OperandCast attention_cast;  // attention products (fp8: scaled by each use's current amax)
+    OperandCast lm_head_cast;    // the LM head (fp8: likewise)
+    int bf16_activations;        // stored activations are rounded to bf16 as they are written
     OperandObserver observer;  // tests
     void *observer_ctx;
     Activations acts;
@@ -131,6 +133,7 @@ GPTCpu *gpt_cpu_create(const ParamTable *table, int B, int T) {
     MatmulPrecision fp32 = {.format = MATMUL_FP32};
     linear_casts_init(&model->linear_casts, &fp32, table->shape.n_layer);
     model->attention_cast = operand_cast_for(&fp32);
+    model->lm_head_cast = operand_cast_for(&fp32);
     // 64-byte aligned, and every buffer a multiple of 64 bytes long: all buffers start on cache lines.
     size_t bytes = activation_numel(&table->shape, B, T) * sizeof(float);
     model->act_memory = aligned_alloc(64, bytes);
@@ -181,14 +184,24 @@ static void allocate_operand_copies(GPTCpu *model) {
     model->operands.dout = xmalloc(dout * sizeof(float));
 }
 
-void gpt_cpu_set_precision(GPTCpu *model, const MatmulPrecision *linear, MatmulFormat attention) {
-    if (attention != MATMUL_FP32 && attention != MATMUL_BF16)
-        fatal("attention products and the LM head take fp32 or bf16 operands");
-    MatmulPrecision attention_precision = {.format = attention};
+void gpt_cpu_set_precision(GPTCpu *model, const MatmulPrecision *linear, const MatmulPrecision *attention,
+                           const MatmulPrecision *lm_head) {
     linear_casts_free(&model->linear_casts);
     linear_casts_init(&model->linear_casts, linear, model->table.shape.n_layer);
-    model->attention_cast = operand_cast_for(&attention_precision);
-    if (linear->format != MATMUL_FP32 || attention != MATMUL_FP32) allocate_operand_copies(model);
+    model->attention_cast = operand_cast_for(attention);
+    model->lm_head_cast = operand_cast_for(lm_head);
+    if (linear->format != MATMUL_FP32 || attention->format != MATMUL_FP32 || lm_head->format != MATMUL_FP32)
+        allocate_operand_copies(model);
+}
+
+void gpt_cpu_set_activations(GPTCpu *model, ActivationStorage activations) {
+    model->bf16_activations = activations == ACTIVATIONS_BF16;
+}
+
+void gpt_cpu_store(const GPTCpu *model, float *x, size_t n) {
+    if (!model->bf16_activations) return;
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) x[i] = round_bf16(x[i]);
 }
 
 size_t gpt_cpu_scaling_state(GPTCpu *model, float **data) {
@@ -205,6 +218,21 @@ const float *gpt_cpu_probs(const GPTCpu *model) { return model->acts.probs; }
 const float *gpt_cpu_logits(const GPTCpu *model) { return model->acts.logits; }
 
 const OperandCast *gpt_cpu_attention_cast(const GPTCpu *model) { return &model->attention_cast; }
+
+void gpt_cpu_stored_activations(const GPTCpu *model, StoredActivation list[NUM_STORED_ACTIVATIONS]) {
+    const Activations *a = &model->acts;
+    const ModelShape *s = &model->table.shape;
+    size_t L = (size_t)s->n_layer, C = (size_t)s->n_embd, N = (size_t)model->B * model->T;
+    StoredActivation stored[NUM_STORED_ACTIVATIONS] = {
+        {"encoded", a->encoded, N * C},      {"ln1", a->ln1, L * N * C},
+        {"qkv", a->qkv, L * N * 3 * C},      {"atty", a->atty, L * N * C},
+        {"residual2", a->residual2, L * N * C}, {"ln2", a->ln2, L * N * C},
+        {"fch", a->fch, L * N * 4 * C},      {"fch_gelu", a->fch_gelu, L * N * 4 * C},
+        {"residual3", a->residual3, L * N * C}, {"lnf", a->lnf, N * C},
+        {"proj_out", a->proj_out, N * C},    {"logits", a->logits, N * (size_t)s->padded_vocab},
+    };
+    memcpy(list, stored, sizeof stored);
+}
 
 // Points the activation buffers into the one allocation, packed for the batch shape at hand.
 static void place_activations(GPTCpu *model, int B, int T) {
@@ -273,6 +301,7 @@ void gpt_cpu_linear_forward(GPTCpu *model, int layer, BlockLinear linear, float 
     const float *x = linear_operand(model, layer, linear, OPERAND_INPUT, 0, copies->inp, inp, (size_t)N * C);
     const float *w = linear_operand(model, layer, linear, OPERAND_WEIGHT, 0, copies->weight, weight, (size_t)OC * C);
     matmul_forward(out, x, w, bias, N, C, OC);
+    gpt_cpu_store(model, out, (size_t)N * OC);
 }
 
 // The backward of linear_forward: both products take cast operands; the bias gradient sums dout itself.
@@ -286,34 +315,48 @@ static void linear_backward(GPTCpu *model, int layer, BlockLinear linear, float 
     sum_rows_add(dbias, dout, N, OC);
 }
 
+// A whole tensor x (n) cast by the attention's or LM head's cast, into copy unless fp32. fp8 scales it by its
+// current amax onto `fp8_grid` (E4M3 forward operands, E5M2 gradients); the backward's re-cast of a forward
+// operand sees the same tensor, so the same scale.
+static const float *current_operand(const OperandCast *cast, ExmyFormat fp8_grid, float *copy, const float *x,
+                                    size_t n) {
+    OperandCast use = operand_cast_current(*cast, fp8_grid, cast->format == MATMUL_FP8 ? tensor_amax(x, n) : 0.0f);
+    return cast_operand(&use, copy, x, n);
+}
+
 void gpt_cpu_lm_head_forward(GPTCpu *model, float *logits, const float *lnf, const float *wte, int N, int C, int Vp) {
-    const OperandCast *cast = &model->attention_cast;
-    const float *x = cast_operand(cast, model->operands.inp, lnf, (size_t)N * C);
-    const float *w = cast_operand(cast, model->operands.weight, wte, (size_t)Vp * C);
+    const OperandCast *cast = &model->lm_head_cast;
+    const float *x = current_operand(cast, exmy_e4m3(), model->operands.inp, lnf, (size_t)N * C);
+    const float *w = current_operand(cast, exmy_e4m3(), model->operands.weight, wte, (size_t)Vp * C);
     matmul_forward(logits, x, w, NULL, N, C, Vp);
+    gpt_cpu_store(model, logits, (size_t)N * Vp);
 }
 
 static void lm_head_backward(GPTCpu *model, float *dlnf, float *dwte, const float *dlogits, const float *lnf,
                              const float *wte, int N, int C, int Vp) {
-    const OperandCast *cast = &model->attention_cast;
-    const float *d = cast_operand(cast, model->operands.dout, dlogits, (size_t)N * Vp);
-    const float *x = cast_operand(cast, model->operands.inp, lnf, (size_t)N * C);
-    const float *w = cast_operand(cast, model->operands.weight, wte, (size_t)Vp * C);
+    const OperandCast *cast = &model->lm_head_cast;
+    const float *d = current_operand(cast, exmy_e5m2(), model->operands.dout, dlogits, (size_t)N * Vp);
+    const float *x = current_operand(cast, exmy_e4m3(), model->operands.inp, lnf, (size_t)N * C);
+    const float *w = current_operand(cast, exmy_e4m3(), model->operands.weight, wte, (size_t)Vp * C);
     matmul_backward(dlnf, dwte, NULL, d, x, w, N, C, Vp);
+}
+
+const float *gpt_cpu_attention_operand(const GPTCpu *model, float *copy, const float *qkv, size_t n) {
+    return current_operand(&model->attention_cast, exmy_e4m3(), copy, qkv, n);
 }
 
 static void attention_cast_forward(GPTCpu *model, float *atty, float *att, const float *qkv, int B, int T, int C,
                                    int NH) {
-    const OperandCast *cast = &model->attention_cast;
-    const float *qkv_cast = cast_operand(cast, model->operands.inp, qkv, (size_t)B * T * 3 * C);
-    attention_forward(atty, att, qkv_cast, B, T, C, NH, cast);
+    const float *qkv_cast = gpt_cpu_attention_operand(model, model->operands.inp, qkv, (size_t)B * T * 3 * C);
+    attention_forward(atty, att, qkv_cast, B, T, C, NH, &model->attention_cast);
+    gpt_cpu_store(model, atty, (size_t)B * T * C);
 }
 
 static void attention_cast_backward(GPTCpu *model, float *dqkv, const float *datty, const float *qkv,
                                     const float *att, int B, int T, int C, int NH) {
     const OperandCast *cast = &model->attention_cast;
-    const float *qkv_cast = cast_operand(cast, model->operands.inp, qkv, (size_t)B * T * 3 * C);
-    const float *datty_cast = cast_operand(cast, model->operands.dout, datty, (size_t)B * T * C);
+    const float *qkv_cast = gpt_cpu_attention_operand(model, model->operands.inp, qkv, (size_t)B * T * 3 * C);
+    const float *datty_cast = current_operand(cast, exmy_e5m2(), model->operands.dout, datty, (size_t)B * T * C);
     attention_backward(dqkv, datty_cast, qkv_cast, att, B, T, C, NH, cast);
 }
 
@@ -344,25 +387,32 @@ float gpt_cpu_forward(GPTCpu *model, const float *params, const int *inputs, con
     const float *wte = params + tensors[PARAM_WTE].offset;  // (Vp, C)
     Activations *a = &model->acts;
     encoder_forward(a->encoded, inputs, wte, params + tensors[PARAM_WPE].offset, B, T, C);
+    gpt_cpu_store(model, a->encoded, (size_t)N * C);
     for (int l = 0; l < L; l++) {
         LayerOffsets p = layer_offsets(&model->table, l);
         LayerActivations x = layer_activations(a, s, l, B, T);
         layernorm_forward(x.ln1, x.ln1_mean, x.ln1_rstd, x.residual, params + p.ln1w, params + p.ln1b, N, C);
+        gpt_cpu_store(model, x.ln1, (size_t)N * C);
         gpt_cpu_linear_forward(model, l, LINEAR_QKV, x.qkv, x.ln1, params + p.qkvw, params + p.qkvb, N, C, 3 * C);
         attention_cast_forward(model, x.atty, x.att, x.qkv, B, T, C, NH);
         gpt_cpu_linear_forward(model, l, LINEAR_ATTPROJ, a->proj_out, x.atty, params + p.attprojw,
                                params + p.attprojb, N, C, C);
         residual_forward(x.residual2, x.residual, a->proj_out, (size_t)N * C);
+        gpt_cpu_store(model, x.residual2, (size_t)N * C);
         layernorm_forward(x.ln2, x.ln2_mean, x.ln2_rstd, x.residual2, params + p.ln2w, params + p.ln2b, N, C);
+        gpt_cpu_store(model, x.ln2, (size_t)N * C);
         gpt_cpu_linear_forward(model, l, LINEAR_FC, x.fch, x.ln2, params + p.fcw, params + p.fcb, N, C, 4 * C);
         gelu_forward(x.fch_gelu, x.fch, (size_t)N * 4 * C);
+        gpt_cpu_store(model, x.fch_gelu, (size_t)N * 4 * C);
         gpt_cpu_linear_forward(model, l, LINEAR_FCPROJ, a->proj_out, x.fch_gelu, params + p.fcprojw,
                                params + p.fcprojb, N, 4 * C, C);
         residual_forward(x.residual3, x.residual2, a->proj_out, (size_t)N * C);
+        gpt_cpu_store(model, x.residual3, (size_t)N * C);
     }
     const float *final_residual = layer_activations(a, s, L - 1, B, T).residual3;
     layernorm_forward(a->lnf, a->lnf_mean, a->lnf_rstd, final_residual, params + tensors[PARAM_LNFW].offset,
                       params + tensors[PARAM_LNFB].offset, N, C);
+    gpt_cpu_store(model, a->lnf, (size_t)N * C);
     // The LM head is wte itself (tied), all Vp rows; the classifier ignores the padded logits.
     gpt_cpu_lm_head_forward(model, a->logits, a->lnf, wte, N, C, Vp);
     classifier_forward(a->probs, a->losses, a->logits, targets, N, V, Vp);

@@ -19,8 +19,10 @@ void gpt_cpu_free(GPTCpu *model);
 // Matmul operand formats. `linear` applies to the four linear layers of each block, forward and backward:
 //   fp32 and bf16 (nearest-even); eXmY with its rounding (nearest-even or toward zero), saturating, unscaled;
 //   fp8: E4M3 inputs and weights, E5M2 output gradients, one scale per tensor and use (see below).
-// `attention` (MATMUL_FP32 or MATMUL_BF16) applies to the attention products QK^T and PV (q, k, v, the
-// probabilities, and in the backward the output and score gradients) and to the LM head.
+// `attention` applies to the attention products QK^T and PV (q, k, v, the probabilities, and in the backward
+// the output and score gradients), `lm_head` to the LM head (lnf, wte, and the logits' gradient). Both take
+// every format; under fp8 they scale by the current amax (they keep no history): q, k, v, the output
+// gradient and the LM head's operands per tensor, the probabilities and score gradients per query row.
 // fp8 scales: every linear layer of every block has one scale per operand role. The forward casts its
 // input and weight, the backward its output gradient, each with a scale from its tensor's amax (current)
 // or from the largest amax of that tensor's last amax_history uses (delayed; the first use, with an empty
@@ -29,7 +31,13 @@ void gpt_cpu_free(GPTCpu *model);
 // output gradient as it is cast, the forward's operands when the backward of that forward runs, so that
 // forwards without a backward (evaluation, sampling) leave the histories alone. The bias gradient sums
 // the output gradient before its cast (it is no matmul operand).
-void gpt_cpu_set_precision(GPTCpu *model, const MatmulPrecision *linear, MatmulFormat attention);
+void gpt_cpu_set_precision(GPTCpu *model, const MatmulPrecision *linear, const MatmulPrecision *attention,
+                           const MatmulPrecision *lm_head);
+// ACTIVATIONS_BF16: every activation the forward stores (StoredActivation below) is rounded to bf16 as it is
+// written; the ops compute in fp32 from them. Starts fp32.
+void gpt_cpu_set_activations(GPTCpu *model, ActivationStorage activations);
+// x (n) as a stored activation: rounded to bf16 in place under ACTIVATIONS_BF16, else unchanged.
+void gpt_cpu_store(const GPTCpu *model, float *x, size_t n);
 // The delayed-scaling state, for checkpoints: sets *data to the live amax histories, (L, NUM_BLOCK_LINEARS,
 // NUM_OPERAND_ROLES, amax_history) newest first with 0 for empty slots, and returns their number of floats;
 // returns 0 (and NULL) when no state is kept (not fp8 with delayed scaling). Writing saved values back
@@ -62,8 +70,20 @@ void gpt_cpu_linear_forward(GPTCpu *model, int layer, BlockLinear linear, float 
                             const float *weight, const float *bias, int N, int C, int OC);
 // logits (N, Vp) = lnf (N, C) @ wte (Vp, C)^T, operands cast like attention's.
 void gpt_cpu_lm_head_forward(GPTCpu *model, float *logits, const float *lnf, const float *wte, int N, int C, int Vp);
-// The cast of the attention products' operands (q, k, v, the probabilities) and of the LM head's.
+// The cast of the attention products' operands formed inside attention (the probabilities).
 const OperandCast *gpt_cpu_attention_cast(const GPTCpu *model);
+// qkv (n) cast as attention's q, k, v operands: qkv itself under fp32, else the cast values in copy.
+const float *gpt_cpu_attention_operand(const GPTCpu *model, float *copy, const float *qkv, size_t n);
+
+// For tests: the activations the last forward stored, each (n) as laid out in the buffers (per-layer ones
+// stacked over layers; proj_out holds the last layer's fcproj output).
+typedef struct {
+    const char *name;
+    const float *data;
+    size_t n;
+} StoredActivation;
+#define NUM_STORED_ACTIVATIONS 12
+void gpt_cpu_stored_activations(const GPTCpu *model, StoredActivation list[NUM_STORED_ACTIVATIONS]);
 
 // For tests: one cast of a linear layer's operand, the values before and after it.
 typedef struct {

@@ -72,18 +72,24 @@ static void block_step(KVCache *cache, GPTCpu *model, const float *params, int l
     float *layer_qkv = cache->qkv + (size_t)l * cache->max_T * 3 * C;  // (max_T, 3C)
     float *qkv = layer_qkv + (size_t)pos * 3 * C;                      // (3C)
     layernorm_forward(cache->ln, cache->mean, cache->rstd, cache->residual, params + p.ln1w, params + p.ln1b, 1, C);
+    gpt_cpu_store(model, cache->ln, (size_t)C);
     gpt_cpu_linear_forward(model, l, LINEAR_QKV, qkv, cache->ln, params + p.qkvw, params + p.qkvb, 1, C, 3 * C);
-    quantize_operand(qkv, qkv, 3 * (size_t)C, attention_cast);
+    gpt_cpu_attention_operand(model, qkv, qkv, 3 * (size_t)C);  // cast in place: the cache keeps the cast rows
     attention_forward_last(cache->atty, cache->att, layer_qkv, pos + 1, C, NH, attention_cast);
+    gpt_cpu_store(model, cache->atty, (size_t)C);
     gpt_cpu_linear_forward(model, l, LINEAR_ATTPROJ, cache->proj, cache->atty, params + p.attprojw,
                            params + p.attprojb, 1, C, C);
     residual_forward(cache->residual2, cache->residual, cache->proj, (size_t)C);
+    gpt_cpu_store(model, cache->residual2, (size_t)C);
     layernorm_forward(cache->ln, cache->mean, cache->rstd, cache->residual2, params + p.ln2w, params + p.ln2b, 1, C);
+    gpt_cpu_store(model, cache->ln, (size_t)C);
     gpt_cpu_linear_forward(model, l, LINEAR_FC, cache->fch, cache->ln, params + p.fcw, params + p.fcb, 1, C, 4 * C);
     gelu_forward(cache->fch_gelu, cache->fch, 4 * (size_t)C);
+    gpt_cpu_store(model, cache->fch_gelu, 4 * (size_t)C);
     gpt_cpu_linear_forward(model, l, LINEAR_FCPROJ, cache->proj, cache->fch_gelu, params + p.fcprojw,
                            params + p.fcprojb, 1, 4 * C, C);
     residual_forward(cache->residual, cache->residual2, cache->proj, (size_t)C);
+    gpt_cpu_store(model, cache->residual, (size_t)C);
 }
 
 const float *kv_cache_step(KVCache *cache, GPTCpu *model, const float *params, int token, int pos) {
@@ -97,9 +103,11 @@ const float *kv_cache_step(KVCache *cache, GPTCpu *model, const float *params, i
     const float *wte = params + tensors[PARAM_WTE].offset;  // (Vp, C)
     const float *wpe = params + tensors[PARAM_WPE].offset;  // (block_size, C)
     encoder_forward(cache->residual, &token, wte, wpe + (size_t)pos * C, 1, 1, C);
+    gpt_cpu_store(model, cache->residual, (size_t)C);
     for (int l = 0; l < s->n_layer; l++) block_step(cache, model, params, l, pos);
     layernorm_forward(cache->ln, cache->mean, cache->rstd, cache->residual, params + tensors[PARAM_LNFW].offset,
                       params + tensors[PARAM_LNFB].offset, 1, C);
+    gpt_cpu_store(model, cache->ln, (size_t)C);
     gpt_cpu_lm_head_forward(model, cache->logits, cache->ln, wte, 1, C, s->padded_vocab);
     cache->length = pos + 1;
     return cache->logits;

@@ -18,12 +18,13 @@ static ExmyFormat named_format(int exp_bits, int man_bits) {
 }
 
 OperandCast operand_cast_for(const MatmulPrecision *precision) {
-    OperandCast cast = {precision->format, exmy_e4m3(), ROUND_NEAREST_EVEN, 1.0f};
+    OperandCast cast = {precision->format, exmy_e4m3(), ROUND_NEAREST_EVEN, 1.0f, precision->margin, 0};
     if (precision->format == MATMUL_EXMY) {
         if (precision->rounding != ROUND_NEAREST_EVEN && precision->rounding != ROUND_TOWARD_ZERO)
             fatal("eXmY matmul operands round to nearest or toward zero");
         cast.grid = named_format(precision->exp_bits, precision->man_bits);
         cast.rounding = precision->rounding;
+        cast.bf16_first = precision->bf16_first;
     }
     return cast;
 }

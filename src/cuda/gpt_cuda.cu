@@ -94,7 +94,7 @@ static size_t largest_slice_but_wte(const ParamTable *table) {
 static size_t weight_copy_numel(const ModelShape *s, const Policy *policy) {
     size_t C = (size_t)s->n_embd, Vp = (size_t)s->padded_vocab;
     int bf16_weights = policy->weights == WEIGHTS_BF16;
-    MatmulFormat linear = policy->matmul.format, head = policy->attention;
+    MatmulFormat linear = policy->matmul.format, head = policy->attention.format;
     int linear_copy = linear == MATMUL_FP8 || linear == MATMUL_EXMY || (linear == MATMUL_BF16 && !bf16_weights);
     int head_copy = head == MATMUL_BF16 && !bf16_weights;
     size_t numel = linear_copy ? 4 * C * C : 0;
@@ -108,8 +108,8 @@ static int activation_buffers(Activations *a, const ParamTable *table, const Pol
     size_t L = (size_t)s->n_layer, C = (size_t)s->n_embd, NH = (size_t)s->n_head, Vp = (size_t)s->padded_vocab;
     size_t N = (size_t)B * (size_t)T, TT = (size_t)B * NH * (size_t)T * (size_t)T;
     size_t widest = Vp > 4 * C ? Vp : 4 * C;
-    int casts = policy->matmul.format != MATMUL_FP32 || policy->attention != MATMUL_FP32;
-    int bf16_attention = policy->attention == MATMUL_BF16;
+    int casts = policy->matmul.format != MATMUL_FP32 || policy->attention.format != MATMUL_FP32;
+    int bf16_attention = policy->attention.format == MATMUL_BF16;
     int bf16_grads = policy->grads == GRADS_BF16;
     size_t proj_numel = N * C;
     if (bf16_grads && largest_slice_but_wte(table) > proj_numel) proj_numel = largest_slice_but_wte(table);
@@ -232,8 +232,15 @@ GPTCuda *gpt_cuda_create(const ParamTable *table, const Policy *policy, int B, i
     if (B < 1 || T < 1 || T > table->shape.block_size)
         fatal("batch of %d sequences of %d tokens does not fit the model (block_size %d)", B, T,
               table->shape.block_size);
-    if (policy->attention != MATMUL_FP32 && policy->attention != MATMUL_BF16)
-        fatal("attention products and the LM head take fp32 or bf16 operands");
+    // This backend casts attention and the LM head alike, to fp32 or bf16, and stores fp32 activations.
+    MatmulFormat attention_format = policy->attention.format;
+    if ((attention_format != MATMUL_FP32 && attention_format != MATMUL_BF16) ||
+        policy->lm_head.format != attention_format)
+        fatal("--device cuda: precision.attention and precision.lm_head must be the same, fp32 or bf16 (the CPU "
+              "backend takes every format for each)");
+    if (policy->activations != ACTIVATIONS_FP32)
+        fatal("--device cuda stores activations in fp32 only: set precision.activations=fp32 (bf16 activations "
+              "run on --device cpu)");
     GPTCuda *model = (GPTCuda *)xcalloc(1, sizeof *model);
     model->table = *table;
     model->policy = *policy;
@@ -243,7 +250,7 @@ GPTCuda *gpt_cuda_create(const ParamTable *table, const Policy *policy, int B, i
     linear_casts_init(&model->linear_casts, &policy->matmul, table->shape.n_layer);
     fp8_state_create(model);
     MatmulPrecision attention = {};
-    attention.format = policy->attention;
+    attention.format = attention_format;
     model->attention_cast = operand_cast_for(&attention);
     matmul_context_init(&model->matmul);
     model->allow_tf32 = allow_tf32;

@@ -40,6 +40,8 @@ static Policy preset_policy(const char *name, const char *override_assignment) {
     char assignment[128];
     snprintf(assignment, sizeof assignment, "precision.policy=%s", name);
     config_set(&cfg, assignment);
+    // The device stores fp32 activations only (it refuses bf16 ones), so both backends run with fp32 ones.
+    config_set(&cfg, "precision.activations=fp32");
     if (override_assignment) config_set(&cfg, override_assignment);
     return policy_from_config(&cfg);
 }
@@ -351,7 +353,7 @@ static int format_mantissa_bits(MatmulFormat format, const MatmulPrecision *m) {
 
 static PassTolerance pass_tolerance(const Policy *p) {
     int bits = format_mantissa_bits(p->matmul.format, &p->matmul);
-    int attention_bits = format_mantissa_bits(p->attention, &p->matmul);
+    int attention_bits = format_mantissa_bits(p->attention.format, &p->attention);
     if (attention_bits < bits) bits = attention_bits;
     if (bits == 23 && p->allow_tf32) bits = 10;  // TF32 rounds fp32 operands to 10 bits
     PassTolerance fp32 = {"fp32", 1e-5, 1e-4, 1e-4, 1e-4};
