@@ -2,9 +2,10 @@
 """Runs train_gpt over a grid of policies, seeds, learning rates and matmul formats, and judges stability.
 
     python3 scripts/sweep.py --base CONFIG --out DIR [--grid FILE] [--policies P ...] [--seeds S ...]
-                             [--lrs LR ...] [--matmuls FMT ...] [--matmul-rounding nearest|toward_zero]
-                             [--steps N] [--divergence-margin M] [--divergence-window K] [--mpirun N]
-                             [--dry-run] [--set SECTION.KEY=VALUE ...]
+                             [--lrs LR ...] [--matmuls FMT ...] [--matmul-rounding MODE]
+                             [--matmul-sites matmul|attention|lm_head ...] [--steps N]
+                             [--divergence-margin M] [--divergence-window K] [--stall-above LOSS]
+                             [--mpirun N] [--dry-run] [--set SECTION.KEY=VALUE ...]
 
 Every point of the grid (policies x matmul formats x learning rates x seeds) gets its own directory
 DIR/points/NAME with the point's resolved config.json; train_gpt runs there, one point after another (each
@@ -24,9 +25,15 @@ The step reported for the margin rule is where the final stretch of losses above
 Each point's config sets training.divergence_margin = 0 (train_gpt's own margin stop is off: the sweep's
 rules judge) and output.overwrite = 1 (the sweep reruns a point that did not finish in its directory).
 
+Stalled (with --stall-above LOSS): a point that finished without diverging but whose final validation loss
+is above LOSS, e.g. the unigram entropy of the data, the loss of a model that learnt no context.
+
+A point's matmul format goes to the products --matmul-sites names (precision.matmul, the four block linears,
+by default; precision.attention and precision.lm_head for the attention products and the LM head).
+
 A grid file (--grid, JSON) may hold any of: "policies", "seeds", "lrs", "matmuls", "matmul_rounding",
-"steps", "divergence_margin", "divergence_window" and "set" (an object of "section.key": value); the
-command line's options win over it. An axis that neither gives keeps the base config's value.
+"matmul_sites", "stall_above", "steps", "divergence_margin", "divergence_window" and "set" (an object of
+"section.key": value); the command line's options win over it. An axis that neither gives keeps the base config's value.
 """
 
 from __future__ import annotations
@@ -58,12 +65,14 @@ DEFAULT_MARGIN = 0.5
 DEFAULT_WINDOW = 20
 TAIL_FRACTION = 0.1  # the post-run rule averages the last 10% of steps
 MATMUL_ROUNDINGS = ("nearest", "toward_zero", "bf16_truncate")  # precision.matmul_rounding (src/config.c)
-GRID_FILE_KEYS = {"policies", "seeds", "lrs", "matmuls", "matmul_rounding", "steps", "divergence_margin",
-                  "divergence_window", "set"}
+GRID_FILE_KEYS = {"policies", "seeds", "lrs", "matmuls", "matmul_rounding", "matmul_sites", "steps",
+                  "divergence_margin", "divergence_window", "stall_above", "set"}
+MATMUL_SITES = ("matmul", "attention", "lm_head")  # precision axes: the block linears, attention, LM head
 # Config keys the sweep sets itself, and the option to use instead of --set for each.
 AXIS_KEYS = {"precision.policy": "--policies", "training.seed": "--seeds", "training.lr": "--lrs",
              "precision.matmul": "--matmuls", "precision.matmul_rounding": "--matmul-rounding",
-             "training.max_steps": "--steps"}
+             "training.max_steps": "--steps", "precision.attention": "--matmuls with --matmul-sites",
+             "precision.lm_head": "--matmuls with --matmul-sites"}
 # train_gpt stops a diverged run itself with this exit status and a message "step N: WHY: the run diverged".
 TRAIN_GPT_DIVERGED = 3
 DIVERGED_MESSAGE = re.compile(r"step (\d+): (.*?): the run diverged")
@@ -108,6 +117,8 @@ class Settings:
     steps: int | None
     margin: float
     window: int
+    matmul_sites: list       # the precision axes a point's matmul format sets: matmul, attention, lm_head
+    stall_above: float | None  # a finished run whose final val loss is above this has stalled
 
 
 # ---- the grid ----
@@ -226,7 +237,11 @@ def swept_keys(args: argparse.Namespace, grid: dict) -> set:
                "training.lr": (args.lrs, "lrs"), "precision.matmul": (args.matmuls, "matmuls"),
                "precision.matmul_rounding": (args.matmul_rounding, "matmul_rounding"),
                "training.max_steps": (args.steps, "steps")}
-    return {key for key, (option, grid_key) in options.items() if option is not None or grid_key in grid}
+    keys = {key for key, (option, grid_key) in options.items() if option is not None or grid_key in grid}
+    sites = pick(args.matmul_sites, grid.get("matmul_sites"), [])
+    if "precision.matmul" in keys and isinstance(sites, list):
+        keys |= {f"precision.{site}" for site in sites if site in MATMUL_SITES}
+    return keys
 
 
 def grid_points(args: argparse.Namespace, grid: dict, config: dict) -> list:
@@ -267,8 +282,15 @@ def build_settings(args: argparse.Namespace) -> Settings:
         raise SweepError(f"divergence margin {margin!r}: expected a number >= 0")
     if not isinstance(window, int) or window < 1:
         raise SweepError(f"divergence window {window!r}: expected a positive integer")
+    sites = pick(args.matmul_sites, grid.get("matmul_sites"), ["matmul"])
+    if not isinstance(sites, list) or not sites or any(site not in MATMUL_SITES for site in sites):
+        raise SweepError(f"matmul_sites {sites!r}: expected a list of {', '.join(MATMUL_SITES)}")
+    stall_above = pick(args.stall_above, grid.get("stall_above"))
+    if stall_above is not None and not is_finite_number(stall_above):
+        raise SweepError(f"stall_above {stall_above!r}: expected a number")
     return Settings(base=config, points=grid_points(args, grid, config), matmul_rounding=rounding,
-                    steps=steps, margin=float(margin), window=window)
+                    steps=steps, margin=float(margin), window=window, matmul_sites=sites,
+                    stall_above=None if stall_above is None else float(stall_above))
 
 
 def pick(*choices):
@@ -278,9 +300,10 @@ def pick(*choices):
 
 def point_config(settings: Settings, point: Point, out_dir: str) -> dict:
     config = copy.deepcopy(settings.base)
-    for key, value in [("precision.policy", point.policy), ("precision.matmul", point.matmul),
-                       ("precision.matmul_rounding", settings.matmul_rounding), ("training.lr", point.lr),
-                       ("training.seed", point.seed), ("training.max_steps", settings.steps)]:
+    formats = [(f"precision.{site}", point.matmul) for site in settings.matmul_sites]
+    for key, value in formats + [("precision.policy", point.policy),
+                                 ("precision.matmul_rounding", settings.matmul_rounding), ("training.lr", point.lr),
+                                 ("training.seed", point.seed), ("training.max_steps", settings.steps)]:
         if value is not None:
             set_key(config, key, value)
     set_key(config, "output.dir", point_dir(out_dir, point))
@@ -597,6 +620,10 @@ def collect_result(settings: Settings, out_dir: str, point: Point) -> dict:
     for key, source in [("final_loss", "final_loss"), ("final_val_loss", "final_val_loss"),
                         ("best_val_loss", "best_val_loss"), ("tokens_per_s", "mean_tokens_per_s")]:
         row[key] = summary.get(source) if is_finite_number(summary.get(source)) else ""
+    stalled = settings.stall_above is not None and row["status"] == "finished" and row["final_val_loss"] != ""
+    if stalled and row["final_val_loss"] > settings.stall_above:
+        row.update(status="stalled",
+                   reason=f"final val loss {row['final_val_loss']:.4f} above stall_above {settings.stall_above:g}")
     return row
 
 
@@ -611,6 +638,8 @@ def cell_text(row: dict) -> str:
     """What a heatmap cell or the markdown table shows for a point's outcome."""
     if row["diverged"]:
         return "div"
+    if row["status"] == "stalled":
+        return f"{row['final_val_loss']:.4f} (stall)"
     if row["status"] != "finished":
         return row["status"]
     return f"{row['final_val_loss']:.4f}" if row["final_val_loss"] != "" else "—"
@@ -735,6 +764,12 @@ def parse_args(argv: list) -> argparse.Namespace:
                         help="matmul operand formats (precision.matmul: fp32, bf16, fp8 or eXmY)")
     parser.add_argument("--matmul-rounding", choices=MATMUL_ROUNDINGS,
                         help="precision.matmul_rounding for every point")
+    parser.add_argument("--matmul-sites", nargs="+", choices=MATMUL_SITES,
+                        help="the products a point's matmul format applies to (default: matmul, the four block "
+                             "linears; add attention and lm_head for full coverage)")
+    parser.add_argument("--stall-above", type=float, metavar="LOSS",
+                        help="a finished point whose final validation loss is above LOSS counts as stalled "
+                             "(e.g. the data's unigram entropy: the model learnt no context)")
     parser.add_argument("--steps", type=positive_int, metavar="N", help="training.max_steps for every point")
     parser.add_argument("--divergence-margin", type=non_negative_float, metavar="M",
                         help=f"a loss above the first step's by more than M counts as diverged "

@@ -124,6 +124,33 @@ cmp -s "$tmp/results_before.csv" "$tmp/sweep/results.csv" || fail "the rerun's r
 if run_small --steps 12 > "$tmp/changed.txt" 2>&1; then fail "a changed config was not refused"; fi
 grep -q "training.max_steps" "$tmp/changed.txt" || fail "unhelpful message: $(cat "$tmp/changed.txt")"
 
+# --stall-above: the same finished points judged again; the one that learnt (lr 1e-3, final val loss ≈ 3.4)
+# is stalled against a bar of 1.0 nats and finished against 10; the diverged ones stay diverged.
+for bar in 1.0 10; do
+  run_small --stall-above "$bar" > "$tmp/stall.txt" || fail "stall rerun failed: $(cat "$tmp/stall.txt")"
+  python3 - "$tmp/sweep/results.csv" "$bar" <<'PY' || fail "stall_above $bar"
+import csv, sys
+rows = {r["name"]: r for r in csv.DictReader(open(sys.argv[1]))}
+good, bar = rows["fp32_lr0.001_seed1"], float(sys.argv[2])
+expected = "stalled" if float(good["final_val_loss"]) > bar else "finished"
+assert good["status"] == expected and good["diverged"] == "False", (bar, good)
+assert rows["fp32_lr1e06_seed1"]["status"] == "diverged", rows["fp32_lr1e06_seed1"]
+PY
+done
+
+# --matmul-sites: a point's format goes to every product named (the block linears, attention, LM head).
+sweep --out "$tmp/sites" --policies mixed --seeds 1 --lrs 1e-3 --steps 2 --matmuls e8m6 --matmul-rounding bf16_truncate \
+  --matmul-sites matmul attention lm_head --set training.eval_every=0 > "$tmp/sites.txt" ||
+  fail "sites sweep failed: $(cat "$tmp/sites.txt")"
+python3 - "$tmp/sites/points"/*/config.json <<'PY' || fail "matmul sites"
+import json, sys
+precision = json.load(open(sys.argv[1]))["precision"]
+assert [precision[k] for k in ("matmul", "attention", "lm_head")] == ["e8m6"] * 3, precision
+PY
+if sweep --out "$tmp/sites2" --policies mixed --matmuls e8m6 --matmul-sites matmul lm_head \
+  --set precision.lm_head=bf16 --dry-run > "$tmp/sites2.txt" 2>&1; then fail "a swept lm_head was also --set"; fi
+grep -q "precision.lm_head is both set" "$tmp/sites2.txt" || fail "unhelpful: $(cat "$tmp/sites2.txt")"
+
 # Stopped while running: lr 10 for 1000 steps, stopped once 5 losses in a row exceed the first + 0.5.
 sweep --out "$tmp/live" --policies fp32 --seeds 1 --lrs 10 --steps 1000 --divergence-window 5 \
   --poll-seconds 0.1 --set training.grad_clip=0 --set training.eval_every=0 > "$tmp/live.txt" ||
