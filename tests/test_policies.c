@@ -3,7 +3,8 @@
 // checkpoint sections are the quantities the policy claims, in their formats, and the compute copy the
 // forward reads equals the decoded storage; plan_state_bytes matches them; a resume through
 // state_save/state_load continues bit for bit; and the update-quality sums are the same for any thread count
-// and leave the step itself unchanged.
+// and leave the step itself unchanged. Then BitNet's straight-through gradient, and DQT's fp32 embeddings
+// against the fp32 policy's exact update.
 #include <math.h>
 #include <omp.h>
 #include <stdlib.h>
@@ -400,6 +401,91 @@ static void test_policy(const PolicyCase *c) {
     free(s.init);
 }
 
+// The weight gradient and loss of one micro-batch of step `step`'s data, into grads (N); returns the loss.
+static float gradient_of(Backend *backend, int step, float *grads) {
+    int inputs[B * T], targets[B * T];
+    make_batch(step, 0, inputs, targets);
+    cpu_backend.zero_grad(backend);
+    float loss = cpu_backend.forward(backend, inputs, targets, B, T);
+    cpu_backend.backward(backend, 1.0f, 1);
+    cpu_backend.read_grads(backend, grads);
+    return loss;
+}
+
+// BitNet's straight-through estimator: after a few steps, the gradient the bitnet backend stores for its
+// latent weights is the gradient of an fp32-weight model (same bf16 products) whose weights are the ternary
+// values, bit for bit, and not the gradient at the latent weights themselves.
+static void test_bitnet_ste(void) {
+    PolicyCase bitnet_case = {{"precision.policy=bitnet"}, ""};
+    PolicyCase fp32_case = {{"precision.policy=fp32", "precision.matmul=bf16", "precision.attention=bf16"}, ""};
+    Setup bitnet = make_setup(&bitnet_case), fp32 = make_setup(&fp32_case);
+    size_t n = bitnet.table.num_params;
+    Backend *latent_model = cpu_backend.create(&bitnet.table, &bitnet.policy, B, T, bitnet.init);
+    float losses[STEPS];
+    train(latent_model, 0, 3, losses, 0, 1, NULL);
+    float *ternary = xmalloc(n * sizeof(float)), *latent = xmalloc(n * sizeof(float));
+    cpu_backend.read_params(latent_model, ternary);
+    memcpy(latent, find_section(cpu_backend.state_save(latent_model), "latent_weights_fp32")->data, n * sizeof(float));
+    Backend *at_ternary = cpu_backend.create(&fp32.table, &fp32.policy, B, T, ternary);
+    Backend *at_latent = cpu_backend.create(&fp32.table, &fp32.policy, B, T, latent);
+    float *g_ste = xmalloc(n * sizeof(float)), *g_ternary = xmalloc(n * sizeof(float)), *g_latent = xmalloc(n * sizeof(float));
+    float loss_ste = gradient_of(latent_model, 3, g_ste);
+    float loss_ternary = gradient_of(at_ternary, 3, g_ternary);
+    gradient_of(at_latent, 3, g_latent);
+    CHECK(loss_ste == loss_ternary, "bitnet loss %.9g vs fp32 at the ternary weights %.9g", loss_ste, loss_ternary);
+    CHECK(memcmp(g_ste, g_ternary, n * sizeof(float)) == 0, "bitnet gradient differs from the fp32 gradient at the "
+          "ternary weights");
+    CHECK(memcmp(g_ste, g_latent, n * sizeof(float)) != 0, "bitnet gradient equals the gradient at the latent weights");
+    printf("bitnet: latent gradient = fp32 gradient at the ternary weights (loss %.4f)\n", loss_ste);
+    cpu_backend.destroy(latent_model);
+    cpu_backend.destroy(at_ternary);
+    cpu_backend.destroy(at_latent);
+    free(ternary);
+    free(latent);
+    free(g_ste);
+    free(g_ternary);
+    free(g_latent);
+    free(bitnet.init);
+    free(fp32.init);
+}
+
+// precision.embeddings = fp32 under DQT: from the same weights and (bf16-valued) gradients, one step moves
+// wte and wpe exactly as the fp32 policy's exact update does, while the block's weights land on the grid.
+static void test_dqt_fp32_embeddings(void) {
+    PolicyCase dqt_case = {{"precision.policy=dqt_int8"}, ""}, fp32_case = {{"precision.policy=fp32"}, ""};
+    Setup dqt = make_setup(&dqt_case), fp32 = make_setup(&fp32_case);
+    size_t n = dqt.table.num_params;
+    Backend *backends[2] = {cpu_backend.create(&dqt.table, &dqt.policy, B, T, dqt.init),
+                            cpu_backend.create(&fp32.table, &fp32.policy, B, T, fp32.init)};
+    float *grads = xmalloc(n * sizeof(float)), *after[2];
+    gradient_of(backends[1], 0, grads);
+    for (size_t i = 0; i < n; i++) grads[i] = bf16_to_f32(bf16_from_f32(grads[i]));  // DQT stores bf16 gradients
+    AdamWStep hp = step_hyperparameters(0, 1.0f, 3e-3f, 0.95f);
+    for (int p = 0; p < 2; p++) {
+        cpu_backend.load_grads(backends[p], grads);
+        cpu_backend.optimizer_step(backends[p], &hp, NULL);
+        after[p] = xmalloc(n * sizeof(float));
+        cpu_backend.read_params(backends[p], after[p]);
+    }
+    size_t embeddings = dqt.table.tensors[PARAM_WTE].numel + dqt.table.tensors[PARAM_WPE].numel;
+    CHECK(dqt.table.tensors[PARAM_WPE].offset + dqt.table.tensors[PARAM_WPE].numel == embeddings, "wte, wpe first");
+    int moved = 0;
+    for (size_t i = 0; i < embeddings; i++) moved += after[1][i] != fp32.init[i];
+    CHECK(moved > (int)(embeddings / 2), "the step moved %d of %zu embedding weights", moved, embeddings);
+    CHECK(memcmp(after[0], after[1], embeddings * sizeof(float)) == 0, "dqt_int8's fp32 embeddings differ from the "
+          "fp32 policy's after one step");
+    size_t qkvw = dqt.table.tensors[PARAM_QKVW].offset;
+    CHECK(memcmp(after[0] + qkvw, after[1] + qkvw, dqt.table.tensors[PARAM_QKVW].numel * sizeof(float)) != 0,
+          "the grid weights should not follow the fp32 update exactly");
+    for (int p = 0; p < 2; p++) {
+        cpu_backend.destroy(backends[p]);
+        free(after[p]);
+    }
+    free(grads);
+    free(dqt.init);
+    free(fp32.init);
+}
+
 // The sum of a policy's stored second moments (v, or v_hi + v_lo), in double.
 static double second_moment_sum(Backend *backend) {
     const BackendState *state = cpu_backend.state_save(backend);
@@ -467,5 +553,7 @@ int main(void) {
     omp_set_num_threads(1);
     for (int i = 0; i < NUM_CASES; i++) test_policy(&cases[i]);
     test_second_moment_at_beta2_0999();
+    test_bitnet_ste();
+    test_dqt_fp32_embeddings();
     return test_summary("policies");
 }
