@@ -38,7 +38,9 @@ typedef struct {
 
 static const char *const schedules[] = {"cosine", "linear", "constant", NULL};
 // Precision axes: "preset" keeps the preset's choice; policy.c gives the values their meaning.
-static const char *const weight_choices[] = {"preset", "fp32", "bf16", "int8", "int4", "ternary", NULL};
+static const char *const weight_choices[] = {"preset", "fp32", "bf16", "int2", "int3", "int4", "int5", "int6",
+                                             "int7", "int8", "ternary", "bitnet", NULL};
+static const char *const embedding_choices[] = {"preset", "grid", "fp32", "bf16", NULL};
 static const char *const update_choices[] = {"preset", "exact", "master", "rne", "mcf", "kahan", "sr", "grid_sr", NULL};
 static const char *const moment_choices[] = {"preset", "fp32", "bf16", "mcf", NULL};
 static const char *const grad_choices[] = {"preset", "fp32", "bf16", NULL};
@@ -83,6 +85,8 @@ static const ConfigKey config_keys[] = {
     {"training", "divergence_margin", KEY_FLOAT, offsetof(Config, training.divergence_margin), "1.0", 0, INFINITY, CLOSED, NULL},  // 0 = off
     {"precision", "policy", KEY_STRING, offsetof(Config, precision.policy), "fp32", 1, NAME_LEN, CLOSED, NULL},
     {"precision", "weights", KEY_STRING, offsetof(Config, precision.weights), "preset", 1, NAME_LEN, CLOSED, weight_choices},
+    {"precision", "embeddings", KEY_STRING, offsetof(Config, precision.embeddings), "preset", 1, NAME_LEN, CLOSED, embedding_choices},
+    {"precision", "dqt_rescale", KEY_INT, offsetof(Config, precision.dqt_rescale), "0", 0, 1, CLOSED, NULL},
     {"precision", "update", KEY_STRING, offsetof(Config, precision.update), "preset", 1, NAME_LEN, CLOSED, update_choices},
     {"precision", "adam_m", KEY_STRING, offsetof(Config, precision.adam_m), "preset", 1, NAME_LEN, CLOSED, moment_choices},
     {"precision", "adam_v", KEY_STRING, offsetof(Config, precision.adam_v), "preset", 1, NAME_LEN, CLOSED, moment_choices},

@@ -39,7 +39,9 @@ typedef struct {
     struct {
         char policy[CONFIG_NAME_MAX];  // preset name
         // Axis overrides; "preset" keeps the preset's choice (see policy.h for the meanings).
-        char weights[CONFIG_NAME_MAX];    // fp32 | bf16 | int8 | int4 | ternary
+        char weights[CONFIG_NAME_MAX];    // fp32 | bf16 | int2 .. int8 | ternary | bitnet
+        char embeddings[CONFIG_NAME_MAX]; // grid | fp32 | bf16: wte, wpe under grid or bitnet weights
+        int dqt_rescale;                  // 1: the grid's scale follows the weights every step
         char update[CONFIG_NAME_MAX];     // exact | master | rne | mcf | kahan | sr | grid_sr
         char adam_m[CONFIG_NAME_MAX];     // fp32 | bf16 | mcf
         char adam_v[CONFIG_NAME_MAX];     // fp32 | bf16 | mcf

@@ -15,13 +15,17 @@
 // The optimizer loops over runs of at most this many elements of one layer slice of one tensor.
 #define CHUNK_ELEMENTS 8192
 
+// Where DQT keeps a tensor: codes on the grid, or off the grid in fp32 (1-D parameters, fp32 embeddings) or
+// in bf16 (bf16 embeddings). Each has its own array, the tensors in table order.
+typedef enum { DQT_GRID, DQT_FP32, DQT_BF16, DQT_NUM_STORES } DqtStore;
+
 // A run of elements within one layer slice of one tensor: the unit of the optimizer's parallel loop (a
 // CPU task, a CUDA block), and of the metric and gradient-norm partial sums, which are added up in chunk
 // order so that they depend on neither the thread count nor the backend's layout.
 typedef struct {
     int tensor;
     int group;          // update-metrics layer group
-    int slice;          // DQT matrices: the slice's scale in dqt_scales
+    int slice;          // DQT grid tensors: the slice's step in dqt_scales
     size_t begin, end;  // parameter indices
 } Chunk;
 
@@ -40,20 +44,23 @@ typedef struct {
     WeightUpdate update;
     int grid_bits;                     // WEIGHTS_INT_GRID
     float *params;                     // (N) the weights forward reads (the storage under fp32 weights)
-    bf16 *weights_bf16;                // (N) bf16 weights (MCF: hi), or NULL
+    bf16 *weights_bf16;                // (N) bf16 weights (MCF: hi); WEIGHTS_INT_GRID: the bf16 off-grid tensors
+                                       // (embeddings), tensor after tensor; or NULL
     float *master;                     // UPDATE_FP32_MASTER
     bf16 *mcf_lo;                      // UPDATE_MCF_GROW
     bf16 *kahan_c;                     // UPDATE_KAHAN
-    int8_t *dqt_codes;                 // WEIGHTS_INT_GRID: the 2-D weights' codes, tensor after tensor
-    float *dqt_scales;                 // WEIGHTS_INT_GRID: one scale per layer slice of a 2-D weight
-    float *dqt_vectors;                // WEIGHTS_INT_GRID: the 1-D parameters, tensor after tensor
+    int8_t *dqt_codes;                 // WEIGHTS_INT_GRID: the grid tensors' codes, tensor after tensor
+    float *dqt_scales;                 // WEIGHTS_INT_GRID: the step of each layer slice of a grid tensor ...
+    const float *dqt_next_scales;      // ... and after this step (dqt_scales itself unless rescaling)
+    float *dqt_vectors;                // WEIGHTS_INT_GRID: the fp32 off-grid tensors, tensor after tensor
     const float *grads;                // (N) fp32 gradients, read when grads_bf16 is NULL
     const bf16 *grads_bf16;            // (N) bf16 gradients, or NULL
     MomentBuffer m, v;
     size_t state_base;
     size_t tensor_offset[NUM_PARAM_TENSORS];  // a tensor's first parameter index
-    size_t dqt_offset[NUM_PARAM_TENSORS];     // a tensor's start in dqt_codes (2-D) or dqt_vectors (1-D)
-    int is_matrix[NUM_PARAM_TENSORS];         // 2-D weight: weight decay, and the grid under DQT
+    size_t dqt_offset[NUM_PARAM_TENSORS];     // a tensor's start in the DQT array of its store
+    int dqt_store[NUM_PARAM_TENSORS];         // WEIGHTS_INT_GRID: a tensor's DqtStore
+    int is_matrix[NUM_PARAM_TENSORS];         // 2-D weight: weight decay
 } OptimizerBuffers;
 
 // A moment after this step's gradient, as the update reads it.
@@ -174,45 +181,55 @@ LP_HD void optimizer_step_kahan(const OptimizerBuffers *b, size_t i, const Eleme
     }
 }
 
-LP_HD void optimizer_step_sr(const OptimizerBuffers *b, size_t i, const ElementStep *e) {
-    bf16 before = b->weights_bf16[i];
+// A bf16 weight stepped by the fp32 AdamW update, stochastically rounded; param: the value forward reads.
+LP_HD void optimizer_step_sr(bf16 *weight, float *param, const ElementStep *e) {
+    bf16 before = *weight;
     float delta = adamw_delta_fp32(bf16_to_f32(before), e->m.value, e->v.value, &e->k->fp32, e->decay);
-    b->weights_bf16[i] = weight_step_sr(before, delta, e->key, e->index);
-    b->params[i] = bf16_to_f32(b->weights_bf16[i]);
-    double moved = (double)b->params[i] - bf16_to_f32(before);
+    *weight = weight_step_sr(before, delta, e->key, e->index);
+    *param = bf16_to_f32(*weight);
+    double moved = (double)*param - bf16_to_f32(before);
     if (e->sums) update_sums_add_element(e->sums, delta, moved, moved);
 }
 
-LP_HD void optimizer_step_grid(const OptimizerBuffers *b, size_t i, size_t code, float scale, const ElementStep *e) {
+// A code stepped from the grid of step `scale` onto the grid of step `next` (the same one unless rescaling).
+LP_HD void optimizer_step_grid(const OptimizerBuffers *b, size_t i, size_t code, float scale, float next,
+                               const ElementStep *e) {
     int32_t before = b->dqt_codes[code];
-    float delta = adamw_delta_fp32(int_grid_dequantize(before, scale), e->m.value, e->v.value, &e->k->fp32, e->decay);
-    int32_t after = weight_step_grid_sr(before, delta, scale, dqt_grid(b->grid_bits), e->key, e->index);
+    float value = int_grid_dequantize(before, scale);
+    float delta = adamw_delta_fp32(value, e->m.value, e->v.value, &e->k->fp32, e->decay);
+    int32_t after = weight_step_grid_sr(before, delta, scale, next, dqt_grid(b->grid_bits), e->key, e->index);
     b->dqt_codes[code] = (int8_t)after;
-    b->params[i] = int_grid_dequantize(after, scale);
+    b->params[i] = int_grid_dequantize(after, next);
     if (e->sums) {
-        double moved = (double)(after - before) * scale;
+        double moved = (double)b->params[i] - value;
         update_sums_add_element(e->sums, delta, moved, moved);
         update_sums_add_code(e->sums, before, after);
     }
 }
 
-// DQT: 2-D weights on the grid, 1-D parameters in fp32 with the exact step.
+// DQT: grid tensors by SR onto the grid; off-grid tensors in fp32 by the exact step, in bf16 by SR.
 LP_HD void optimizer_step_dqt(const OptimizerBuffers *b, size_t i, const Chunk *chunk, const ElementStep *e) {
     size_t stored = b->dqt_offset[chunk->tensor] + e->index;
-    if (b->is_matrix[chunk->tensor]) {
-        optimizer_step_grid(b, i, stored, b->dqt_scales[chunk->slice], e);
-    } else {
+    switch (b->dqt_store[chunk->tensor]) {
+    case DQT_GRID:
+        optimizer_step_grid(b, i, stored, b->dqt_scales[chunk->slice], b->dqt_next_scales[chunk->slice], e);
+        break;
+    case DQT_FP32:
         optimizer_step_fp32_read(&b->dqt_vectors[stored], e);
         b->params[i] = b->dqt_vectors[stored];
+        break;
+    default: optimizer_step_sr(&b->weights_bf16[stored], &b->params[i], e); break;
     }
 }
 
-// DQT: the value forward reads for parameter i, a 2-D weight's code times its slice's scale, or the fp32
-// 1-D parameter.
+// DQT: the value forward reads for parameter i: a grid code times its slice's step, or the off-grid value.
 LP_HD float dqt_decoded_weight(const OptimizerBuffers *b, const Chunk *chunk, size_t i) {
     size_t stored = b->dqt_offset[chunk->tensor] + (i - b->tensor_offset[chunk->tensor]);
-    if (!b->is_matrix[chunk->tensor]) return b->dqt_vectors[stored];
-    return int_grid_dequantize(b->dqt_codes[stored], b->dqt_scales[chunk->slice]);
+    switch (b->dqt_store[chunk->tensor]) {
+    case DQT_GRID: return int_grid_dequantize(b->dqt_codes[stored], b->dqt_scales[chunk->slice]);
+    case DQT_FP32: return b->dqt_vectors[stored];
+    default: return bf16_to_f32(b->weights_bf16[stored]);
+    }
 }
 
 // Parameter i (within chunk) takes one AdamW step under the policy's rule; sums: NULL, or this element's
@@ -235,7 +252,7 @@ LP_HD void optimizer_step_element(const OptimizerBuffers *b, const Chunk *chunk,
     case UPDATE_BF16_RNE: optimizer_step_rne(b, i, &e); break;
     case UPDATE_MCF_GROW: optimizer_step_mcf(b, i, &e); break;
     case UPDATE_KAHAN: optimizer_step_kahan(b, i, &e); break;
-    case UPDATE_SR: optimizer_step_sr(b, i, &e); break;
+    case UPDATE_SR: optimizer_step_sr(&b->weights_bf16[i], &b->params[i], &e); break;
     case UPDATE_GRID_SR: optimizer_step_dqt(b, i, chunk, &e); break;
     }
 }

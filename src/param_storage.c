@@ -16,60 +16,113 @@ static size_t real_numel(const ParamTable *table, int tensor, size_t slice_numel
     return tensor == PARAM_WTE ? (size_t)table->shape.vocab_size * table->shape.n_embd : slice_numel;
 }
 
-ParamCounts param_counts(const ParamTable *table) {
-    ParamCounts c = {0, 0, 0};
+int dqt_store_of(const Policy *policy, const ParamTable *table, int tensor) {
+    if (policy_quantizes_tensor(policy, tensor, table->tensors[tensor].is_matrix)) return DQT_GRID;
+    int embedding = tensor == PARAM_WTE || tensor == PARAM_WPE;
+    return embedding && policy->embeddings == EMBEDDINGS_BF16 ? DQT_BF16 : DQT_FP32;
+}
+
+DqtCounts dqt_counts(const ParamTable *table, const Policy *policy) {
+    DqtCounts c = {0, 0, 0, 0};
     for (int t = 0; t < NUM_PARAM_TENSORS; t++) {
-        const ParamTensor *tensor = &table->tensors[t];
-        if (tensor->is_matrix) {
-            c.matrix_elements += tensor->numel;
-            c.matrix_slices += (size_t)param_slices(table, t);
-        } else {
-            c.vector_elements += tensor->numel;
+        size_t numel = table->tensors[t].numel;
+        switch (dqt_store_of(policy, table, t)) {
+        case DQT_GRID:
+            c.codes += numel;
+            c.scales += (size_t)param_slices(table, t);
+            break;
+        case DQT_FP32: c.fp32 += numel; break;
+        default: c.bf16 += numel; break;
         }
     }
     return c;
 }
 
-void dqt_init_storage(const ParamTable *table, int grid_bits, const float *init, int8_t *codes, float *scales,
-                      float *vectors) {
+// The step of one grid slice from its current weights.
+static float slice_step(const ParamTable *table, int tensor, const float *slice, size_t slice_numel, IntGrid grid) {
+    return dqt_step(absmean_scale(slice, real_numel(table, tensor, slice_numel)), grid);
+}
+
+void dqt_init_storage(const ParamTable *table, const ParamLayout *layout, int grid_bits, const float *init,
+                      int8_t *codes, float *scales, float *fp32, bf16 *bf16_weights) {
     IntGrid grid = dqt_grid(grid_bits);
-    size_t code_at = 0, vector_at = 0, slice_index = 0;
+    size_t slice_index = 0;
     for (int t = 0; t < NUM_PARAM_TENSORS; t++) {
         const ParamTensor *tensor = &table->tensors[t];
         const float *values = init + tensor->offset;
-        if (!tensor->is_matrix) {
-            memcpy(vectors + vector_at, values, tensor->numel * sizeof(float));
-            vector_at += tensor->numel;
+        size_t at = layout->dqt_offset[t];
+        if (layout->dqt_store[t] == DQT_FP32) {
+            memcpy(fp32 + at, values, tensor->numel * sizeof(float));
+            continue;
+        }
+        if (layout->dqt_store[t] == DQT_BF16) {
+            for (size_t e = 0; e < tensor->numel; e++) bf16_weights[at + e] = bf16_from_f32(values[e]);
             continue;
         }
         size_t slice_numel = tensor->numel / (size_t)param_slices(table, t);
         for (int s = 0; s < param_slices(table, t); s++, slice_index++) {
             const float *slice = values + (size_t)s * slice_numel;
-            float scale = absmean_scale(slice, real_numel(table, t, slice_numel));
-            scales[slice_index] = scale;
+            float step = slice_step(table, t, slice, slice_numel, grid);
+            scales[slice_index] = step;
             for (size_t e = 0; e < slice_numel; e++) {
-                int32_t q = int_grid_quantize(slice[e], scale, grid, ROUND_NEAREST_EVEN, 0u);
-                codes[code_at + (size_t)s * slice_numel + e] = (int8_t)q;
+                int32_t q = int_grid_quantize(slice[e], step, grid, ROUND_NEAREST_EVEN, 0u);
+                codes[at + (size_t)s * slice_numel + e] = (int8_t)q;
             }
         }
-        code_at += tensor->numel;
     }
 }
 
-// Where each tensor starts in the DQT arrays: the 2-D weights' codes and the 1-D parameters, each in table order.
-static void dqt_offsets(const ParamTable *table, size_t offsets[NUM_PARAM_TENSORS]) {
-    size_t code_at = 0, vector_at = 0;
+void dqt_steps_from_weights(const ParamTable *table, const ParamLayout *layout, int grid_bits, const float *params,
+                            float *scales) {
+    IntGrid grid = dqt_grid(grid_bits);
+    size_t slice_index = 0;
+    for (int t = 0; t < NUM_PARAM_TENSORS; t++) {
+        if (layout->dqt_store[t] != DQT_GRID) continue;
+        const ParamTensor *tensor = &table->tensors[t];
+        size_t slice_numel = tensor->numel / (size_t)param_slices(table, t);
+        for (int s = 0; s < param_slices(table, t); s++, slice_index++) {
+            scales[slice_index] = slice_step(table, t, params + tensor->offset + (size_t)s * slice_numel, slice_numel, grid);
+        }
+    }
+}
+
+void bitnet_quantize_weights(const ParamTable *table, const Policy *policy, const float *latent, float *out) {
+    IntGrid ternary = int_grid_ternary();
     for (int t = 0; t < NUM_PARAM_TENSORS; t++) {
         const ParamTensor *tensor = &table->tensors[t];
-        size_t *at = tensor->is_matrix ? &code_at : &vector_at;
-        offsets[t] = *at;
-        *at += tensor->numel;
+        const float *w = latent + tensor->offset;
+        float *q = out + tensor->offset;
+        if (!policy_quantizes_tensor(policy, t, tensor->is_matrix)) {
+            memcpy(q, w, tensor->numel * sizeof(float));
+            continue;
+        }
+        size_t slice_numel = tensor->numel / (size_t)param_slices(table, t);
+        for (int s = 0; s < param_slices(table, t); s++) {
+            size_t base = (size_t)s * slice_numel;
+            float step = slice_step(table, t, w + base, slice_numel, ternary);
+#pragma omp parallel for schedule(static)
+            for (size_t e = base; e < base + slice_numel; e++) {
+                q[e] = int_grid_dequantize(int_grid_quantize(w[e], step, ternary, ROUND_NEAREST_EVEN, 0u), step);
+            }
+        }
     }
 }
 
-// Chunks of every layer slice of every tensor, in table order; with chunks NULL, only counts them.
-static int list_chunks(const ParamTable *table, Chunk *chunks) {
-    int count = 0, matrix_slice = 0;
+// Each tensor's DQT store and its start in that store's array (the tensors of a store in table order).
+static void dqt_offsets(ParamLayout *layout, const ParamTable *table, const Policy *policy) {
+    size_t at[DQT_NUM_STORES] = {0, 0, 0};
+    for (int t = 0; t < NUM_PARAM_TENSORS; t++) {
+        int store = dqt_store_of(policy, table, t);
+        layout->dqt_store[t] = store;
+        layout->dqt_offset[t] = at[store];
+        at[store] += table->tensors[t].numel;
+    }
+}
+
+// Chunks of every layer slice of every tensor, in table order; with chunks NULL, only counts them. A grid
+// tensor's slices (layout->dqt_store) are numbered for their steps.
+static int list_chunks(const ParamTable *table, const ParamLayout *layout, Chunk *chunks) {
+    int count = 0, grid_slice = 0;
     for (int t = 0; t < NUM_PARAM_TENSORS; t++) {
         const ParamTensor *tensor = &table->tensors[t];
         int slices = param_slices(table, t);
@@ -81,11 +134,11 @@ static int list_chunks(const ParamTable *table, Chunk *chunks) {
                 Chunk *c = &chunks[count];
                 c->tensor = t;
                 c->group = update_group_of(table, t, s);
-                c->slice = tensor->is_matrix ? matrix_slice : -1;
+                c->slice = layout->dqt_store[t] == DQT_GRID ? grid_slice : -1;
                 c->begin = begin;
                 c->end = begin + CHUNK_ELEMENTS < slice_end ? begin + CHUNK_ELEMENTS : slice_end;
             }
-            if (tensor->is_matrix) matrix_slice++;
+            if (layout->dqt_store[t] == DQT_GRID) grid_slice++;
         }
     }
     return count;
@@ -106,35 +159,35 @@ static void split_among_ranks(ParamLayout *layout, size_t n) {
     }
 }
 
-// How many elements of the matrices (or of the 1-D parameters) come before parameter index p: the same
-// split in the DQT arrays, which hold the matrices' codes and the 1-D parameters in table order.
-static size_t elements_before(const ParamTable *table, size_t p, int matrices) {
+// How many elements of one DQT store's tensors come before parameter index p: the same split in that
+// store's array, which holds its tensors in table order.
+static size_t elements_before(const ParamTable *table, const ParamLayout *layout, size_t p, int store) {
     size_t count = 0;
     for (int t = 0; t < NUM_PARAM_TENSORS; t++) {
         const ParamTensor *tensor = &table->tensors[t];
-        if (tensor->is_matrix != matrices || tensor->offset >= p) continue;
+        if (layout->dqt_store[t] != store || tensor->offset >= p) continue;
         count += p - tensor->offset < tensor->numel ? p - tensor->offset : tensor->numel;
     }
     return count;
 }
 
 static void split_dqt_among_ranks(ParamLayout *layout, const ParamTable *table) {
-    layout->code_bounds = xmalloc((size_t)(layout->world + 1) * sizeof(size_t));
-    layout->vector_bounds = xmalloc((size_t)(layout->world + 1) * sizeof(size_t));
-    for (int r = 0; r <= layout->world; r++) {
-        layout->code_bounds[r] = elements_before(table, layout->param_bounds[r], 1);
-        layout->vector_bounds[r] = elements_before(table, layout->param_bounds[r], 0);
+    for (int store = 0; store < DQT_NUM_STORES; store++) {
+        layout->dqt_bounds[store] = xmalloc((size_t)(layout->world + 1) * sizeof(size_t));
+        for (int r = 0; r <= layout->world; r++) {
+            layout->dqt_bounds[store][r] = elements_before(table, layout, layout->param_bounds[r], store);
+        }
     }
 }
 
 void param_layout_init(ParamLayout *layout, const ParamTable *table, const Policy *policy, int world) {
     memset(layout, 0, sizeof *layout);
     layout->world = world;
-    layout->num_chunks = list_chunks(table, NULL);
+    dqt_offsets(layout, table, policy);
+    layout->num_chunks = list_chunks(table, layout, NULL);
     layout->chunks = xmalloc((size_t)layout->num_chunks * sizeof(Chunk));
-    list_chunks(table, layout->chunks);
+    list_chunks(table, layout, layout->chunks);
     split_among_ranks(layout, table->num_params);
-    dqt_offsets(table, layout->dqt_offset);
     if (policy->weights == WEIGHTS_INT_GRID) split_dqt_among_ranks(layout, table);
 }
 
@@ -142,8 +195,7 @@ void param_layout_free(ParamLayout *layout) {
     free(layout->chunks);
     free(layout->chunk_bounds);
     free(layout->param_bounds);
-    free(layout->code_bounds);
-    free(layout->vector_bounds);
+    for (int store = 0; store < DQT_NUM_STORES; store++) free(layout->dqt_bounds[store]);
     memset(layout, 0, sizeof *layout);
 }
 
@@ -170,13 +222,14 @@ size_t optimizer_state_bytes_per_param(const Policy *policy) {
 
 StateBytes state_bytes(const ParamTable *table, const Policy *policy, int shards) {
     size_t n = table->num_params;
-    ParamCounts counts = param_counts(table);
     StateBytes bytes;
-    bytes.weights = n * sizeof(float);  // the compute copy, or the fp32 weights themselves
+    bytes.weights = n * sizeof(float);  // the compute copy, or the fp32 (BitNet: latent) weights themselves
     if (policy->weights == WEIGHTS_BF16) bytes.weights += n * sizeof(bf16);
+    if (policy->weights == WEIGHTS_BITNET) bytes.weights += n * sizeof(float);  // the ternary copy
     if (policy->weights == WEIGHTS_INT_GRID) {
-        bytes.weights += counts.matrix_elements + counts.matrix_slices * sizeof(float) +
-                         counts.vector_elements * sizeof(float);
+        DqtCounts counts = dqt_counts(table, policy);
+        size_t steps = policy->dqt_rescale ? 2 * counts.scales : counts.scales;  // rescaling: the next steps too
+        bytes.weights += counts.codes + (steps + counts.fp32) * sizeof(float) + counts.bf16 * sizeof(bf16);
     }
     bytes.gradients = n * sizeof(float);  // fp32 gradients, or the backward's scratch under bf16 gradients
     if (policy->grads == GRADS_BF16) bytes.gradients += n * sizeof(bf16);

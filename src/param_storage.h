@@ -15,13 +15,15 @@
 extern "C" {
 #endif
 
-typedef struct {
-    size_t matrix_elements, vector_elements, matrix_slices;
-} ParamCounts;
+// Where DQT keeps tensor t (a DqtStore): on the grid, or off it in fp32 or bf16 (the embeddings axis).
+int dqt_store_of(const Policy *policy, const ParamTable *table, int tensor);
 
-// Elements of the 2-D weights and of the 1-D parameters, and the number of 2-D layer slices (one DQT
-// scale each).
-ParamCounts param_counts(const ParamTable *table);
+// The DQT arrays' sizes under a policy: the grid tensors' codes and one step per layer slice of each, and the
+// off-grid tensors in fp32 (1-D parameters, fp32 embeddings) and in bf16 (bf16 embeddings).
+typedef struct {
+    size_t codes, scales, fp32, bf16;
+} DqtCounts;
+DqtCounts dqt_counts(const ParamTable *table, const Policy *policy);
 // Layer slices of a tensor: n_layer for a per-layer tensor, else 1.
 int param_slices(const ParamTable *table, int tensor);
 
@@ -34,19 +36,27 @@ typedef struct {
     int world;
     size_t *chunk_bounds;   // (world + 1)
     size_t *param_bounds;   // (world + 1)
-    size_t *code_bounds;    // (world + 1) WEIGHTS_INT_GRID: ranges of dqt_codes ...
-    size_t *vector_bounds;  // (world + 1) ... and of dqt_vectors; NULL otherwise
-    size_t dqt_offset[NUM_PARAM_TENSORS];  // a tensor's start in dqt_codes (2-D) or dqt_vectors (1-D)
+    size_t *dqt_bounds[DQT_NUM_STORES];  // (world + 1) WEIGHTS_INT_GRID: ranges of the codes, the fp32 and
+                                         // the bf16 off-grid arrays; NULL otherwise
+    int dqt_store[NUM_PARAM_TENSORS];      // WEIGHTS_INT_GRID: a tensor's DqtStore
+    size_t dqt_offset[NUM_PARAM_TENSORS];  // a tensor's start in its DQT array
 } ParamLayout;
 
 void param_layout_init(ParamLayout *layout, const ParamTable *table, const Policy *policy, int world);
 void param_layout_free(ParamLayout *layout);
 
-// DQT's initial state from fp32 weights: codes on the grid by round-to-nearest, each slice's scale the
-// absmean of its initial values (fixed for the whole run), the 1-D parameters copied. Arrays sized by
-// param_counts: codes (matrix_elements), scales (matrix_slices), vectors (vector_elements).
-void dqt_init_storage(const ParamTable *table, int grid_bits, const float *init, int8_t *codes, float *scales,
-                      float *vectors);
+// DQT's initial state from fp32 weights: each grid slice's step dqt_step(absmean of its initial values),
+// codes by round-to-nearest, the off-grid tensors copied (fp32) or rounded to nearest (bf16). Arrays sized by
+// dqt_counts.
+void dqt_init_storage(const ParamTable *table, const ParamLayout *layout, int grid_bits, const float *init,
+                      int8_t *codes, float *scales, float *fp32, bf16 *bf16_weights);
+// precision.dqt_rescale: each grid slice's step from its current weights (params, the decoded values),
+// into scales (dqt_counts' scales).
+void dqt_steps_from_weights(const ParamTable *table, const ParamLayout *layout, int grid_bits, const float *params,
+                            float *scales);
+// BitNet b1.58: out = latent, with every quantized tensor's slices replaced by their absmean-ternary values
+// clamp(round(w / mean|w|), -1, 1) * mean|w|, the mean over the slice's current latent weights.
+void bitnet_quantize_weights(const ParamTable *table, const Policy *policy, const float *latent, float *out);
 
 // A step's update-quality metrics from the sums of every chunk (chunk_sums: (num_chunks)): the chunks into
 // their layer groups, then the groups into the total, each in a fixed order.
@@ -59,7 +69,8 @@ size_t moment_storage_bytes(MomentStorage storage);
 size_t optimizer_state_bytes_per_param(const Policy *policy);
 
 // The bytes the CPU backend keeps: the weights (the fp32 copy forward reads, or the fp32 weights
-// themselves; bf16 weights; DQT's codes, scales and 1-D parameters), the gradients (fp32, the backward's
+// themselves; bf16 weights; DQT's codes, scales and off-grid parameters; BitNet's fp32 latent weights beside
+// the ternary copy the passes read), the gradients (fp32, the backward's
 // scratch under bf16 gradients, plus the bf16 storage), and the optimizer state, split evenly over `shards`
 // ranks (a rank's whole chunks make its share up to CHUNK_ELEMENTS elements more or less). The CUDA backend
 // keeps the same less that scratch.

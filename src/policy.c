@@ -4,6 +4,8 @@
 #include <string.h>
 
 #include "formats.h"
+#include "model.h"
+#include "numerics/int_grid.h"
 #include "util.h"
 
 // A preset as DESIGN.md's policy table writes it.
@@ -17,21 +19,39 @@ typedef struct {
     MatmulFormat matmul;
     MatmulFormat attention;  // also the LM head's
     ActivationStorage activations;
+    EmbeddingStorage embeddings;  // DQT and BitNet keep the embeddings in fp32, as BitNet b1.58 does
 } Preset;
 
 static const Preset presets[] = {
-    {"fp32", WEIGHTS_FP32, 0, UPDATE_EXACT, STATE_FP32, STATE_FP32, GRADS_FP32, MATMUL_FP32, MATMUL_FP32, ACTIVATIONS_FP32},
+    {"fp32", WEIGHTS_FP32, 0, UPDATE_EXACT, STATE_FP32, STATE_FP32, GRADS_FP32, MATMUL_FP32, MATMUL_FP32,
+     ACTIVATIONS_FP32, EMBEDDINGS_AS_WEIGHTS},
     // The (16,32) baseline: bf16 weights and operands; fp32 master weights, moments and gradients.
-    {"mixed", WEIGHTS_BF16, 0, UPDATE_FP32_MASTER, STATE_FP32, STATE_FP32, GRADS_FP32, MATMUL_BF16, MATMUL_BF16, ACTIVATIONS_BF16},
-    {"mixed_nomaster", WEIGHTS_BF16, 0, UPDATE_BF16_RNE, STATE_FP32, STATE_FP32, GRADS_BF16, MATMUL_BF16, MATMUL_BF16, ACTIVATIONS_BF16},
-    {"bf16", WEIGHTS_BF16, 0, UPDATE_BF16_RNE, STATE_BF16, STATE_BF16, GRADS_BF16, MATMUL_BF16, MATMUL_BF16, ACTIVATIONS_BF16},
-    {"collage_light", WEIGHTS_BF16, 0, UPDATE_MCF_GROW, STATE_BF16, STATE_BF16, GRADS_BF16, MATMUL_BF16, MATMUL_BF16, ACTIVATIONS_BF16},
-    {"collage_plus", WEIGHTS_BF16, 0, UPDATE_MCF_GROW, STATE_BF16, STATE_MCF, GRADS_BF16, MATMUL_BF16, MATMUL_BF16, ACTIVATIONS_BF16},
-    {"kahan", WEIGHTS_BF16, 0, UPDATE_KAHAN, STATE_BF16, STATE_BF16, GRADS_BF16, MATMUL_BF16, MATMUL_BF16, ACTIVATIONS_BF16},
-    {"sr", WEIGHTS_BF16, 0, UPDATE_SR, STATE_BF16, STATE_BF16, GRADS_BF16, MATMUL_BF16, MATMUL_BF16, ACTIVATIONS_BF16},
-    {"fp8_sim", WEIGHTS_BF16, 0, UPDATE_FP32_MASTER, STATE_FP32, STATE_FP32, GRADS_FP32, MATMUL_FP8, MATMUL_BF16, ACTIVATIONS_BF16},
-    {"dqt_int8", WEIGHTS_INT_GRID, 8, UPDATE_GRID_SR, STATE_FP32, STATE_FP32, GRADS_BF16, MATMUL_BF16, MATMUL_BF16, ACTIVATIONS_BF16},
-    {"dqt_ternary", WEIGHTS_INT_GRID, 0, UPDATE_GRID_SR, STATE_FP32, STATE_FP32, GRADS_BF16, MATMUL_BF16, MATMUL_BF16, ACTIVATIONS_BF16},
+    {"mixed", WEIGHTS_BF16, 0, UPDATE_FP32_MASTER, STATE_FP32, STATE_FP32, GRADS_FP32, MATMUL_BF16, MATMUL_BF16,
+     ACTIVATIONS_BF16, EMBEDDINGS_AS_WEIGHTS},
+    {"mixed_nomaster", WEIGHTS_BF16, 0, UPDATE_BF16_RNE, STATE_FP32, STATE_FP32, GRADS_BF16, MATMUL_BF16, MATMUL_BF16,
+     ACTIVATIONS_BF16, EMBEDDINGS_AS_WEIGHTS},
+    {"bf16", WEIGHTS_BF16, 0, UPDATE_BF16_RNE, STATE_BF16, STATE_BF16, GRADS_BF16, MATMUL_BF16, MATMUL_BF16,
+     ACTIVATIONS_BF16, EMBEDDINGS_AS_WEIGHTS},
+    {"collage_light", WEIGHTS_BF16, 0, UPDATE_MCF_GROW, STATE_BF16, STATE_BF16, GRADS_BF16, MATMUL_BF16, MATMUL_BF16,
+     ACTIVATIONS_BF16, EMBEDDINGS_AS_WEIGHTS},
+    {"collage_plus", WEIGHTS_BF16, 0, UPDATE_MCF_GROW, STATE_BF16, STATE_MCF, GRADS_BF16, MATMUL_BF16, MATMUL_BF16,
+     ACTIVATIONS_BF16, EMBEDDINGS_AS_WEIGHTS},
+    {"kahan", WEIGHTS_BF16, 0, UPDATE_KAHAN, STATE_BF16, STATE_BF16, GRADS_BF16, MATMUL_BF16, MATMUL_BF16,
+     ACTIVATIONS_BF16, EMBEDDINGS_AS_WEIGHTS},
+    {"sr", WEIGHTS_BF16, 0, UPDATE_SR, STATE_BF16, STATE_BF16, GRADS_BF16, MATMUL_BF16, MATMUL_BF16,
+     ACTIVATIONS_BF16, EMBEDDINGS_AS_WEIGHTS},
+    {"fp8_sim", WEIGHTS_BF16, 0, UPDATE_FP32_MASTER, STATE_FP32, STATE_FP32, GRADS_FP32, MATMUL_FP8, MATMUL_BF16,
+     ACTIVATIONS_BF16, EMBEDDINGS_AS_WEIGHTS},
+    {"dqt_int8", WEIGHTS_INT_GRID, 8, UPDATE_GRID_SR, STATE_FP32, STATE_FP32, GRADS_BF16, MATMUL_BF16, MATMUL_BF16,
+     ACTIVATIONS_BF16, EMBEDDINGS_FP32},
+    // The DQT code's default width.
+    {"dqt_int3", WEIGHTS_INT_GRID, 3, UPDATE_GRID_SR, STATE_FP32, STATE_FP32, GRADS_BF16, MATMUL_BF16, MATMUL_BF16,
+     ACTIVATIONS_BF16, EMBEDDINGS_FP32},
+    {"dqt_ternary", WEIGHTS_INT_GRID, 0, UPDATE_GRID_SR, STATE_FP32, STATE_FP32, GRADS_BF16, MATMUL_BF16, MATMUL_BF16,
+     ACTIVATIONS_BF16, EMBEDDINGS_FP32},
+    // BitNet b1.58, DQT's baseline: fp32 latent weights, exact fp32 AdamW, ternary copies in the passes.
+    {"bitnet", WEIGHTS_BITNET, 0, UPDATE_EXACT, STATE_FP32, STATE_FP32, GRADS_FP32, MATMUL_BF16, MATMUL_BF16,
+     ACTIVATIONS_FP32, EMBEDDINGS_FP32},
 };
 #define NUM_PRESETS (sizeof presets / sizeof presets[0])
 
@@ -51,7 +71,8 @@ static const Preset *find_preset(const char *name) {
 }
 
 // The names of each axis's values, as the config writes them (index = enum value).
-static const char *const weight_names[] = {"fp32", "bf16", "int"};
+static const char *const weight_names[] = {"fp32", "bf16", "int", "bitnet"};
+static const char *const embedding_names[] = {"grid", "fp32", "bf16"};
 static const char *const update_names[] = {"exact", "master", "rne", "mcf", "kahan", "sr", "grid_sr"};
 static const char *const moment_names[] = {"fp32", "bf16", "mcf"};
 static const char *const grad_names[] = {"fp32", "bf16"};
@@ -68,14 +89,38 @@ static int is_preset(const char *value) { return strcmp(value, "preset") == 0; }
 
 static void apply_weights(Policy *p, const char *value) {
     if (is_preset(value)) return;
-    if (strcmp(value, "int8") == 0 || strcmp(value, "int4") == 0) {
+    if (strncmp(value, "int", 3) == 0) {  // config.c admits int2 .. int8
         p->weights = WEIGHTS_INT_GRID;
         p->grid_bits = value[3] - '0';
     } else if (strcmp(value, "ternary") == 0) {
         p->weights = WEIGHTS_INT_GRID;
         p->grid_bits = 0;
     } else {
-        p->weights = (WeightStorage)index_of(value, weight_names, 2);
+        p->weights = (WeightStorage)index_of(value, weight_names, 4);
+    }
+}
+
+// The embeddings axis applies to quantized weights; elsewhere the embeddings are stored as the weights are.
+static void apply_embeddings(Policy *p, const Config *cfg) {
+    const char *value = cfg->precision.embeddings;
+    int quantized = p->weights == WEIGHTS_INT_GRID || p->weights == WEIGHTS_BITNET;
+    if (!quantized) p->embeddings = EMBEDDINGS_AS_WEIGHTS;
+    if (is_preset(value)) return;
+    if (!quantized) {
+        fatal("precision.embeddings = %s applies to grid (dqt) and bitnet weights; this policy's weights are %s "
+              "(leave precision.embeddings out)", value, weight_names[p->weights]);
+    }
+    p->embeddings = (EmbeddingStorage)index_of(value, embedding_names, 3);
+    if (p->weights == WEIGHTS_BITNET && p->embeddings == EMBEDDINGS_BF16) {
+        fatal("precision.embeddings = bf16 is not a bitnet choice: its latent weights are fp32 (use fp32 or grid)");
+    }
+}
+
+static void apply_dqt_rescale(Policy *p, const Config *cfg) {
+    p->dqt_rescale = cfg->precision.dqt_rescale;
+    if (p->dqt_rescale && p->weights != WEIGHTS_INT_GRID) {
+        fatal("precision.dqt_rescale = 1 applies to grid (dqt) weights; this policy's weights are %s",
+              weight_names[p->weights]);
     }
 }
 
@@ -107,13 +152,15 @@ static void apply_matmul(MatmulPrecision *m, const char *key, const char *value,
 
 // The combinations that make no sense, each refused with the reason.
 static void check_combination(const Policy *p) {
-    int fp32_weights = p->weights == WEIGHTS_FP32, grid_weights = p->weights == WEIGHTS_INT_GRID;
+    int fp32_weights = p->weights == WEIGHTS_FP32 || p->weights == WEIGHTS_BITNET;
+    int grid_weights = p->weights == WEIGHTS_INT_GRID;
     if (fp32_weights != (p->update == UPDATE_EXACT)) {
-        fatal("precision: update \"exact\" goes with fp32 weights and only with them (weights %s, update %s)",
+        fatal("precision: update \"exact\" goes with fp32 (or bitnet's fp32 latent) weights and only with them "
+              "(weights %s, update %s)",
               weight_names[p->weights], update_names[p->update]);
     }
     if (grid_weights != (p->update == UPDATE_GRID_SR)) {
-        fatal("precision: integer-grid weights (int8, int4, ternary) are updated by \"grid_sr\" and only they are "
+        fatal("precision: integer-grid weights (int2 .. int8, ternary) are updated by \"grid_sr\" and only they are "
               "(weights %s, update %s)", weight_names[p->weights], update_names[p->update]);
     }
 }
@@ -157,15 +204,13 @@ static void check_settings_used(const Policy *p, const Config *cfg) {
 }
 
 static void describe_overrides(Policy *p, const Config *cfg) {
-    const char *axes[] = {cfg->precision.weights, cfg->precision.update, cfg->precision.adam_m,
-                          cfg->precision.adam_v,  cfg->precision.grads,  cfg->precision.matmul,
-                          cfg->precision.attention, cfg->precision.lm_head, cfg->precision.activations};
-    for (size_t i = 0; i < sizeof axes / sizeof axes[0]; i++) {
-        if (!is_preset(axes[i])) {
-            strncat(p->name, "+overrides", sizeof p->name - strlen(p->name) - 1);
-            return;
-        }
-    }
+    const char *axes[] = {cfg->precision.weights, cfg->precision.embeddings, cfg->precision.update,
+                          cfg->precision.adam_m,  cfg->precision.adam_v,     cfg->precision.grads,
+                          cfg->precision.matmul,  cfg->precision.attention,  cfg->precision.lm_head,
+                          cfg->precision.activations};
+    int overridden = cfg->precision.dqt_rescale;
+    for (size_t i = 0; i < sizeof axes / sizeof axes[0]; i++) overridden |= !is_preset(axes[i]);
+    if (overridden) strncat(p->name, "+overrides", sizeof p->name - strlen(p->name) - 1);
 }
 
 Policy policy_from_config(const Config *cfg) {
@@ -183,8 +228,11 @@ Policy policy_from_config(const Config *cfg) {
     p.attention.format = preset->attention;
     p.lm_head.format = preset->attention;
     p.activations = preset->activations;
+    p.embeddings = preset->embeddings;
 
     apply_weights(&p, cfg->precision.weights);
+    apply_embeddings(&p, cfg);
+    apply_dqt_rescale(&p, cfg);
     if (!is_preset(cfg->precision.update)) p.update = (WeightUpdate)index_of(cfg->precision.update, update_names, 7);
     if (!is_preset(cfg->precision.adam_m)) p.adam_m = (MomentStorage)index_of(cfg->precision.adam_m, moment_names, 3);
     if (!is_preset(cfg->precision.adam_v)) p.adam_v = (MomentStorage)index_of(cfg->precision.adam_v, moment_names, 3);
@@ -202,8 +250,8 @@ Policy policy_from_config(const Config *cfg) {
     return p;
 }
 
-static size_t weight_bytes(const Policy *p) {
-    return p->weights == WEIGHTS_FP32 ? 4 : p->weights == WEIGHTS_BF16 ? 2 : 1;
+static size_t weight_bytes(WeightStorage w) {
+    return (w == WEIGHTS_FP32 || w == WEIGHTS_BITNET) ? 4 : w == WEIGHTS_BF16 ? 2 : 1;
 }
 static size_t update_bytes(WeightUpdate u) {
     return u == UPDATE_FP32_MASTER ? 4 : (u == UPDATE_MCF_GROW || u == UPDATE_KAHAN) ? 2 : 0;
@@ -211,17 +259,35 @@ static size_t update_bytes(WeightUpdate u) {
 static size_t moment_bytes(MomentStorage s) { return s == STATE_BF16 ? 2 : 4; }
 static size_t grad_bytes(GradStorage g) { return g == GRADS_FP32 ? 4 : 2; }
 
-size_t policy_bytes_per_param(const Policy *p) {
-    return weight_bytes(p) + update_bytes(p->update) + moment_bytes(p->adam_m) + moment_bytes(p->adam_v) +
-           grad_bytes(p->grads);
+static size_t bytes_per_param(const Policy *p, size_t weight) {
+    return weight + update_bytes(p->update) + moment_bytes(p->adam_m) + moment_bytes(p->adam_v) + grad_bytes(p->grads);
+}
+
+size_t policy_bytes_per_param(const Policy *p) { return bytes_per_param(p, weight_bytes(p->weights)); }
+
+// Off the grid, the embeddings carry no grid update state: fp32 or bf16 weights, the same moments and gradients.
+size_t policy_embedding_bytes_per_param(const Policy *p) {
+    if (p->weights != WEIGHTS_INT_GRID || p->embeddings == EMBEDDINGS_AS_WEIGHTS) return policy_bytes_per_param(p);
+    return bytes_per_param(p, p->embeddings == EMBEDDINGS_FP32 ? 4 : 2);
+}
+
+int policy_quantizes_tensor(const Policy *p, int tensor, int is_matrix) {
+    if (p->weights != WEIGHTS_INT_GRID && p->weights != WEIGHTS_BITNET) return 0;
+    int embedding = tensor == PARAM_WTE || tensor == PARAM_WPE;
+    return is_matrix && (!embedding || p->embeddings == EMBEDDINGS_AS_WEIGHTS);
 }
 
 static const char *weights_text(const Policy *p, char *buf, size_t len) {
     if (p->weights == WEIGHTS_FP32) return "fp32";
     if (p->weights == WEIGHTS_BF16) return "bf16";
-    if (p->grid_bits == 0) snprintf(buf, len, "ternary grid {-1,0,1} x fp32 scale per weight matrix (2-D weights; 1-D fp32)");
-    else snprintf(buf, len, "int%d grid [%d, %d] x fp32 scale per weight matrix (2-D weights; 1-D fp32)", p->grid_bits,
-                  -(1 << (p->grid_bits - 1)), (1 << (p->grid_bits - 1)) - 1);
+    if (p->weights == WEIGHTS_BITNET) {
+        return "fp32 latent; passes read absmean-ternary copies of 2-D weights (straight-through gradient)";
+    }
+    IntGrid g = dqt_grid(p->grid_bits);
+    char name[16] = "ternary";
+    if (p->grid_bits) snprintf(name, sizeof name, "int%d", p->grid_bits);
+    snprintf(buf, len, "%s grid [%d, %d], step mean|W|/%d per weight matrix, %s (1-D fp32)", name, g.min, g.max,
+             g.max, p->dqt_rescale ? "recomputed each step" : "fixed at init");
     return buf;
 }
 
@@ -267,6 +333,11 @@ void policy_print(const Policy *p) {
     char buf[128];
     printf("policy %s\n", p->name);
     printf("  %-18s %s\n", "weights", weights_text(p, buf, sizeof buf));
+    if (p->weights == WEIGHTS_INT_GRID || p->weights == WEIGHTS_BITNET) {
+        printf("  %-18s %s\n", "embeddings", p->embeddings == EMBEDDINGS_FP32 ? "fp32, exact fp32 update"
+                                             : p->embeddings == EMBEDDINGS_BF16 ? "bf16, stochastic rounding"
+                                                                                 : "as the 2-D weights");
+    }
     printf("  %-18s %s\n", "weight update", update_text(p->update));
     printf("  %-18s %s\n", "adam m", moment_text(p->adam_m));
     printf("  %-18s %s\n", "adam v", moment_text(p->adam_v));
@@ -275,5 +346,9 @@ void policy_print(const Policy *p) {
     printf("  %-18s %s\n", "attention", matmul_text(&p->attention, buf, sizeof buf));
     printf("  %-18s %s\n", "LM head", matmul_text(&p->lm_head, buf, sizeof buf));
     printf("  %-18s %s\n", "activations", p->activations == ACTIVATIONS_BF16 ? "bf16 (stored between ops)" : "fp32");
-    printf("  %-18s %zu (weights + gradients + optimizer state)\n", "bytes/param", policy_bytes_per_param(p));
+    printf("  %-18s %zu (weights + gradients + optimizer state)", "bytes/param", policy_bytes_per_param(p));
+    if (policy_embedding_bytes_per_param(p) != policy_bytes_per_param(p)) {
+        printf("; embeddings %zu", policy_embedding_bytes_per_param(p));
+    }
+    printf("\n");
 }

@@ -13,9 +13,17 @@
 extern "C" {
 #endif
 
-// What forward/backward read. Under WEIGHTS_INT_GRID only 2-D weights live on the grid (one fp32 scale per
-// tensor); 1-D parameters (biases, LayerNorm) stay fp32.
-typedef enum { WEIGHTS_FP32, WEIGHTS_BF16, WEIGHTS_INT_GRID } WeightStorage;
+// What forward/backward read. Under WEIGHTS_INT_GRID (DQT) the 2-D weights live on the grid (one fp32 scale
+// per layer slice of a matrix; the embeddings as the embeddings axis says); 1-D parameters (biases,
+// LayerNorm) stay fp32. WEIGHTS_BITNET (BitNet b1.58) stores fp32 latent weights; the passes read
+// absmean-ternary copies of the 2-D weights (scale from the current latent weights) and the weight gradient
+// goes straight through to the latent weights.
+typedef enum { WEIGHTS_FP32, WEIGHTS_BF16, WEIGHTS_INT_GRID, WEIGHTS_BITNET } WeightStorage;
+
+// The embeddings (wte, wpe) under grid or bitnet weights: quantized as the other 2-D weights, or kept in
+// fp32 (updated exactly), or in bf16 (the fp32 AdamW step stochastically rounded to bf16; grid weights only).
+// Under other weights they are stored as the weights are (EMBEDDINGS_AS_WEIGHTS).
+typedef enum { EMBEDDINGS_AS_WEIGHTS, EMBEDDINGS_FP32, EMBEDDINGS_BF16 } EmbeddingStorage;
 
 // How the AdamW step reaches the stored weights.
 typedef enum {
@@ -59,7 +67,9 @@ typedef struct {
 typedef struct {
     char name[CONFIG_NAME_MAX];  // the preset, with "+overrides" when axes were overridden
     WeightStorage weights;
-    int grid_bits;               // WEIGHTS_INT_GRID: b-bit symmetric grid, or 0 for ternary {-1, 0, 1}
+    int grid_bits;               // WEIGHTS_INT_GRID: b-bit grid, or 0 for ternary {-1, 0, 1}
+    EmbeddingStorage embeddings;
+    int dqt_rescale;             // WEIGHTS_INT_GRID: 1 = each step recomputes the scales from the weights
     WeightUpdate update;
     MomentStorage adam_m;
     MomentStorage adam_v;
@@ -74,9 +84,14 @@ typedef struct {
 // The policy a config asks for: its preset (aliases included) with the `precision` section's overrides.
 // fatal() naming the key for an unknown preset, an unknown value, or an illegal combination.
 Policy policy_from_config(const Config *cfg);
-// Bytes per parameter of weights + gradients + optimizer state (DESIGN.md's policy table), counting every
-// parameter at the rate of 2-D weights (under DQT, 1-D parameters are fp32, a negligible share).
+// Bytes per parameter of weights + gradients + optimizer state (DESIGN.md's policy table), at the rate of
+// the block's 2-D weights (under DQT, 1-D parameters are fp32, a negligible share).
 size_t policy_bytes_per_param(const Policy *policy);
+// The same for the embeddings (wte, wpe), which the embeddings axis may keep in another format.
+size_t policy_embedding_bytes_per_param(const Policy *policy);
+// Whether tensor (a ParamTensorId) is read through the grid or bitnet quantizer: the block's 2-D weights,
+// and the embeddings unless the embeddings axis keeps them in high precision.
+int policy_quantizes_tensor(const Policy *policy, int tensor, int is_matrix);
 // One line per quantity: its storage format.
 void policy_print(const Policy *policy);
 

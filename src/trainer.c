@@ -234,9 +234,12 @@ static void print_memory_plan(const Trainer *tr) {
     size_t acts = tr->ops->plan_activation_bytes(&tr->table, &tr->policy, tr->B, tr->T);
     printf("memory plan (%s backend, micro-batch %d x %d, %d accumulation step%s):\n", tr->ops->name, tr->B, tr->T,
            tr->accum_steps, tr->accum_steps == 1 ? "" : "s");
-    printf("  weights + gradients + optimizer state  %10.1f MiB  (%zu params x %zu bytes/param by policy",
-           state / MiB, tr->table.num_params, policy_bytes_per_param(&tr->policy));
-    if (state != tr->table.num_params * policy_bytes_per_param(&tr->policy)) {
+    size_t per_param = policy_bytes_per_param(&tr->policy), per_embedding = policy_embedding_bytes_per_param(&tr->policy);
+    size_t embeddings = tr->table.tensors[PARAM_WTE].numel + tr->table.tensors[PARAM_WPE].numel;
+    printf("  weights + gradients + optimizer state  %10.1f MiB  (%zu params x %zu bytes/param by policy", state / MiB,
+           tr->table.num_params, per_param);
+    if (per_embedding != per_param) printf(", of them %zu embedding params x %zu", embeddings, per_embedding);
+    if (state != (tr->table.num_params - embeddings) * per_param + embeddings * per_embedding) {
         printf("; the %s backend adds the fp32 copy of the weights that its forward reads%s", tr->ops->name,
                tr->ops == &cpu_backend && tr->policy.grads == GRADS_BF16 ? ", and an fp32 gradient scratch" : "");
     }

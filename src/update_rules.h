@@ -78,8 +78,6 @@ LP_HD RngKey update_rng_key(const AdamWStep *s, int tensor) {
     return key;
 }
 
-// The DQT grid of a policy's grid_bits (0 = ternary).
-LP_HD IntGrid dqt_grid(int grid_bits) { return grid_bits == 0 ? int_grid_ternary() : int_grid_bits(grid_bits); }
 
 // ----------------------------------------------------------------------------------------------------
 // Adam moments. g is the clipped gradient in fp32 (stored gradient * grad_scale).
@@ -142,11 +140,12 @@ LP_HD bf16 weight_step_sr(bf16 theta, float delta, RngKey key, uint64_t index) {
     return bf16_from_f32_sr_keyed(bf16_to_f32(theta) + delta, key, index);
 }
 
-// DQT: w' = q·scale + Δ (the fp32 AdamW step of the dequantized weight), then q ← SR(w'/scale), clamped
-// to the grid.
-LP_HD int32_t weight_step_grid_sr(int32_t q, float delta, float scale, IntGrid grid, RngKey key, uint64_t index) {
+// DQT: w' = q·scale + Δ (the fp32 AdamW step of the dequantized weight), then q ← SR(w'/next), clamped
+// to the grid; next is the step after this update (= scale unless precision.dqt_rescale).
+LP_HD int32_t weight_step_grid_sr(int32_t q, float delta, float scale, float next, IntGrid grid, RngKey key,
+                                  uint64_t index) {
     float w = int_grid_dequantize(q, scale) + delta;
-    return int_grid_quantize_sr_keyed(w, scale, grid, key, index);
+    return int_grid_quantize_sr_keyed(w, next, grid, key, index);
 }
 
 #endif

@@ -2,7 +2,8 @@
 # policy's weights, gradients and optimizer state, plus what the backends add: an fp32 copy of 16-bit
 # weights for the passes to read, and on the CPU an fp32 gradient scratch under bf16 gradients (the CUDA
 # backend forms one tensor slice's gradient at a time instead, in a scratch planned with its activations).
-# A build with nvcc also plans the CUDA backend without a GPU (--device cuda --dry-run).
+# A build with nvcc also plans the CUDA backend without a GPU (--device cuda --dry-run). The DQT presets and
+# axes, and bitnet, are counted tensor by tensor below.
 source "$(dirname "$0")/e2e_common.sh"
 
 # plan DEVICE POLICY: "<num_params> <state MiB> <activation MiB>" of the tiny_cpu config's plan.
@@ -40,6 +41,48 @@ PY
   done
   echo "$device: state plans match the hand counts for ${!by_hand[*]}"
 done
+# The quantized policies, whose embeddings and 1-D parameters are stored apart from the grid: counted from the
+# dry run's parameter table (wte, wpe; the block's matrices; the 1-D rest), by hand per element:
+# compute copy 4 + codes 1 (grid) / fp32 4 / bf16 2 (off the grid) + bf16 grads 2 (+ the CPU's scratch 4) +
+# m, v 8, plus one fp32 step per layer slice of a grid matrix; bitnet: fp32 latent 4 + ternary copy 4 + fp32
+# grads 4 + m, v 8.
+check_quantized() {  # DEVICE EMBEDDINGS_STORE(grid|fp32|bf16|bitnet) SETS...
+  local device=$1 store=$2
+  shift 2
+  "$train_gpt" --config "$root/configs/tiny_cpu.json" --device "$device" --dry-run "$@" |
+    python3 -c 'import re, sys
+device, store = sys.argv[1], sys.argv[2]
+text = sys.stdin.read()
+sizes = {m.group(1): (int(m.group(2)), "matrix" in m.group(3), "per layer" in m.group(3))
+         for m in re.finditer(r"^  (\w+) +(\d+)(.*)$", text, re.M) if m.group(1) != "total"}
+n = sum(v[0] for v in sizes.values())
+emb = sizes["wte"][0] + sizes["wpe"][0]
+block = sum(v[0] for k, v in sizes.items() if v[1] and k not in ("wte", "wpe"))
+vec = n - emb - block
+layers = int(re.search(r"n_layer (\d+)", text).group(1))
+slices = sum(layers for k, v in sizes.items() if v[1] and k not in ("wte", "wpe"))
+if store == "bitnet":
+    expected = n * (4 + 4 + 4 + 8)
+else:
+    emb_bytes = {"grid": 1, "fp32": 4, "bf16": 2}[store]
+    slices += 2 if store == "grid" else 0
+    expected = n * (4 + 2 + 8) + block + 4 * vec + emb_bytes * emb + 4 * slices + (4 * n if device == "cpu" else 0)
+state = float(re.search(r"state\s+([0-9.]+) MiB", text).group(1))
+ok = abs(state - expected / 2**20) <= 0.05 + 1e-3 * expected / 2**20
+print(f"{device} {store}: state {state} MiB, by hand {expected / 2**20:.2f} MiB")
+sys.exit(0 if ok else 1)' "$device" "$store" || fail "$device $*: state plan differs from the hand count"
+}
+for device in $devices; do
+  check_quantized "$device" fp32 --set precision.policy=dqt_int8
+  check_quantized "$device" bf16 --set precision.policy=dqt_ternary --set precision.embeddings=bf16
+  check_quantized "$device" grid --set precision.policy=dqt_int3 --set precision.embeddings=grid
+done
+check_quantized cpu bitnet --set precision.policy=bitnet
+if [ "$devices" = "cpu cuda" ]; then
+  out=$("$train_gpt" --config "$root/configs/tiny_cpu.json" --device cuda --dry-run --set precision.policy=bitnet 2>&1) &&
+    fail "cuda bitnet: the dry run should refuse it"
+  grep -q "bitnet weights are implemented on the CPU backend only" <<<"$out" || fail "cuda bitnet: $out"
+fi
 if [ "$devices" = "cpu cuda" ]; then
   read -r _ _ cpu_acts <<<"$(plan cpu mixed)"
   read -r _ _ cuda_acts <<<"$(plan cuda mixed)"

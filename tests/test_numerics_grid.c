@@ -1,5 +1,7 @@
-// Integer grids (DQT) and per-tensor scaling (FP8): grid ends, absmean scale, nearest and stochastic rounding
-// with clamping, scale from amax with a margin, delayed scaling over an amax history, and quantize-dequantize.
+// Integer grids (DQT) and per-tensor scaling (FP8): grid ends, absmean scale, the DQT grid's codes, step and
+// range per width against a hand computation, ternary = BitNet b1.58's quantizer, int8's use of its codes,
+// nearest and stochastic rounding with clamping, scale from amax with a margin, delayed scaling over an amax
+// history, and quantize-dequantize.
 #include <float.h>
 #include <math.h>
 #include <stdint.h>
@@ -46,6 +48,80 @@ static void test_absmean(void) {
     double want = (double)(sum / n);
     CHECK(fabs(absmean_scale(v, n) - want) <= 1e-6 * want, "absmean %.9g vs %.9g", absmean_scale(v, n), want);
     free(v);
+}
+
+// The DQT grid of every width on a hand-made matrix: mean|W| = 1.65 / 8 = 0.20625, Qp = 2^(N-1) - 1 (1 for
+// ternary), codes clamp(round(w * Qp / 0.20625), -Qp-1, Qp), step 0.20625 / Qp, so the largest value is
+// Qp * step = 0.20625 for every width and the smallest -(Qp+1) * step. E.g. int8: 0.3 * 127 / 0.20625 = 184.7
+// clamps to 127, -0.1 -> -61.58 -> -62, 0.2 -> 123.2 -> 123, 0.15 -> 92.4 -> 92; ternary: 0.05 -> 0.24 -> 0.
+// (No product lies within 0.015 of a rounding tie.)
+static void test_dqt_grid_by_hand(void) {
+    const float w[8] = {0.3f, -0.1f, 0.05f, -0.6f, 0.2f, 0.0f, 0.15f, -0.25f};
+    const int widths[8] = {2, 3, 4, 5, 6, 7, 8, 0};  // 0: ternary
+    const int qp[8] = {1, 3, 7, 15, 31, 63, 127, 1};
+    const int32_t want[8][8] = {
+        {1, 0, 0, -2, 1, 0, 1, -1},          {3, -1, 1, -4, 3, 0, 2, -4},
+        {7, -3, 2, -8, 7, 0, 5, -8},         {15, -7, 4, -16, 15, 0, 11, -16},
+        {31, -15, 8, -32, 30, 0, 23, -32},   {63, -31, 15, -64, 61, 0, 46, -64},
+        {127, -62, 31, -128, 123, 0, 92, -128}, {1, 0, 0, -1, 1, 0, 1, -1},
+    };
+    float absmean = absmean_scale(w, 8);
+    CHECK(fabs(absmean - 0.20625) < 1e-7, "mean |W| %.9g", absmean);
+    for (int k = 0; k < 8; k++) {
+        IntGrid g = dqt_grid(widths[k]);
+        int lowest = widths[k] ? -qp[k] - 1 : -1;
+        CHECK(g.max == qp[k] && g.min == lowest, "width %d: grid [%d, %d]", widths[k], g.min, g.max);
+        float step = dqt_step(absmean, g);
+        CHECK(fabs(step - 0.20625 / qp[k]) <= 1e-6 * 0.20625 / qp[k], "width %d: step %.9g", widths[k], step);
+        CHECK(fabs(int_grid_dequantize(g.max, step) - 0.20625) < 1e-6, "width %d: range ends at +mean|W|", widths[k]);
+        CHECK(fabs(int_grid_dequantize(g.min, step) + 0.20625 * (qp[k] + (widths[k] ? 1 : 0)) / qp[k]) < 1e-6,
+              "width %d: range starts at -(Qp+1) steps", widths[k]);
+        int wrong = 0;
+        for (int e = 0; e < 8; e++) wrong += int_grid_quantize(w[e], step, g, ROUND_NEAREST_EVEN, 0) != want[k][e];
+        CHECK(wrong == 0, "width %d: %d codes differ from the hand computation", widths[k], wrong);
+    }
+}
+
+// n normal draws of standard deviation sigma (Box-Muller).
+static float *normal_matrix(size_t n, double sigma) {
+    float *w = (float *)malloc(n * sizeof(float));
+    for (size_t i = 0; i < n; i++) {
+        w[i] = (float)(sigma * sqrt(-2.0 * log(test_uniform())) * cos(6.283185307179586 * test_uniform()));
+    }
+    return w;
+}
+
+// The ternary DQT grid is BitNet b1.58's absmean quantizer: clamp(round(w / mean|w|), -1, 1) * mean|w|,
+// computed here in double.
+static void test_ternary_is_bitnet(void) {
+    size_t n = 65536;
+    float *w = normal_matrix(n, 0.02);
+    float absmean = absmean_scale(w, n);
+    IntGrid ternary = dqt_grid(0);
+    float step = dqt_step(absmean, ternary);
+    int differ = 0;
+    for (size_t i = 0; i < n; i++) {
+        double bitnet = fmax(-1.0, fmin(1.0, nearbyint((double)w[i] / absmean))) * absmean;
+        differ += int_grid_dequantize(int_grid_quantize(w[i], step, ternary, ROUND_NEAREST_EVEN, 0), step) != bitnet;
+    }
+    CHECK(step == absmean, "the ternary step is mean|W| itself");
+    CHECK(differ == 0, "%d of %zu ternary values differ from BitNet's quantizer", differ, n);
+    free(w);
+}
+
+// int8 is a fine grid over +-mean|W|: a 768 x 768 normal matrix uses (nearly) all 256 codes at init, where a
+// grid of step mean|W| would use about 9.
+static void test_int8_uses_its_codes(void) {
+    size_t n = 768 * 768;
+    float *w = normal_matrix(n, 0.02);
+    IntGrid int8 = dqt_grid(8);
+    float step = dqt_step(absmean_scale(w, n), int8);
+    int used[256] = {0}, distinct = 0;
+    for (size_t i = 0; i < n; i++) used[int_grid_quantize(w[i], step, int8, ROUND_NEAREST_EVEN, 0) + 128] = 1;
+    for (int c = 0; c < 256; c++) distinct += used[c];
+    CHECK(distinct >= 200, "int8 uses %d distinct codes on a 768x768 normal matrix", distinct);
+    printf("int8 DQT grid: %d of 256 codes used by a 768x768 normal matrix at init\n", distinct);
+    free(w);
 }
 
 static void test_nearest_and_clamping(void) {
@@ -172,6 +248,9 @@ static void test_quantize_dequantize(void) {
 int main(void) {
     test_grids();
     test_absmean();
+    test_dqt_grid_by_hand();
+    test_ternary_is_bitnet();
+    test_int8_uses_its_codes();
     test_nearest_and_clamping();
     test_stochastic_rounding_onto_grids();
     test_scale_from_amax();

@@ -3,7 +3,8 @@
 // checkpoint sections are the quantities the policy claims, in their formats, and the compute copy the
 // forward reads equals the decoded storage; plan_state_bytes matches them; a resume through
 // state_save/state_load continues bit for bit; and the update-quality sums are the same for any thread count
-// and leave the step itself unchanged.
+// and leave the step itself unchanged. Then BitNet's straight-through gradient, and DQT's fp32 embeddings
+// against the fp32 policy's exact update.
 #include <math.h>
 #include <omp.h>
 #include <stdlib.h>
@@ -34,8 +35,10 @@ static const PolicyCase cases[] = {
     {{"precision.policy=kahan"}, "weights_bf16 kahan_c_bf16 adam_m_bf16 adam_v_bf16"},
     {{"precision.policy=sr"}, "weights_bf16 adam_m_bf16 adam_v_bf16"},
     {{"precision.policy=fp8_sim"}, "weights_bf16 master_fp32 adam_m_fp32 adam_v_fp32 matmul_scaling"},
-    {{"precision.policy=dqt_int8"}, "dqt_codes_int8 dqt_scales_fp32 weights_1d_fp32 adam_m_fp32 adam_v_fp32"},
-    {{"precision.policy=dqt_ternary"}, "dqt_codes_int8 dqt_scales_fp32 weights_1d_fp32 adam_m_fp32 adam_v_fp32"},
+    {{"precision.policy=dqt_int8"}, "dqt_codes_int8 dqt_scales_fp32 off_grid_fp32 adam_m_fp32 adam_v_fp32"},
+    {{"precision.policy=dqt_int3"}, "dqt_codes_int8 dqt_scales_fp32 off_grid_fp32 adam_m_fp32 adam_v_fp32"},
+    {{"precision.policy=dqt_ternary"}, "dqt_codes_int8 dqt_scales_fp32 off_grid_fp32 adam_m_fp32 adam_v_fp32"},
+    {{"precision.policy=bitnet"}, "latent_weights_fp32 adam_m_fp32 adam_v_fp32"},
     // Axis overrides: every moment storage under several update rules, and both gradient formats.
     {{"precision.policy=bf16", "precision.update=sr", "precision.adam_m=mcf", "precision.grads=fp32"},
      "weights_bf16 adam_m_hi_bf16 adam_m_lo_bf16 adam_v_bf16"},
@@ -48,7 +51,15 @@ static const PolicyCase cases[] = {
     {{"precision.policy=collage_plus", "precision.adam_m=mcf", "precision.grads=fp32"},
      "weights_bf16 mcf_lo_bf16 adam_m_hi_bf16 adam_m_lo_bf16 adam_v_hi_bf16 adam_v_lo_bf16"},
     {{"precision.policy=dqt_int8", "precision.weights=int4", "precision.adam_v=bf16"},
-     "dqt_codes_int8 dqt_scales_fp32 weights_1d_fp32 adam_m_fp32 adam_v_bf16"},
+     "dqt_codes_int8 dqt_scales_fp32 off_grid_fp32 adam_m_fp32 adam_v_bf16"},
+    // The embeddings on the grid or in bf16; the steps recomputed every step; the bitnet embeddings quantized.
+    {{"precision.policy=dqt_int8", "precision.embeddings=grid", "precision.weights=int2"},
+     "dqt_codes_int8 dqt_scales_fp32 off_grid_fp32 adam_m_fp32 adam_v_fp32"},
+    {{"precision.policy=dqt_ternary", "precision.embeddings=bf16"},
+     "dqt_codes_int8 dqt_scales_fp32 off_grid_fp32 off_grid_bf16 adam_m_fp32 adam_v_fp32"},
+    {{"precision.policy=dqt_int8", "precision.dqt_rescale=1", "precision.weights=int6"},
+     "dqt_codes_int8 dqt_scales_fp32 off_grid_fp32 adam_m_fp32 adam_v_fp32"},
+    {{"precision.policy=bitnet", "precision.embeddings=grid"}, "latent_weights_fp32 adam_m_fp32 adam_v_fp32"},
 };
 #define NUM_CASES (int)(sizeof cases / sizeof cases[0])
 
@@ -140,6 +151,72 @@ static int count_unnormalised(const bf16 *hi, const bf16 *lo, size_t n) {
 
 static int is_bf16_value(float x) { return (f32_to_bits(x) & 0xffffu) == 0; }
 
+// DQT: the grid tensors' codes in table order with one step per layer slice, the off-grid tensors in fp32
+// (1-D parameters; embeddings kept in fp32) and bf16 (embeddings kept in bf16); the compute copy decodes them.
+static void check_dqt_storage(const Setup *s, const BackendState *state, const float *params) {
+    const int8_t *q = find_section(state, "dqt_codes_int8")->data;
+    const float *scales = find_section(state, "dqt_scales_fp32")->data;
+    const float *fp32 = find_section(state, "off_grid_fp32")->data;
+    const CheckpointSection *bf16_section = find_section(state, "off_grid_bf16");
+    const bf16 *bf16_weights = bf16_section ? bf16_section->data : NULL;
+    IntGrid grid = s->policy.grid_bits ? int_grid_bits(s->policy.grid_bits) : int_grid_ternary();
+    int off_grid = 0, wrong_value = 0, vector_fp32 = 0;
+    size_t at[3] = {0, 0, 0}, slice = 0;
+    for (int t = 0; t < NUM_PARAM_TENSORS; t++) {
+        const ParamTensor *tensor = &s->table.tensors[t];
+        size_t slices = tensor->per_layer ? L : 1, slice_numel = tensor->numel / slices;
+        int embedding = t == PARAM_WTE || t == PARAM_WPE;
+        int store = !tensor->is_matrix || (embedding && s->policy.embeddings == EMBEDDINGS_FP32) ? 1
+                  : embedding && s->policy.embeddings == EMBEDDINGS_BF16                        ? 2 : 0;
+        for (size_t e = 0; e < tensor->numel; e++) {
+            float value = params[tensor->offset + e];
+            size_t i = at[store]++;
+            if (store == 0) {
+                off_grid += q[i] < grid.min || q[i] > grid.max;
+                wrong_value += value != (float)q[i] * scales[slice + e / slice_numel];
+            } else if (store == 1) {
+                wrong_value += value != fp32[i];
+                vector_fp32 += !is_bf16_value(value);
+            } else {
+                wrong_value += value != bf16_to_f32(bf16_weights[i]);
+            }
+        }
+        if (store == 0) slice += slices;
+    }
+    CHECK(at[2] == (bf16_section ? bf16_section->nbytes / sizeof(bf16) : 0), "%s: bf16 embeddings %zu", s->name, at[2]);
+    CHECK(off_grid == 0, "%s: %d codes off the grid", s->name, off_grid);
+    CHECK(wrong_value == 0, "%s: %d compute-copy values differ from the decoded storage", s->name, wrong_value);
+    CHECK(vector_fp32 > (int)(at[1] / 2), "%s: off-grid fp32 parameters should be fp32 (%d of %zu not bf16)", s->name,
+          vector_fp32, at[1]);
+}
+
+// BitNet: the passes read each quantized slice as clamp(round(w / a), -1, 1) * a with a = mean |w| of the
+// slice's latent weights (in double here), the other tensors as their latent weights.
+static void check_bitnet_copy(const Setup *s, const float *latent, const float *params) {
+    int wrong = 0;
+    for (int t = 0; t < NUM_PARAM_TENSORS; t++) {
+        const ParamTensor *tensor = &s->table.tensors[t];
+        int embedding = t == PARAM_WTE || t == PARAM_WPE;
+        int quantized = tensor->is_matrix && (!embedding || s->policy.embeddings == EMBEDDINGS_AS_WEIGHTS);
+        size_t slices = tensor->per_layer ? L : 1, slice_numel = tensor->numel / slices;
+        size_t real = t == PARAM_WTE ? (size_t)V * C : slice_numel;  // wte's padded rows are no weights
+        for (size_t sl = 0; sl < slices; sl++) {
+            const float *w = latent + tensor->offset + sl * slice_numel;
+            const float *read = params + tensor->offset + sl * slice_numel;
+            double absmean = 0.0;
+            for (size_t e = 0; e < real; e++) absmean += fabs((double)w[e]);
+            absmean /= (double)real;
+            for (size_t e = 0; e < slice_numel; e++) {
+                double code = fmax(-1.0, fmin(1.0, nearbyint(w[e] / absmean)));
+                double want = quantized ? code * absmean : w[e];
+                wrong += fabs(read[e] - want) > 1e-6 * absmean;
+            }
+        }
+    }
+    CHECK(wrong == 0, "%s: %d weights the passes read are not the latent weights' absmean-ternary values", s->name,
+          wrong);
+}
+
 // The fp32 compute copy against the decoded storage, and each stored quantity's own invariants.
 static void check_formats(const Setup *s, Backend *backend) {
     size_t n = s->table.num_params;
@@ -193,40 +270,14 @@ static void check_formats(const Setup *s, Backend *backend) {
               fp32_only, n);
     }
     const CheckpointSection *codes = find_section(state, "dqt_codes_int8");
-    if (codes) {
-        // Layout: the 2-D tensors' codes in table order, one scale per layer slice, the 1-D tensors in fp32.
-        const int8_t *q = codes->data;
-        const float *scales = find_section(state, "dqt_scales_fp32")->data;
-        const float *vectors = find_section(state, "weights_1d_fp32")->data;
-        IntGrid grid = s->policy.grid_bits ? int_grid_bits(s->policy.grid_bits) : int_grid_ternary();
-        int off_grid = 0, wrong_value = 0, vector_fp32 = 0;
-        size_t code = 0, vector = 0, slice = 0;
-        for (int t = 0; t < NUM_PARAM_TENSORS; t++) {
-            const ParamTensor *tensor = &s->table.tensors[t];
-            size_t slices = tensor->per_layer ? L : 1, slice_numel = tensor->numel / slices;
-            for (size_t e = 0; e < tensor->numel; e++) {
-                float value = params[tensor->offset + e];
-                if (tensor->is_matrix) {
-                    off_grid += q[code] < grid.min || q[code] > grid.max;
-                    wrong_value += value != (float)q[code] * scales[slice + e / slice_numel];
-                    code++;
-                } else {
-                    wrong_value += value != vectors[vector++];
-                    vector_fp32 += !is_bf16_value(value);
-                }
-            }
-            if (tensor->is_matrix) slice += slices;
-        }
-        CHECK(off_grid == 0, "%s: %d codes off the grid", s->name, off_grid);
-        CHECK(wrong_value == 0, "%s: %d compute-copy values differ from the decoded storage", s->name, wrong_value);
-        CHECK(vector_fp32 > (int)(vector / 2), "%s: 1-D parameters should be fp32 (%d of %zu not bf16)", s->name,
-              vector_fp32, vector);
-    }
+    if (codes) check_dqt_storage(s, state, params);
+    const CheckpointSection *latent = find_section(state, "latent_weights_fp32");
+    if (latent) check_bitnet_copy(s, latent->data, params);
     free(params);
 }
 
 // plan_state_bytes: the sections (the policy's storage; under fp32 weights also the compute copy), the
-// compute copy otherwise, and the gradients (fp32, or bf16 plus the fp32 scratch).
+// compute copy otherwise (BitNet: the ternary copy), the next steps under dqt_rescale, and the gradients (fp32, or bf16 plus the fp32 scratch).
 static void check_plan(const Setup *s, Backend *backend) {
     size_t n = s->table.num_params;
     const BackendState *state = cpu_backend.state_save(backend);
@@ -234,8 +285,10 @@ static void check_plan(const Setup *s, Backend *backend) {
     for (int i = 0; i < state->count; i++) {
         if (strcmp(state->sections[i].name, "matmul_scaling") != 0) stored += state->sections[i].nbytes;
     }
+    const CheckpointSection *steps = find_section(state, "dqt_scales_fp32");
+    size_t rescale_steps = s->policy.dqt_rescale ? steps->nbytes : 0;  // the next steps' buffer
     size_t expected = stored + (s->policy.weights == WEIGHTS_FP32 ? 0 : n * sizeof(float)) + n * sizeof(float) +
-                      (s->policy.grads == GRADS_BF16 ? n * sizeof(bf16) : 0);
+                      (s->policy.grads == GRADS_BF16 ? n * sizeof(bf16) : 0) + rescale_steps;
     size_t plan = cpu_backend.plan_state_bytes(&s->table, &s->policy, 1);
     CHECK(plan == expected, "%s: plan %zu bytes, allocated %zu", s->name, plan, expected);
 }
@@ -314,11 +367,12 @@ static void test_policy(const PolicyCase *c) {
     Snapshot at_resume = snapshot(a);
     train(a, RESUME_AT, STEPS - RESUME_AT, straight, METRICS_EVERY, 2, &metrics_straight);
 
-    // Ternary weights learn more slowly: a step moves a weight by about 0.2 of its grid spacing here, and
-    // the updates that push a weight beyond +-scale are clamped away (edq_rel about 0.2). Every other policy
+    // Grid weights learn more slowly: every DQT grid spans only about +-mean|W| (about 40% of normal init
+    // weights sit at its ends), so the updates that push a weight beyond the ends are clamped away (edq_rel
+    // 0.1 .. 0.3 here; int2 embeddings on the grid drop the loss by only about 0.6). Every other policy
     // drops by more than 1.8 (fp32 about 1.9) and keeps edq_rel above 0.85.
-    int ternary = s.policy.weights == WEIGHTS_INT_GRID && s.policy.grid_bits == 0;
-    double min_drop = ternary ? 0.25 : 1.0, min_edq_rel = ternary ? 0.1 : 0.5;
+    int grid = s.policy.weights == WEIGHTS_INT_GRID;
+    double min_drop = grid ? 0.25 : 1.0, min_edq_rel = grid ? 0.05 : 0.5;
     double first = straight[0], last = 0.0;
     for (int i = STEPS - 5; i < STEPS; i++) last += straight[i] / 5.0;
     CHECK(last < first - min_drop, "%s: loss %.4f -> %.4f (mean of the last 5 steps)", s.name, first, last);
@@ -345,6 +399,91 @@ static void test_policy(const PolicyCase *c) {
     update_metrics_free(&metrics_straight);
     update_metrics_free(&metrics_resumed);
     free(s.init);
+}
+
+// The weight gradient and loss of one micro-batch of step `step`'s data, into grads (N); returns the loss.
+static float gradient_of(Backend *backend, int step, float *grads) {
+    int inputs[B * T], targets[B * T];
+    make_batch(step, 0, inputs, targets);
+    cpu_backend.zero_grad(backend);
+    float loss = cpu_backend.forward(backend, inputs, targets, B, T);
+    cpu_backend.backward(backend, 1.0f, 1);
+    cpu_backend.read_grads(backend, grads);
+    return loss;
+}
+
+// BitNet's straight-through estimator: after a few steps, the gradient the bitnet backend stores for its
+// latent weights is the gradient of an fp32-weight model (same bf16 products) whose weights are the ternary
+// values, bit for bit, and not the gradient at the latent weights themselves.
+static void test_bitnet_ste(void) {
+    PolicyCase bitnet_case = {{"precision.policy=bitnet"}, ""};
+    PolicyCase fp32_case = {{"precision.policy=fp32", "precision.matmul=bf16", "precision.attention=bf16"}, ""};
+    Setup bitnet = make_setup(&bitnet_case), fp32 = make_setup(&fp32_case);
+    size_t n = bitnet.table.num_params;
+    Backend *latent_model = cpu_backend.create(&bitnet.table, &bitnet.policy, B, T, bitnet.init);
+    float losses[STEPS];
+    train(latent_model, 0, 3, losses, 0, 1, NULL);
+    float *ternary = xmalloc(n * sizeof(float)), *latent = xmalloc(n * sizeof(float));
+    cpu_backend.read_params(latent_model, ternary);
+    memcpy(latent, find_section(cpu_backend.state_save(latent_model), "latent_weights_fp32")->data, n * sizeof(float));
+    Backend *at_ternary = cpu_backend.create(&fp32.table, &fp32.policy, B, T, ternary);
+    Backend *at_latent = cpu_backend.create(&fp32.table, &fp32.policy, B, T, latent);
+    float *g_ste = xmalloc(n * sizeof(float)), *g_ternary = xmalloc(n * sizeof(float)), *g_latent = xmalloc(n * sizeof(float));
+    float loss_ste = gradient_of(latent_model, 3, g_ste);
+    float loss_ternary = gradient_of(at_ternary, 3, g_ternary);
+    gradient_of(at_latent, 3, g_latent);
+    CHECK(loss_ste == loss_ternary, "bitnet loss %.9g vs fp32 at the ternary weights %.9g", loss_ste, loss_ternary);
+    CHECK(memcmp(g_ste, g_ternary, n * sizeof(float)) == 0, "bitnet gradient differs from the fp32 gradient at the "
+          "ternary weights");
+    CHECK(memcmp(g_ste, g_latent, n * sizeof(float)) != 0, "bitnet gradient equals the gradient at the latent weights");
+    printf("bitnet: latent gradient = fp32 gradient at the ternary weights (loss %.4f)\n", loss_ste);
+    cpu_backend.destroy(latent_model);
+    cpu_backend.destroy(at_ternary);
+    cpu_backend.destroy(at_latent);
+    free(ternary);
+    free(latent);
+    free(g_ste);
+    free(g_ternary);
+    free(g_latent);
+    free(bitnet.init);
+    free(fp32.init);
+}
+
+// precision.embeddings = fp32 under DQT: from the same weights and (bf16-valued) gradients, one step moves
+// wte and wpe exactly as the fp32 policy's exact update does, while the block's weights land on the grid.
+static void test_dqt_fp32_embeddings(void) {
+    PolicyCase dqt_case = {{"precision.policy=dqt_int8"}, ""}, fp32_case = {{"precision.policy=fp32"}, ""};
+    Setup dqt = make_setup(&dqt_case), fp32 = make_setup(&fp32_case);
+    size_t n = dqt.table.num_params;
+    Backend *backends[2] = {cpu_backend.create(&dqt.table, &dqt.policy, B, T, dqt.init),
+                            cpu_backend.create(&fp32.table, &fp32.policy, B, T, fp32.init)};
+    float *grads = xmalloc(n * sizeof(float)), *after[2];
+    gradient_of(backends[1], 0, grads);
+    for (size_t i = 0; i < n; i++) grads[i] = bf16_to_f32(bf16_from_f32(grads[i]));  // DQT stores bf16 gradients
+    AdamWStep hp = step_hyperparameters(0, 1.0f, 3e-3f, 0.95f);
+    for (int p = 0; p < 2; p++) {
+        cpu_backend.load_grads(backends[p], grads);
+        cpu_backend.optimizer_step(backends[p], &hp, NULL);
+        after[p] = xmalloc(n * sizeof(float));
+        cpu_backend.read_params(backends[p], after[p]);
+    }
+    size_t embeddings = dqt.table.tensors[PARAM_WTE].numel + dqt.table.tensors[PARAM_WPE].numel;
+    CHECK(dqt.table.tensors[PARAM_WPE].offset + dqt.table.tensors[PARAM_WPE].numel == embeddings, "wte, wpe first");
+    int moved = 0;
+    for (size_t i = 0; i < embeddings; i++) moved += after[1][i] != fp32.init[i];
+    CHECK(moved > (int)(embeddings / 2), "the step moved %d of %zu embedding weights", moved, embeddings);
+    CHECK(memcmp(after[0], after[1], embeddings * sizeof(float)) == 0, "dqt_int8's fp32 embeddings differ from the "
+          "fp32 policy's after one step");
+    size_t qkvw = dqt.table.tensors[PARAM_QKVW].offset;
+    CHECK(memcmp(after[0] + qkvw, after[1] + qkvw, dqt.table.tensors[PARAM_QKVW].numel * sizeof(float)) != 0,
+          "the grid weights should not follow the fp32 update exactly");
+    for (int p = 0; p < 2; p++) {
+        cpu_backend.destroy(backends[p]);
+        free(after[p]);
+    }
+    free(grads);
+    free(dqt.init);
+    free(fp32.init);
 }
 
 // The sum of a policy's stored second moments (v, or v_hi + v_lo), in double.
@@ -414,5 +553,7 @@ int main(void) {
     omp_set_num_threads(1);
     for (int i = 0; i < NUM_CASES; i++) test_policy(&cases[i]);
     test_second_moment_at_beta2_0999();
+    test_bitnet_ste();
+    test_dqt_fp32_embeddings();
     return test_summary("policies");
 }

@@ -23,12 +23,27 @@ static void test_bytes_per_param(void) {
         size_t bytes;
     } table[] = {{"fp32", 16}, {"mixed", 18}, {"fp32_master", 18}, {"mixed_nomaster", 12}, {"bf16", 8},
                  {"collage_light", 10}, {"collage_plus", 12}, {"kahan", 10}, {"sr", 8}, {"fp8_sim", 18},
-                 {"dqt_int8", 1 + 2 + 8}, {"dqt_ternary", 1 + 2 + 8}};
+                 {"dqt_int8", 1 + 2 + 8}, {"dqt_int3", 1 + 2 + 8}, {"dqt_ternary", 1 + 2 + 8}, {"bitnet", 16}};
     for (size_t i = 0; i < sizeof table / sizeof table[0]; i++) {
         Policy p = policy_with(table[i].preset, NULL);
         CHECK(policy_bytes_per_param(&p) == table[i].bytes, "%s: %zu bytes/param, DESIGN.md says %zu",
               table[i].preset, policy_bytes_per_param(&p), table[i].bytes);
     }
+    // The embeddings axis: DQT's fp32 embeddings are 4 + 2 (bf16 grads) + 8, bf16 ones 2 + 2 + 8, grid ones
+    // as the block; bitnet's are fp32 latent weights like the rest, 16.
+    const char *fp32_emb[] = {NULL}, *bf16_emb[] = {"precision.embeddings=bf16", NULL},
+               *grid_emb[] = {"precision.embeddings=grid", NULL};
+    Policy dqt_fp32 = policy_with("dqt_int8", fp32_emb), dqt_bf16 = policy_with("dqt_ternary", bf16_emb);
+    Policy dqt_grid_emb = policy_with("dqt_int8", grid_emb), bitnet = policy_with("bitnet", NULL);
+    Policy mixed = policy_with("mixed", NULL);
+    CHECK(policy_embedding_bytes_per_param(&dqt_fp32) == 4 + 2 + 8, "dqt_int8 embeddings %zu",
+          policy_embedding_bytes_per_param(&dqt_fp32));
+    CHECK(policy_embedding_bytes_per_param(&dqt_bf16) == 2 + 2 + 8, "bf16 embeddings %zu",
+          policy_embedding_bytes_per_param(&dqt_bf16));
+    CHECK(policy_embedding_bytes_per_param(&dqt_grid_emb) == 1 + 2 + 8, "grid embeddings %zu",
+          policy_embedding_bytes_per_param(&dqt_grid_emb));
+    CHECK(policy_embedding_bytes_per_param(&bitnet) == 16, "bitnet embeddings");
+    CHECK(policy_embedding_bytes_per_param(&mixed) == 18, "mixed embeddings as the weights");
 }
 
 static void test_presets_and_overrides(void) {
@@ -58,6 +73,19 @@ static void test_presets_and_overrides(void) {
     CHECK(ternary.weights == WEIGHTS_INT_GRID && ternary.grid_bits == 0, "ternary override");
     Policy int4 = policy_with("dqt_int8", (const char *[]){"precision.weights=int4", NULL});
     CHECK(int4.grid_bits == 4, "int4 override: %d", int4.grid_bits);
+    for (int bits = 2; bits <= 8; bits++) {
+        char set[64];
+        snprintf(set, sizeof set, "precision.weights=int%d", bits);
+        Policy p = policy_with("dqt_ternary", (const char *[]){set, NULL});
+        CHECK(p.weights == WEIGHTS_INT_GRID && p.grid_bits == bits, "int%d override: %d", bits, p.grid_bits);
+    }
+    Policy bitnet = policy_with("bitnet", NULL);
+    CHECK(bitnet.weights == WEIGHTS_BITNET && bitnet.update == UPDATE_EXACT && bitnet.grads == GRADS_FP32 &&
+          bitnet.matmul.format == MATMUL_BF16 && bitnet.embeddings == EMBEDDINGS_FP32, "bitnet preset");
+    Policy dqt = policy_with("dqt_int3", NULL);
+    CHECK(dqt.grid_bits == 3 && dqt.embeddings == EMBEDDINGS_FP32 && !dqt.dqt_rescale, "dqt_int3 preset");
+    Policy rescaled = policy_with("dqt_int8", (const char *[]){"precision.dqt_rescale=1", NULL});
+    CHECK(rescaled.dqt_rescale && strstr(rescaled.name, "+overrides"), "dqt_rescale: %s", rescaled.name);
 }
 
 static void policy_from_sets(void *arg) {
@@ -79,6 +107,11 @@ static void test_refused(void) {
     expect_refused((const char *[]){"bf16", "precision.weights=int8", NULL}, "grid_sr");
     expect_refused((const char *[]){"bf16", "precision.matmul=e9m3", NULL}, "precision.matmul");
     expect_refused((const char *[]){"bf16", "precision.adam_v=fp16", NULL}, "precision.adam_v");
+    expect_refused((const char *[]){"bf16", "precision.weights=int9", NULL}, "precision.weights");
+    expect_refused((const char *[]){"mixed", "precision.embeddings=fp32", NULL}, "precision.embeddings = fp32 applies");
+    expect_refused((const char *[]){"bitnet", "precision.embeddings=bf16", NULL}, "precision.embeddings = bf16");
+    expect_refused((const char *[]){"bitnet", "precision.dqt_rescale=1", NULL}, "precision.dqt_rescale");
+    expect_refused((const char *[]){"bitnet", "precision.update=sr", NULL}, "update \"exact\"");
 }
 
 int main(void) {

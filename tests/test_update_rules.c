@@ -287,19 +287,21 @@ static void test_grid_sr(void) {
         for (int i = 0; i < 100000; i++) {
             int32_t q = grids[g].min + (int32_t)(test_random() % (uint64_t)(grids[g].max - grids[g].min + 1));
             float delta = (float)test_log_uniform(-5, 2);
-            int32_t out = weight_step_grid_sr(q, delta, scale, grids[g], update_rng_key(&s, 0), (uint64_t)i);
+            int32_t out = weight_step_grid_sr(q, delta, scale, scale, grids[g], update_rng_key(&s, 0), (uint64_t)i);
             if (out < grids[g].min || out > grids[g].max) off_grid++;
         }
     }
     CHECK(off_grid == 0, "%d codes off the grid", off_grid);
-    CHECK(weight_step_grid_sr(1, 1.0f, scale, grids[1], update_rng_key(&s, 0), 0) == 1, "ternary clamps at 1");
-    CHECK(weight_step_grid_sr(-128, -1.0f, scale, grids[0], update_rng_key(&s, 0), 0) == -128, "int8 clamps at -128");
+    CHECK(weight_step_grid_sr(1, 1.0f, scale, scale, grids[1], update_rng_key(&s, 0), 0) == 1, "ternary clamps at 1");
+    CHECK(weight_step_grid_sr(-128, -1.0f, scale, scale, grids[0], update_rng_key(&s, 0), 0) == -128, "int8 clamps at -128");
+    // dqt_rescale: the code means q·scale before the step and q'·next after: 6·0.25 + 0.5 = 4·0.5 exactly.
+    CHECK(weight_step_grid_sr(6, 0.5f, 0.25f, 0.5f, grids[0], update_rng_key(&s, 0), 0) == 4, "rescaled code");
     for (int g = 0; g < 2; g++) {
         int32_t q = 0;
         float delta = 0.3f * scale;  // 0.3 of a grid step
         int n = 400000;
         double sum = 0.0;
-        for (int i = 0; i < n; i++) sum += weight_step_grid_sr(q, delta, scale, grids[g], update_rng_key(&s, 1), (uint64_t)i);
+        for (int i = 0; i < n; i++) sum += weight_step_grid_sr(q, delta, scale, scale, grids[g], update_rng_key(&s, 1), (uint64_t)i);
         double mean = sum / n * scale, standard_error = scale * sqrt(0.3 * 0.7 / n);
         CHECK(fabs(mean - delta) < 5 * standard_error, "grid %d: mean %.6g vs %.6g", g, mean, (double)delta);
     }

@@ -3,8 +3,9 @@
 //
 // Every quantity is held in its real format (bf16 as uint16, an MCF pair as two bf16 arrays, DQT codes as
 // int8), plus two fp32 buffers the CPU kernels need: the compute copy of the weights that the forward and
-// backward read (under fp32 weights it is the storage itself), and, under bf16 gradients, the scratch the
-// backward adds each micro-step's gradient into before it is rounded into the stored gradient.
+// backward read (under fp32 weights it is the storage itself; under BitNet a second buffer beside the fp32
+// latent weights, holding their ternary values), and, under bf16 gradients, the scratch the backward adds
+// each micro-step's gradient into before it is rounded into the stored gradient.
 //
 // Data parallelism: the chunks are split among the ranks in whole chunks, rank r owning chunks
 // [chunk_bounds[r], chunk_bounds[r+1]), which are the parameters [param_bounds[r], param_bounds[r+1]).
@@ -26,14 +27,17 @@ struct Backend {
     ParamTable table;
     Policy policy;
     GPTCpu *model;
-    float *params;        // (N) the weights forward reads: the storage under fp32 weights, else the decoded copy
-    bf16 *weights_bf16;   // (N) bf16 weights (MCF: hi), else NULL
+    float *params;        // (N) the weights forward reads: the storage under fp32 weights, else the decoded copy;
+                          //     WEIGHTS_BITNET: the fp32 latent weights, which the optimizer steps
+    float *ternary;       // (N) WEIGHTS_BITNET: what the passes read, the latent weights' ternary values
+    bf16 *weights_bf16;   // (N) bf16 weights (MCF: hi); WEIGHTS_INT_GRID: the bf16 embeddings; else NULL
     float *master;        // (N) UPDATE_FP32_MASTER: the fp32 master weights
     bf16 *mcf_lo;         // (N) UPDATE_MCF_GROW: the lo parts
     bf16 *kahan_c;        // (N) UPDATE_KAHAN: the compensations
-    int8_t *dqt_codes;    // WEIGHTS_INT_GRID: the 2-D weights' grid codes, tensor after tensor
-    float *dqt_scales;    // WEIGHTS_INT_GRID: one scale per layer slice of a 2-D weight
-    float *dqt_vectors;   // WEIGHTS_INT_GRID: the 1-D parameters in fp32, tensor after tensor
+    int8_t *dqt_codes;    // WEIGHTS_INT_GRID: the grid tensors' codes, tensor after tensor
+    float *dqt_scales;    // WEIGHTS_INT_GRID: the step of each layer slice of a grid tensor
+    float *dqt_next_scales;  // precision.dqt_rescale: the steps the next update moves the codes to
+    float *dqt_vectors;   // WEIGHTS_INT_GRID: the fp32 off-grid tensors, tensor after tensor
     float *grads;         // (N) fp32 gradients; under bf16 gradients, the backward's fp32 scratch
     bf16 *grads_bf16;     // (N) bf16 gradients, else NULL
     MomentBuffer m, v;
@@ -68,16 +72,20 @@ static void free_moment(MomentBuffer *moment) {
 
 static void init_weights(Backend *b, const float *init) {
     size_t n = b->table.num_params;
-    if (b->policy.weights == WEIGHTS_FP32) {
+    if (b->policy.weights == WEIGHTS_FP32 || b->policy.weights == WEIGHTS_BITNET) {
         memcpy(b->params, init, n * sizeof(float));
+        if (b->policy.weights == WEIGHTS_BITNET) b->ternary = xmalloc(n * sizeof(float));
         return;
     }
     if (b->policy.weights == WEIGHTS_INT_GRID) {
-        ParamCounts counts = param_counts(&b->table);
-        b->dqt_codes = xmalloc(counts.matrix_elements);
-        b->dqt_scales = xmalloc(counts.matrix_slices * sizeof(float));
-        b->dqt_vectors = xmalloc(counts.vector_elements * sizeof(float));
-        dqt_init_storage(&b->table, b->policy.grid_bits, init, b->dqt_codes, b->dqt_scales, b->dqt_vectors);
+        DqtCounts counts = dqt_counts(&b->table, &b->policy);
+        b->dqt_codes = xmalloc(counts.codes);
+        b->dqt_scales = xmalloc(counts.scales * sizeof(float));
+        if (b->policy.dqt_rescale) b->dqt_next_scales = xmalloc(counts.scales * sizeof(float));
+        b->dqt_vectors = xmalloc(counts.fp32 * sizeof(float));
+        b->weights_bf16 = xmalloc(counts.bf16 * sizeof(bf16));
+        dqt_init_storage(&b->table, &b->layout, b->policy.grid_bits, init, b->dqt_codes, b->dqt_scales,
+                         b->dqt_vectors, b->weights_bf16);
         return;
     }
     b->weights_bf16 = xmalloc(n * sizeof(bf16));
@@ -106,6 +114,7 @@ static OptimizerBuffers optimizer_buffers(const Backend *b) {
     o.kahan_c = b->kahan_c;
     o.dqt_codes = b->dqt_codes;
     o.dqt_scales = b->dqt_scales;
+    o.dqt_next_scales = b->dqt_next_scales ? b->dqt_next_scales : b->dqt_scales;
     o.dqt_vectors = b->dqt_vectors;
     o.grads = b->grads;
     o.grads_bf16 = b->grads_bf16;
@@ -115,13 +124,19 @@ static OptimizerBuffers optimizer_buffers(const Backend *b) {
     for (int t = 0; t < NUM_PARAM_TENSORS; t++) {
         o.tensor_offset[t] = b->table.tensors[t].offset;
         o.dqt_offset[t] = b->layout.dqt_offset[t];
+        o.dqt_store[t] = b->layout.dqt_store[t];
         o.is_matrix[t] = b->table.tensors[t].is_matrix;
     }
     return o;
 }
 
-// Refreshes the compute copy from the stored weights (at creation and after a checkpoint load).
+// Refreshes the compute copy from the stored weights (at creation, after a checkpoint load, and under BitNet
+// after every step).
 static void decode_weights(Backend *b) {
+    if (b->policy.weights == WEIGHTS_BITNET) {
+        bitnet_quantize_weights(&b->table, &b->policy, b->params, b->ternary);
+        return;
+    }
     if (b->policy.weights == WEIGHTS_BF16) {
         size_t n = b->table.num_params;
 #pragma omp parallel for schedule(static)
@@ -166,12 +181,14 @@ static Backend *cpu_create(const ParamTable *table, const Policy *policy, int B,
 static void cpu_destroy(Backend *b) {
     gpt_cpu_free(b->model);
     free(b->params);
+    free(b->ternary);
     free(b->weights_bf16);
     free(b->master);
     free(b->mcf_lo);
     free(b->kahan_c);
     free(b->dqt_codes);
     free(b->dqt_scales);
+    free(b->dqt_next_scales);
     free(b->dqt_vectors);
     free(b->grads);
     free(b->grads_bf16);
@@ -187,10 +204,14 @@ static void cpu_destroy(Backend *b) {
 // ----------------------------------------------------------------------------------------------------
 // forward, backward, gradients
 
+// The weights the passes read. Under BitNet the backward's weight gradient is the gradient with respect to
+// the ternary weights, stored as the latent weights' gradient: the straight-through estimator.
+static const float *pass_weights(const Backend *b) { return b->ternary ? b->ternary : b->params; }
+
 static float cpu_forward(Backend *b, const int *inputs, const int *targets, int B, int T) {
     b->B = B;
     b->T = T;
-    return gpt_cpu_forward(b->model, b->params, inputs, targets, B, T);
+    return gpt_cpu_forward(b->model, pass_weights(b), inputs, targets, B, T);
 }
 
 // The rows at position t of every sequence of all (B, T, Vp), into b->rows (B, Vp).
@@ -208,7 +229,7 @@ static const float *cpu_logits(Backend *b, int t) { return rows_at(b, gpt_cpu_lo
 // The cache spans the model's whole context, whatever batch shape the backend was created for.
 static const float *cpu_decode_step(Backend *b, int token, int pos) {
     if (!b->kv_cache) b->kv_cache = kv_cache_create(&b->table, b->table.shape.block_size);
-    return kv_cache_step(b->kv_cache, b->model, b->params, token, pos);
+    return kv_cache_step(b->kv_cache, b->model, pass_weights(b), token, pos);
 }
 
 static void cpu_zero_grad(Backend *b) {
@@ -223,12 +244,12 @@ static void cpu_zero_grad(Backend *b) {
 // overlap to gain), so `last` changes nothing here.
 static void cpu_backward(Backend *b, float loss_scale, int last) {
     if (!b->grads_bf16) {
-        gpt_cpu_backward(b->model, b->params, b->grads, loss_scale);
+        gpt_cpu_backward(b->model, pass_weights(b), b->grads, loss_scale);
         return;
     }
     size_t n = b->table.num_params;
     memset(b->grads, 0, n * sizeof(float));
-    gpt_cpu_backward(b->model, b->params, b->grads, loss_scale);
+    gpt_cpu_backward(b->model, pass_weights(b), b->grads, loss_scale);
 #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++) b->grads_bf16[i] = bf16_from_f32(bf16_to_f32(b->grads_bf16[i]) + b->grads[i]);
 }
@@ -285,11 +306,14 @@ static void step_chunk(const OptimizerBuffers *o, const Chunk *chunk, const Upda
 // ZeRO-1: every rank's stored weights of its range (and metric sums of its chunks) to every rank, then the
 // compute copy decoded from the stored weights.
 static void gather_shards(Backend *b, int with_metrics) {
-    if (b->policy.weights == WEIGHTS_FP32) dist_all_gather(b->params, sizeof(float), b->layout.param_bounds);
-    if (b->weights_bf16) dist_all_gather(b->weights_bf16, sizeof(bf16), b->layout.param_bounds);
     if (b->policy.weights == WEIGHTS_INT_GRID) {
-        dist_all_gather(b->dqt_codes, sizeof(int8_t), b->layout.code_bounds);
-        dist_all_gather(b->dqt_vectors, sizeof(float), b->layout.vector_bounds);
+        dist_all_gather(b->dqt_codes, sizeof(int8_t), b->layout.dqt_bounds[DQT_GRID]);
+        dist_all_gather(b->dqt_vectors, sizeof(float), b->layout.dqt_bounds[DQT_FP32]);
+        dist_all_gather(b->weights_bf16, sizeof(bf16), b->layout.dqt_bounds[DQT_BF16]);
+    } else if (b->weights_bf16) {
+        dist_all_gather(b->weights_bf16, sizeof(bf16), b->layout.param_bounds);
+    } else {
+        dist_all_gather(b->params, sizeof(float), b->layout.param_bounds);
     }
     decode_weights(b);
     if (with_metrics) dist_all_gather(b->chunk_sums, sizeof(UpdateSums), b->layout.chunk_bounds);
@@ -299,10 +323,16 @@ static void cpu_optimizer_step(Backend *b, const AdamWStep *step, UpdateMetrics 
     UpdateConstants k = update_constants(step);
     if (metrics && !b->chunk_sums) b->chunk_sums = xmalloc((size_t)b->layout.num_chunks * sizeof(UpdateSums));
     if (metrics) memset(b->chunk_sums, 0, (size_t)b->layout.num_chunks * sizeof(UpdateSums));
+    // Every rank derives the new steps from the same (whole) decoded weights, so they agree without a message.
+    if (b->dqt_next_scales) dqt_steps_from_weights(&b->table, &b->layout, b->policy.grid_bits, b->params, b->dqt_next_scales);
     OptimizerBuffers o = optimizer_buffers(b);
 #pragma omp parallel for schedule(static)
     for (int c = b->first_chunk; c < b->end_chunk; c++) step_chunk(&o, &b->layout.chunks[c], &k, metrics ? &b->chunk_sums[c] : NULL);
+    if (b->dqt_next_scales) {
+        memcpy(b->dqt_scales, b->dqt_next_scales, dqt_counts(&b->table, &b->policy).scales * sizeof(float));
+    }
     if (b->zero) gather_shards(b, metrics != NULL);
+    else if (b->ternary) decode_weights(b);
     if (metrics) update_metrics_from_chunks(metrics, &b->policy, &b->layout, b->chunk_sums);
 }
 
@@ -353,7 +383,7 @@ static void cpu_read_grads(Backend *b, float *grads) {
 }
 
 static void cpu_read_params(Backend *b, float *params) {
-    memcpy(params, b->params, b->table.num_params * sizeof(float));
+    memcpy(params, pass_weights(b), b->table.num_params * sizeof(float));
 }
 
 // ----------------------------------------------------------------------------------------------------
@@ -366,16 +396,18 @@ static BackendState *cpu_state_save(Backend *b) {
     BackendState *state = &b->state;
     state->count = 0;
     if (b->policy.weights == WEIGHTS_FP32) backend_state_add(state, "weights_fp32", b->params, n * sizeof(float));
-    if (b->weights_bf16) backend_state_add(state, "weights_bf16", b->weights_bf16, n * sizeof(bf16));
+    if (b->policy.weights == WEIGHTS_BITNET) backend_state_add(state, "latent_weights_fp32", b->params, n * sizeof(float));
+    if (b->policy.weights == WEIGHTS_BF16) backend_state_add(state, "weights_bf16", b->weights_bf16, n * sizeof(bf16));
     size_t shard = b->state_numel;
     if (b->master) backend_state_add(state, "master_fp32", b->master, shard * sizeof(float));
     if (b->mcf_lo) backend_state_add(state, "mcf_lo_bf16", b->mcf_lo, shard * sizeof(bf16));
     if (b->kahan_c) backend_state_add(state, "kahan_c_bf16", b->kahan_c, shard * sizeof(bf16));
     if (b->policy.weights == WEIGHTS_INT_GRID) {
-        ParamCounts counts = param_counts(&b->table);
-        backend_state_add(state, "dqt_codes_int8", b->dqt_codes, counts.matrix_elements);
-        backend_state_add(state, "dqt_scales_fp32", b->dqt_scales, counts.matrix_slices * sizeof(float));
-        backend_state_add(state, "weights_1d_fp32", b->dqt_vectors, counts.vector_elements * sizeof(float));
+        DqtCounts counts = dqt_counts(&b->table, &b->policy);
+        backend_state_add(state, "dqt_codes_int8", b->dqt_codes, counts.codes);
+        backend_state_add(state, "dqt_scales_fp32", b->dqt_scales, counts.scales * sizeof(float));
+        backend_state_add(state, "off_grid_fp32", b->dqt_vectors, counts.fp32 * sizeof(float));
+        if (counts.bf16) backend_state_add(state, "off_grid_bf16", b->weights_bf16, counts.bf16 * sizeof(bf16));
     }
     backend_state_add_moment(state, &b->m, 0, shard);
     backend_state_add_moment(state, &b->v, 1, shard);

@@ -203,14 +203,15 @@ static void alloc_optimizer_state(Backend *b, size_t n) {
 static void alloc_storage(Backend *b) {
     size_t n = b->table.num_params;
     const Policy *p = &b->policy;
-    ParamCounts counts = param_counts(&b->table);
     int dqt = p->weights == WEIGHTS_INT_GRID;
+    DqtCounts counts = dqt_counts(&b->table, p);
+    // Under DQT weights_bf16 holds the bf16 embeddings (precision.embeddings = bf16) only.
     size_t weight_parts[5] = {
         n * sizeof(float),
-        p->weights == WEIGHTS_BF16 ? n * sizeof(bf16) : 0,
-        dqt ? counts.matrix_elements : 0,
-        dqt ? counts.matrix_slices * sizeof(float) : 0,
-        dqt ? counts.vector_elements * sizeof(float) : 0,
+        p->weights == WEIGHTS_BF16 ? n * sizeof(bf16) : dqt ? counts.bf16 * sizeof(bf16) : 0,
+        dqt ? counts.codes : 0,
+        dqt ? counts.scales * sizeof(float) : 0,
+        dqt ? counts.fp32 * sizeof(float) : 0,
     };
     arena_alloc(&b->weights, weight_parts, 5, "the weights");
     OptimizerBuffers *o = &b->buffers;
@@ -219,6 +220,7 @@ static void alloc_storage(Backend *b) {
     o->dqt_codes = (int8_t *)arena_take(&b->weights, weight_parts[2]);
     o->dqt_scales = (float *)arena_take(&b->weights, weight_parts[3]);
     o->dqt_vectors = (float *)arena_take(&b->weights, weight_parts[4]);
+    o->dqt_next_scales = o->dqt_scales;  // the CUDA backend keeps the steps fixed (no dqt_rescale)
 
     // bf16 gradients have no fp32 copy: the backward forms each slice's gradient in the model's scratch.
     size_t gradient_parts[2] = {p->grads == GRADS_FP32 ? n * sizeof(float) : 0,
@@ -259,17 +261,20 @@ static void init_weights(Backend *b, const float *init) {
         return;
     }
     if (p->weights == WEIGHTS_INT_GRID) {
-        ParamCounts counts = param_counts(&b->table);
-        int8_t *codes = (int8_t *)xmalloc(counts.matrix_elements);
-        float *scales = (float *)xmalloc(counts.matrix_slices * sizeof(float));
-        float *vectors = (float *)xmalloc(counts.vector_elements * sizeof(float));
-        dqt_init_storage(&b->table, p->grid_bits, init, codes, scales, vectors);
-        upload(b, o->dqt_codes, codes, counts.matrix_elements);
-        upload(b, o->dqt_scales, scales, counts.matrix_slices * sizeof(float));
-        upload(b, o->dqt_vectors, vectors, counts.vector_elements * sizeof(float));
+        DqtCounts counts = dqt_counts(&b->table, p);
+        int8_t *codes = (int8_t *)xmalloc(counts.codes);
+        float *scales = (float *)xmalloc(counts.scales * sizeof(float));
+        float *vectors = (float *)xmalloc(counts.fp32 * sizeof(float));
+        bf16 *embeddings = (bf16 *)xmalloc(counts.bf16 * sizeof(bf16));
+        dqt_init_storage(&b->table, &b->layout, p->grid_bits, init, codes, scales, vectors, embeddings);
+        upload(b, o->dqt_codes, codes, counts.codes);
+        upload(b, o->dqt_scales, scales, counts.scales * sizeof(float));
+        upload(b, o->dqt_vectors, vectors, counts.fp32 * sizeof(float));
+        upload(b, o->weights_bf16, embeddings, counts.bf16 * sizeof(bf16));
         free(codes);
         free(scales);
         free(vectors);
+        free(embeddings);
         return;
     }
     bf16 *hi = (bf16 *)xmalloc(n * sizeof(bf16));
@@ -292,11 +297,19 @@ static void init_buffers(Backend *b) {
     for (int t = 0; t < NUM_PARAM_TENSORS; t++) {
         o->tensor_offset[t] = b->table.tensors[t].offset;
         o->dqt_offset[t] = b->layout.dqt_offset[t];
+        o->dqt_store[t] = b->layout.dqt_store[t];
         o->is_matrix[t] = b->table.tensors[t].is_matrix;
     }
 }
 
+// What the CUDA backend does not implement (yet), refused before anything is allocated.
+static void check_supported(const Policy *policy) {
+    if (policy->weights == WEIGHTS_BITNET) fatal("--device cuda: the bitnet weights are implemented on the CPU backend only (--device cpu)");
+    if (policy->dqt_rescale) fatal("--device cuda: precision.dqt_rescale = 1 is implemented on the CPU backend only (--device cpu)");
+}
+
 static Backend *cuda_create(const ParamTable *table, const Policy *policy, int B, int T, const float *init) {
+    check_supported(policy);
     Backend *b = (Backend *)xcalloc(1, sizeof *b);
     b->table = *table;
     b->policy = *policy;
@@ -349,7 +362,7 @@ static void cuda_destroy(Backend *b) {
 static GPTWeights gpt_weights(const Backend *b) {
     GPTWeights w;
     w.params = b->buffers.params;
-    w.weights_bf16 = b->buffers.weights_bf16;
+    w.weights_bf16 = b->policy.weights == WEIGHTS_BF16 ? b->buffers.weights_bf16 : NULL;
     return w;
 }
 
@@ -485,10 +498,11 @@ static void gather_shards(Backend *b) {
 #ifdef LP_WITH_NCCL
     OptimizerBuffers *o = &b->buffers;
     if (b->policy.weights == WEIGHTS_FP32) broadcast_ranges(b, o->params, sizeof(float), b->layout.param_bounds);
-    if (o->weights_bf16) broadcast_ranges(b, o->weights_bf16, sizeof(bf16), b->layout.param_bounds);
+    if (b->policy.weights == WEIGHTS_BF16) broadcast_ranges(b, o->weights_bf16, sizeof(bf16), b->layout.param_bounds);
     if (b->policy.weights == WEIGHTS_INT_GRID) {
-        broadcast_ranges(b, o->dqt_codes, sizeof(int8_t), b->layout.code_bounds);
-        broadcast_ranges(b, o->dqt_vectors, sizeof(float), b->layout.vector_bounds);
+        broadcast_ranges(b, o->dqt_codes, sizeof(int8_t), b->layout.dqt_bounds[DQT_GRID]);
+        broadcast_ranges(b, o->dqt_vectors, sizeof(float), b->layout.dqt_bounds[DQT_FP32]);
+        broadcast_ranges(b, o->weights_bf16, sizeof(bf16), b->layout.dqt_bounds[DQT_BF16]);
     }
     decode_weights(b);
 #endif
@@ -609,15 +623,16 @@ static int device_sections(Backend *b, DeviceSection list[12]) {
     OptimizerBuffers *o = &b->buffers;
     int count = 0;
     if (b->policy.weights == WEIGHTS_FP32) count = add_device_section(list, count, "weights_fp32", o->params, n * sizeof(float));
-    if (o->weights_bf16) count = add_device_section(list, count, "weights_bf16", o->weights_bf16, n * sizeof(bf16));
+    if (b->policy.weights == WEIGHTS_BF16) count = add_device_section(list, count, "weights_bf16", o->weights_bf16, n * sizeof(bf16));
     if (o->master) count = add_device_section(list, count, "master_fp32", o->master, shard * sizeof(float));
     if (o->mcf_lo) count = add_device_section(list, count, "mcf_lo_bf16", o->mcf_lo, shard * sizeof(bf16));
     if (o->kahan_c) count = add_device_section(list, count, "kahan_c_bf16", o->kahan_c, shard * sizeof(bf16));
     if (b->policy.weights == WEIGHTS_INT_GRID) {
-        ParamCounts counts = param_counts(&b->table);
-        count = add_device_section(list, count, "dqt_codes_int8", o->dqt_codes, counts.matrix_elements);
-        count = add_device_section(list, count, "dqt_scales_fp32", o->dqt_scales, counts.matrix_slices * sizeof(float));
-        count = add_device_section(list, count, "weights_1d_fp32", o->dqt_vectors, counts.vector_elements * sizeof(float));
+        DqtCounts counts = dqt_counts(&b->table, &b->policy);
+        count = add_device_section(list, count, "dqt_codes_int8", o->dqt_codes, counts.codes);
+        count = add_device_section(list, count, "dqt_scales_fp32", o->dqt_scales, counts.scales * sizeof(float));
+        count = add_device_section(list, count, "off_grid_fp32", o->dqt_vectors, counts.fp32 * sizeof(float));
+        if (counts.bf16) count = add_device_section(list, count, "off_grid_bf16", o->weights_bf16, counts.bf16 * sizeof(bf16));
     }
     const MomentBuffer *moments[2] = {&o->m, &o->v};
     const char *names[2][4] = {{"adam_m_fp32", "adam_m_bf16", "adam_m_hi_bf16", "adam_m_lo_bf16"},
@@ -674,6 +689,7 @@ static void cuda_state_load(Backend *b) {
 // state_bytes, less the fp32 gradient copy that bf16 gradients do without here (their scratch is one
 // tensor slice, planned with the activations).
 static size_t cuda_plan_state_bytes(const ParamTable *table, const Policy *policy, int shards) {
+    check_supported(policy);
     StateBytes bytes = state_bytes(table, policy, shards);
     if (policy->grads == GRADS_BF16) bytes.gradients -= table->num_params * sizeof(float);
     return bytes.weights + bytes.gradients + bytes.optimizer;

@@ -1137,6 +1137,7 @@ static void test_optimizer_reductions(void) {
     for (int t = 0; t < NUM_PARAM_TENSORS; t++) {
         host.tensor_offset[t] = table.tensors[t].offset;
         host.dqt_offset[t] = layout.dqt_offset[t];
+        host.dqt_store[t] = layout.dqt_store[t];
         host.is_matrix[t] = table.tensors[t].is_matrix;
     }
     device = host;
@@ -1192,12 +1193,12 @@ static void test_optimizer_reductions(void) {
 
     // dqt_decode: as initialised from GPT-2 init weights, then codes over the whole int8 range with scales
     // and 1-D parameters of many magnitudes.
-    ParamCounts counts = param_counts(&table);
+    DqtCounts counts = dqt_counts(&table, &policy);
     Floats init(n);
     gpt_init_params(&table, init.data(), 7);
-    std::vector<int8_t> codes(counts.matrix_elements);
-    Floats scales(counts.matrix_slices), vectors(counts.vector_elements);
-    dqt_init_storage(&table, 8, init.data(), codes.data(), scales.data(), vectors.data());
+    std::vector<int8_t> codes(counts.codes);
+    Floats scales(counts.scales), vectors(counts.fp32);
+    dqt_init_storage(&table, &layout, 8, init.data(), codes.data(), scales.data(), vectors.data(), NULL);
     // The chunks cover every parameter exactly once, so that the NaN fill of the device copy below must be
     // overwritten everywhere.
     std::vector<int> covered(n, 0);
@@ -1223,10 +1224,12 @@ static void test_optimizer_reductions(void) {
         host.params = NULL;
         host.dqt_codes = codes.data();
         host.dqt_scales = scales.data();
+        host.dqt_next_scales = host.dqt_scales;
         host.dqt_vectors = vectors.data();
         device.params = d_params;
         device.dqt_codes = d_codes;
         device.dqt_scales = d_scales;
+        device.dqt_next_scales = d_scales;
         device.dqt_vectors = d_vectors;
         Floats decoded(n, NAN);
         for (int c = 0; c < num_chunks; c++)
