@@ -8,7 +8,7 @@
 # Each variant is one scripts/sweep.py run in OUT/VARIANT (rerunning skips what is done); OUT/summary.md
 # and OUT/summary.csv hold the final validation loss per variant and learning rate (mean ± population std
 # over the seeds, and how many runs diverged) and the bytes per parameter of weights + gradients + optimizer
-# state. STEPS, LRS and SEEDS (space-separated) narrow it for a smoke test.
+# state over the whole model (the embeddings at their own rate). STEPS, LRS and SEEDS (space-separated) narrow it for a smoke test; TRAIN_GPT names the program.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-runs/dqt_study}
@@ -20,7 +20,7 @@ base=configs/sweeps/bitwidth_base.json
 variant() {  # variant NAME POLICY [--set ...]
   local name=$1 policy=$2
   shift 2
-  python3 scripts/sweep.py --base "$base" --out "$out/$name" --policies "$policy" --lrs "${lrs[@]}" \
+  python3 scripts/sweep.py --train-gpt "${TRAIN_GPT:-./train_gpt}" --base "$base" --out "$out/$name" --policies "$policy" --lrs "${lrs[@]}" \
     --seeds "${seeds[@]}" --steps "$steps" --set training.eval_every=50 "$@" >"$out/$name.txt"
   echo "$name: $(tail -n 1 "$out/$name.txt")"
 }
@@ -45,7 +45,15 @@ for variant_dir in sorted(d for d in glob.glob(os.path.join(out, "*")) if os.pat
         continue
     points = list(csv.DictReader(open(results)))
     summaries = [os.path.join(variant_dir, "points", p["name"], "summary.json") for p in points]
-    bytes_per_param = next((json.load(open(s))["bytes_per_param"] for s in summaries if os.path.exists(s)), "")
+    done = [s for s in summaries if os.path.exists(s)]
+    bytes_per_param = ""
+    if done:  # the embeddings (wte over the padded vocab, wpe) at their own rate, the rest at the weights'
+        summary = json.load(open(done[0]))
+        model = json.load(open(os.path.join(os.path.dirname(done[0]), "config.json")))["model"]
+        embeddings = ((model["vocab_size"] + 127) // 128 * 128 + model["block_size"]) * model["n_embd"]
+        total = summary["num_params"]
+        bytes_per_param = round((embeddings * summary["embedding_bytes_per_param"]
+                                 + (total - embeddings) * summary["bytes_per_param"]) / total, 2)
     for lr in sorted({p["lr"] for p in points}, key=float):
         at_lr = [p for p in points if p["lr"] == lr]
         losses = [float(p["final_val_loss"]) for p in at_lr if p["final_val_loss"] and p["diverged"] != "True"]

@@ -589,12 +589,12 @@ static void write_summary(Trainer *tr, const RunEnd *end) {
     else snprintf(diverged_step, sizeof diverged_step, "null");
     snprintf(json, sizeof json,
              "{\n  \"policy\": \"%s\",\n  \"backend\": \"%s\",\n  \"num_params\": %zu,\n"
-             "  \"bytes_per_param\": %zu,\n  \"steps\": %d,\n  \"tokens\": %lld,\n  \"final_loss\": %s,\n"
+             "  \"bytes_per_param\": %zu,\n  \"embedding_bytes_per_param\": %zu,\n  \"steps\": %d,\n  \"tokens\": %lld,\n  \"final_loss\": %s,\n"
              "  \"final_val_loss\": %s,\n  \"best_val_loss\": %s,\n  \"mean_tokens_per_s\": %.1f,\n"
              "  \"seconds\": %.3f,\n  \"peak_host_memory_bytes\": %lld,\n%s  \"interrupted\": %s,\n"
              "  \"diverged\": %s,\n  \"diverged_step\": %s\n}\n",
              tr->policy.name, tr->ops->name, tr->table.num_params, policy_bytes_per_param(&tr->policy),
-             (int)tr->state.step, (long long)tr->state.step * tr->accum_steps * tr->B * tr->T * tr->world, final_loss,
+             policy_embedding_bytes_per_param(&tr->policy), (int)tr->state.step, (long long)tr->state.step * tr->accum_steps * tr->B * tr->T * tr->world, final_loss,
              final_val, best_val, h->timed_steps ? h->tokens_per_s_sum / h->timed_steps : 0.0, run_log_seconds(&tr->log),
              (long long)usage.ru_maxrss * 1024, device, end->status > 128 ? "true" : "false",
              end->diverged_step ? "true" : "false", diverged_step);
