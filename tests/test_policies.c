@@ -417,7 +417,8 @@ static float gradient_of(Backend *backend, int step, float *grads) {
 // values, bit for bit, and not the gradient at the latent weights themselves.
 static void test_bitnet_ste(void) {
     PolicyCase bitnet_case = {{"precision.policy=bitnet"}, ""};
-    PolicyCase fp32_case = {{"precision.policy=fp32", "precision.matmul=bf16", "precision.attention=bf16"}, ""};
+    PolicyCase fp32_case = {{"precision.policy=fp32", "precision.matmul=bf16", "precision.attention=bf16",
+                             "precision.lm_head=bf16"}, ""};
     Setup bitnet = make_setup(&bitnet_case), fp32 = make_setup(&fp32_case);
     size_t n = bitnet.table.num_params;
     Backend *latent_model = cpu_backend.create(&bitnet.table, &bitnet.policy, B, T, bitnet.init);
