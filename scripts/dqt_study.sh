@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The DQT study (docs/dqt-study.md): `mixed`, `bitnet`, and DQT on the ternary, int3, int4 and int8 grids,
-# each with the embeddings on the grid and in fp32, at three peak learning rates and three seeds, on the
+# each with the embeddings on the grid and in fp32 (and ternary and int8 with the DQT code's per-step scale,
+# precision.dqt_rescale = 1), at three peak learning rates and three seeds, on the
 # stability study's tiny model (configs/sweeps/bitwidth_base.json, policy overridden per variant).
 #
 #   scripts/dqt_study.sh [OUT]          (default OUT: runs/dqt_study; about 25 minutes on two cores)
@@ -33,6 +34,11 @@ for weights in ternary int3 int4 int8; do
     variant "dqt_${weights}_emb_${embeddings}" dqt_int8 --set precision.weights="$weights" \
       --set precision.embeddings="$embeddings"
   done
+done
+# The DQT code's own scale rule (recomputed from the weights before every update) for two widths.
+for weights in ternary int8; do
+  variant "dqt_${weights}_emb_fp32_rescale" dqt_int8 --set precision.weights="$weights" \
+    --set precision.embeddings=fp32 --set precision.dqt_rescale=1
 done
 
 python3 - "$out" <<'PY'

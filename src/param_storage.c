@@ -38,9 +38,22 @@ DqtCounts dqt_counts(const ParamTable *table, const Policy *policy) {
     return c;
 }
 
-// The step of one grid slice from its current weights.
+// The step of one grid slice at init: mean|w| / Qp (the DQT code's absmean quantizer).
 static float slice_step(const ParamTable *table, int tensor, const float *slice, size_t slice_numel, IntGrid grid) {
     return dqt_step(absmean_scale(slice, real_numel(table, tensor, slice_numel)), grid);
+}
+
+// The step of one grid slice under precision.dqt_rescale: max(w) / Qp of the weights before the update, the
+// DQT code's per-step rule (its optimizer's s = Qp / ori_x.max()). On a grid set up by slice_step the
+// largest value is Qp steps, so the grid only changes when no weight is left at the top code. (Recomputing
+// from mean|w| instead shrinks the range every step: clamping keeps mean|w| below the top of the range.)
+static float slice_rescaled_step(const ParamTable *table, int tensor, const float *slice, size_t slice_numel,
+                                 IntGrid grid) {
+    size_t n = real_numel(table, tensor, slice_numel);
+    float largest = slice[0];
+    for (size_t e = 1; e < n; e++) largest = slice[e] > largest ? slice[e] : largest;
+    // A matrix without a positive weight has no such grid: keep the init rule's step.
+    return largest > 0.0f ? largest / (float)grid.max : slice_step(table, tensor, slice, slice_numel, grid);
 }
 
 void dqt_init_storage(const ParamTable *table, const ParamLayout *layout, int grid_bits, const float *init,
@@ -81,7 +94,8 @@ void dqt_steps_from_weights(const ParamTable *table, const ParamLayout *layout, 
         const ParamTensor *tensor = &table->tensors[t];
         size_t slice_numel = tensor->numel / (size_t)param_slices(table, t);
         for (int s = 0; s < param_slices(table, t); s++, slice_index++) {
-            scales[slice_index] = slice_step(table, t, params + tensor->offset + (size_t)s * slice_numel, slice_numel, grid);
+            scales[slice_index] =
+                slice_rescaled_step(table, t, params + tensor->offset + (size_t)s * slice_numel, slice_numel, grid);
         }
     }
 }

@@ -50,8 +50,8 @@ void param_layout_free(ParamLayout *layout);
 // dqt_counts.
 void dqt_init_storage(const ParamTable *table, const ParamLayout *layout, int grid_bits, const float *init,
                       int8_t *codes, float *scales, float *fp32, bf16 *bf16_weights);
-// precision.dqt_rescale: each grid slice's step from its current weights (params, the decoded values),
-// into scales (dqt_counts' scales).
+// precision.dqt_rescale: each grid slice's step from its current weights (params, the decoded values):
+// max(w) / Qp, the DQT code's rule; into scales (dqt_counts' scales).
 void dqt_steps_from_weights(const ParamTable *table, const ParamLayout *layout, int grid_bits, const float *params,
                             float *scales);
 // BitNet b1.58: out = latent, with every quantized tensor's slices replaced by their absmean-ternary values

@@ -1,8 +1,11 @@
 // Policy presets and overrides: bytes per parameter against DESIGN.md's table (written out here by hand),
 // axis overrides, aliases, and the refused combinations.
+#include <stdlib.h>
 #include <string.h>
 
 #include "config.h"
+#include "model.h"
+#include "param_storage.h"
 #include "policy.h"
 #include "testing.h"
 
@@ -114,7 +117,34 @@ static void test_refused(void) {
     expect_refused((const char *[]){"bitnet", "precision.update=sr", NULL}, "update \"exact\"");
 }
 
+// precision.dqt_rescale's step: max(w) / Qp of each grid matrix (the DQT code's s = Qp / ori_x.max()), by hand
+// on a 1-layer model whose block matrices hold 0.001·(i mod 7) − 0.002 with one marked maximum per matrix.
+static void test_rescaled_steps(void) {
+    Policy policy = policy_with("dqt_int8", (const char *[]){"precision.dqt_rescale=1", "precision.weights=int4", NULL});
+    ModelShape shape = {1, 2, 8, 4, 16, 0};
+    ParamTable table;
+    param_table_init(&table, &shape);
+    ParamLayout layout;
+    param_layout_init(&layout, &table, &policy, 1);
+    float *params = calloc(table.num_params, sizeof(float));
+    const int matrices[4] = {PARAM_QKVW, PARAM_ATTPROJW, PARAM_FCW, PARAM_FCPROJW};
+    for (int m = 0; m < 4; m++) {
+        const ParamTensor *t = &table.tensors[matrices[m]];
+        for (size_t i = 0; i < t->numel; i++) params[t->offset + i] = 0.001f * (float)(i % 7) - 0.002f;
+        params[t->offset + t->numel / 2] = 0.07f * (float)(m + 1);  // the maximum of matrix m
+    }
+    float steps[4];
+    dqt_steps_from_weights(&table, &layout, policy.grid_bits, params, steps);
+    for (int m = 0; m < 4; m++) {  // int4: Qp = 7
+        float expected = 0.07f * (float)(m + 1) / 7.0f;
+        CHECK(steps[m] == expected, "rescaled step of matrix %d: %.9g, expected max/Qp = %.9g", m, steps[m], expected);
+    }
+    free(params);
+    param_layout_free(&layout);
+}
+
 int main(void) {
+    test_rescaled_steps();
     test_bytes_per_param();
     test_presets_and_overrides();
     test_refused();
