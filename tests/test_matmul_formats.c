@@ -466,8 +466,8 @@ static void check_bf16_truncate_values(void) {
     CHECK(differs > 0, "truncation straight from fp32 never differed from bf16_truncate");
 }
 
-// e8m7 with bf16_truncate is bf16 bit for bit at each matmul site on its own (the other sites fp32):
-// block linears, attention, LM head. Plain truncation from fp32 is not.
+// e8m7 with bf16_truncate, and e8m7 rounded to nearest, are bf16 bit for bit at each matmul site on its own
+// (the other sites fp32): block linears, attention, LM head. Plain truncation from fp32 is not.
 static void check_e8m7_truncate_is_bf16(void) {
     Setup s;
     setup_init(&s);
@@ -476,15 +476,18 @@ static void check_e8m7_truncate_is_bf16(void) {
     MatmulPrecision fp32 = {.format = MATMUL_FP32}, bf16 = {.format = MATMUL_BF16};
     MatmulPrecision masked = {.format = MATMUL_EXMY, .exp_bits = 8, .man_bits = 7, .rounding = ROUND_TOWARD_ZERO,
                               .bf16_first = 1};
-    MatmulPrecision truncated = masked;
+    MatmulPrecision truncated = masked, nearest = masked;
     truncated.bf16_first = 0;
+    nearest.bf16_first = 0;
+    nearest.rounding = ROUND_NEAREST_EVEN;
     const char *sites[] = {"block linears", "attention", "LM head"};
     for (int site = 0; site < 3; site++) {
         const MatmulPrecision *ref[3] = {&fp32, &fp32, &fp32}, *got[3] = {&fp32, &fp32, &fp32},
-                              *trunc[3] = {&fp32, &fp32, &fp32};
+                              *trunc[3] = {&fp32, &fp32, &fp32}, *near[3] = {&fp32, &fp32, &fp32};
         ref[site] = &bf16;
         got[site] = &masked;
         trunc[site] = &truncated;
+        near[site] = &nearest;
         GPTCpu *a = create_model_sites(&s, ref[0], ref[1], ref[2]);
         float loss_bf16 = train_step(a, &s);
         memcpy(grads_bf16, s.grads, np * sizeof(float));
@@ -494,6 +497,11 @@ static void check_e8m7_truncate_is_bf16(void) {
               loss_masked, loss_bf16);
         CHECK(memcmp(grads_bf16, s.grads, np * sizeof(float)) == 0, "%s: e8m7 bf16_truncate gradients differ",
               sites[site]);
+        GPTCpu *d = create_model_sites(&s, near[0], near[1], near[2]);
+        float loss_nearest = train_step(d, &s);
+        CHECK(same_bits(loss_bf16, loss_nearest) && memcmp(grads_bf16, s.grads, np * sizeof(float)) == 0,
+              "%s: e8m7 nearest differs from bf16 (loss %.9g vs %.9g)", sites[site], loss_nearest, loss_bf16);
+        gpt_cpu_free(d);
         GPTCpu *c = create_model_sites(&s, trunc[0], trunc[1], trunc[2]);
         float loss_truncated = train_step(c, &s);
         CHECK(!same_bits(loss_bf16, loss_truncated), "%s: e8m7 toward zero from fp32 gave the bf16 loss", sites[site]);
