@@ -199,8 +199,8 @@ static void load_config(Trainer *tr, const CliOptions *opt, const ResumeTarget *
 }
 
 // Every rank must train the same model on the same data with the same settings: each compares a hash of
-// `text` (its resolved config, or its data's identity) with every other rank's.
-static void check_same_on_all_ranks(const Trainer *tr, const char *text, const char *what) {
+// `text` (its resolved config, or its data's identity) with every other rank's; `rule` says what must agree.
+static void check_same_on_all_ranks(const Trainer *tr, const char *text, const char *what, const char *rule) {
     if (tr->world == 1) return;
     uint64_t *hashes = xcalloc((size_t)tr->world, sizeof(uint64_t));
     size_t *bounds = xmalloc((size_t)(tr->world + 1) * sizeof(size_t));
@@ -209,10 +209,7 @@ static void check_same_on_all_ranks(const Trainer *tr, const char *text, const c
     dist_all_gather(hashes, sizeof(uint64_t), bounds);
     // Every rank looks at every hash, so that all stop before any of them writes a thing.
     for (int r = 1; r < tr->world; r++) {
-        if (hashes[r] == hashes[0]) continue;
-        fatal("rank %d's %s differs from rank 0's: %s", r, what,
-              strcmp(what, "configuration") == 0 ? "every rank must run with the same config and --set options"
-                                                 : "every rank must read the same shards (same names, sizes and contents)");
+        if (hashes[r] != hashes[0]) fatal("rank %d's %s differs from rank 0's: %s", r, what, rule);
     }
     free(hashes);
     free(bounds);
@@ -220,7 +217,7 @@ static void check_same_on_all_ranks(const Trainer *tr, const char *text, const c
 
 static void check_same_config(const Trainer *tr) {
     char *json = config_to_json(&tr->cfg);
-    check_same_on_all_ranks(tr, json, "configuration");
+    check_same_on_all_ranks(tr, json, "configuration", "every rank must run with the same config and --set options");
     free(json);
 }
 
@@ -350,7 +347,8 @@ static void open_data(Trainer *tr) {
         tr->val_data = dataloader_open(cfg->data.val, tr->B, tr->T, tr->rank, tr->world, cfg->model.vocab_size, 0, 0);
     }
     char *data_identity = data_identity_text(tr->train_data);
-    check_same_on_all_ranks(tr, data_identity, "training data");
+    check_same_on_all_ranks(tr, data_identity, "training data",
+                            "every rank must read the same shards (same names, sizes and contents)");
     free(data_identity);
     tr->identity = run_identity_text(cfg, tr->train_data, tr->world);
     if (cfg->data.tokenizer[0]) {
@@ -690,6 +688,19 @@ static int train(Trainer *tr) {
     return end.status;
 }
 
+// A run whose checkpoint is at training.max_steps is complete: say so and how to extend it, touch nothing.
+static int resume_is_complete(const Trainer *tr, const ResumeTarget *resume, const char *arg) {
+    int step = checkpoint_step_of(resume->checkpoint, 0), max_steps = tr->cfg.training.max_steps;
+    if (step > max_steps) {
+        fatal("%s is at step %d, beyond training.max_steps = %d: set training.max_steps above %d to continue",
+              resume->checkpoint, step, max_steps, step);
+    }
+    if (step < max_steps) return 0;
+    printf("the run in %s is complete: %s is at training.max_steps = %d. To train further: --resume %s "
+           "--set training.max_steps=N (N > %d)\n", tr->cfg.output.dir, resume->checkpoint, step, arg, step);
+    return 1;
+}
+
 static int run_program(int argc, char **argv, const BackendOps *cuda_ops, int cuda_devices) {
     cleanup_on_interrupt();
     CliOptions opt = cli_parse(argc, argv);
@@ -723,17 +734,7 @@ static int run_program(int argc, char **argv, const BackendOps *cuda_ops, int cu
     RunDirUse use = opt.resume && resume.run_dir[0] ? RUN_DIR_CONTINUE : RUN_DIR_NEW;
     if (opt.resume) {
         choose_resume_checkpoint(tr, &resume);
-        int step = checkpoint_step_of(resume.checkpoint, 0);
-        if (step == tr->cfg.training.max_steps) {
-            printf("the run in %s is complete: %s is at training.max_steps = %d. To train further: --resume %s "
-                   "--set training.max_steps=N (N > %d)\n", tr->cfg.output.dir, resume.checkpoint, step,
-                   opt.resume, step);
-            return 0;
-        }
-        if (step > tr->cfg.training.max_steps) {
-            fatal("%s is at step %d, beyond training.max_steps = %d: set training.max_steps above %d to continue",
-                  resume.checkpoint, step, tr->cfg.training.max_steps, step);
-        }
+        if (resume_is_complete(tr, &resume, opt.resume)) return 0;
     }
     if (tr->rank == 0) run_dir_check(tr->cfg.output.dir, use, tr->cfg.output.overwrite);
     open_data(tr);
