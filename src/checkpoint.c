@@ -177,71 +177,76 @@ static void match_sections(const char *path, const FoundSection *found, uint32_t
     }
 }
 
+struct CheckpointFile {
+    char *path;
+    unsigned char *bytes;  // the whole file
+    FoundSection *found;
+    uint32_t found_count;
+};
+
 // The file in memory, verified whole (header, section table, checksum): nothing is taken from it before.
-static unsigned char *load_verified(const char *path, FoundSection **found, uint32_t *found_count) {
+CheckpointFile *checkpoint_open(const char *path) {
+    CheckpointFile *file = xcalloc(1, sizeof *file);
     size_t size;
-    unsigned char *bytes = load_file(path, &size);
-    check_header(path, bytes, size);
-    *found = find_sections(path, bytes, size, found_count);
-    check_checksum(path, bytes, size);
-    return bytes;
+    file->path = xstrdup(path);
+    file->bytes = load_file(path, &size);
+    check_header(path, file->bytes, size);
+    file->found = find_sections(path, file->bytes, size, &file->found_count);
+    check_checksum(path, file->bytes, size);
+    return file;
+}
+
+void checkpoint_close(CheckpointFile *file) {
+    free(file->found);
+    free(file->bytes);
+    free(file->path);
+    free(file);
+}
+
+void checkpoint_copy_all(const CheckpointFile *file, const CheckpointSection *sections, int count) {
+    match_sections(file->path, file->found, file->found_count, sections, count);
+    // Only now, with the whole file verified, do the caller's buffers change.
+    for (int i = 0; i < count; i++) {
+        if (sections[i].nbytes > 0) memcpy(sections[i].data, file->bytes + file->found[i].data_offset, sections[i].nbytes);
+    }
 }
 
 void checkpoint_read(const char *path, const CheckpointSection *sections, int count) {
-    FoundSection *found;
-    uint32_t found_count;
-    unsigned char *bytes = load_verified(path, &found, &found_count);
-    match_sections(path, found, found_count, sections, count);
-    // Only now, with the whole file verified, do the caller's buffers change.
-    for (int i = 0; i < count; i++) {
-        if (sections[i].nbytes > 0) memcpy(sections[i].data, bytes + found[i].data_offset, sections[i].nbytes);
-    }
-    free(found);
-    free(bytes);
+    CheckpointFile *file = checkpoint_open(path);
+    checkpoint_copy_all(file, sections, count);
+    checkpoint_close(file);
 }
 
 // The index of the section called `name`; fatal() when the file has none.
-static uint32_t find_named(const char *path, const FoundSection *found, uint32_t found_count, const char *name) {
+static uint32_t find_named(const CheckpointFile *file, const char *name) {
     uint32_t i = 0;
-    while (i < found_count && strcmp(found[i].name, name) != 0) i++;
-    if (i == found_count) {
+    while (i < file->found_count && strcmp(file->found[i].name, name) != 0) i++;
+    if (i == file->found_count) {
         fatal("checkpoint %s has no section '%s': not written by this program's trainer, or for another precision "
-              "policy", path, name);
+              "policy", file->path, name);
     }
     return i;
 }
 
-void *checkpoint_read_section(const char *path, const char *name, size_t *nbytes) {
-    FoundSection *found;
-    uint32_t found_count;
-    unsigned char *bytes = load_verified(path, &found, &found_count);
-    uint32_t i = find_named(path, found, found_count, name);
-    *nbytes = (size_t)found[i].nbytes;
-    void *data = xmalloc(*nbytes);
-    memcpy(data, bytes + found[i].data_offset, *nbytes);
-    free(found);
-    free(bytes);
-    return data;
+const void *checkpoint_section(const CheckpointFile *file, const char *name, size_t *nbytes) {
+    uint32_t i = find_named(file, name);
+    *nbytes = (size_t)file->found[i].nbytes;
+    return file->bytes + file->found[i].data_offset;
 }
 
 void checkpoint_read_named(const char *path, const CheckpointSection *sections, int count) {
-    FoundSection *found;
-    uint32_t found_count;
-    unsigned char *bytes = load_verified(path, &found, &found_count);
-    uint32_t *index = xmalloc((size_t)(count ? count : 1) * sizeof(uint32_t));
+    CheckpointFile *file = checkpoint_open(path);
+    const void **data = xmalloc((size_t)(count ? count : 1) * sizeof(void *));
     for (int k = 0; k < count; k++) {
-        const CheckpointSection *section = &sections[k];
-        uint32_t i = find_named(path, found, found_count, section->name);
-        if (found[i].nbytes != section->nbytes) {
-            fatal("checkpoint %s: section '%s' has %llu bytes, expected %zu: written for another model or policy, "
-                  "or by another version of this program", path, section->name, (unsigned long long)found[i].nbytes,
-                  section->nbytes);
+        size_t nbytes;
+        data[k] = checkpoint_section(file, sections[k].name, &nbytes);
+        if (nbytes != sections[k].nbytes) {
+            fatal("checkpoint %s: section '%s' has %zu bytes, expected %zu: written for another model or policy, "
+                  "or by another version of this program", path, sections[k].name, nbytes, sections[k].nbytes);
         }
-        index[k] = i;
     }
     // As checkpoint_read: the caller's buffers change only once every section has been found.
-    for (int k = 0; k < count; k++) memcpy(sections[k].data, bytes + found[index[k]].data_offset, sections[k].nbytes);
-    free(index);
-    free(found);
-    free(bytes);
+    for (int k = 0; k < count; k++) memcpy(sections[k].data, data[k], sections[k].nbytes);
+    free(data);
+    checkpoint_close(file);
 }

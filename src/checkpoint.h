@@ -26,13 +26,15 @@ void checkpoint_write(const char *path, const CheckpointSection *sections, int c
 // `sections` by name and size, in order) before copying anything into the sections' buffers; fatal()
 // naming the file, the section and the byte offset on any mismatch.
 void checkpoint_read(const char *path, const CheckpointSection *sections, int count);
-// Reads one section by name, whatever its size, from a file verified as checkpoint_read does (to look at a
-// checkpoint before knowing which sections the rest of it should have). Returns a new buffer that the
-// caller frees, its size in *nbytes; fatal() naming the file when the section is missing.
-void *checkpoint_read_section(const char *path, const char *name, size_t *nbytes);
-// Reads the sections named in `sections` (any order; the file's other sections are skipped) from a file
-// verified as checkpoint_read does, each with exactly the size given; fatal() naming a missing section or
-// a size mismatch before any buffer changes. For a reader that needs only part of the state (the weights).
+// A checkpoint read and verified whole (as checkpoint_read does) and held in memory, to look at some
+// sections before knowing which sections the rest of it should have, without reading the file twice.
+typedef struct CheckpointFile CheckpointFile;
+CheckpointFile *checkpoint_open(const char *path);
+void checkpoint_close(CheckpointFile *file);
+// The bytes of section `name` inside the open file and their count; fatal() naming the file when missing.
+const void *checkpoint_section(const CheckpointFile *file, const char *name, size_t *nbytes);
+// checkpoint_read's checks and copies, on an open file.
+void checkpoint_copy_all(const CheckpointFile *file, const CheckpointSection *sections, int count);
 void checkpoint_read_named(const char *path, const CheckpointSection *sections, int count);
 
 #ifdef __cplusplus

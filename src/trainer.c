@@ -307,26 +307,27 @@ static void save_checkpoint(Trainer *tr) {
 
 // A checkpoint continues only the run that wrote it: its identity (config keys that may not change, ranks,
 // data) must equal this run's, checked before anything else of the file is used.
-static void check_checkpoint_identity(const Trainer *tr, const char *path) {
+static void check_checkpoint_identity(const Trainer *tr, const CheckpointFile *file, const char *path) {
     size_t nbytes;
-    char *saved = checkpoint_read_section(path, "identity", &nbytes);
+    const char *saved = checkpoint_section(file, "identity", &nbytes);
     if (nbytes == 0 || saved[nbytes - 1] != '\0') fatal("checkpoint %s: its identity section is not text (corrupt)", path);
     run_identity_check(path, saved, tr->identity);
-    free(saved);
 }
 
 static void load_checkpoint(Trainer *tr, const char *root_path) {
-    check_checkpoint_identity(tr, root_path);
-    // Under ZeRO-1 rank r > 0 reads its own file: step_N.ckpt -> step_N.rankR.ckpt.
+    // Under ZeRO-1 rank r > 0 reads its own file, step_N.ckpt -> step_N.rankR.ckpt (with the identity too).
     char path[CONFIG_PATH_MAX + 80];
     snprintf(path, sizeof path, "%s", root_path);
     if (tr->cfg.training.zero && tr->rank != 0) {
         int stem = (int)(strlen(root_path) - strlen(".ckpt"));
         snprintf(path, sizeof path, "%.*s.rank%d.ckpt", stem, root_path, tr->rank);
     }
+    CheckpointFile *file = checkpoint_open(path);
+    check_checkpoint_identity(tr, file, path);
     CheckpointSection sections[16];
     int count = checkpoint_sections(tr, sections);
-    checkpoint_read(path, sections, count);
+    checkpoint_copy_all(file, sections, count);
+    checkpoint_close(file);
     if ((int)tr->state.step != checkpoint_step_of(root_path, 0)) {
         fatal("checkpoint %s holds step %d, not the step its name says: rename it step_%08d.ckpt", path,
               (int)tr->state.step, (int)tr->state.step);

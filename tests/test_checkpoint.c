@@ -119,6 +119,7 @@ static void test_round_trip(const char *dir) {
     snprintf(path, sizeof path, "%s/round_trip.ckpt", dir);
     State a, b;
     CheckpointSection sa[NUM_SECTIONS], sb[NUM_SECTIONS];
+    memset(&a, 0, sizeof a);  // the padding before step too: memcmp below compares whole structs
     fill_state(&a, 1);
     memset(&b, 0, sizeof b);
     describe(&a, sa);
@@ -358,27 +359,36 @@ static void test_full_disk(const char *dir) {
 }
 
 static void child_read_missing(void *arg) {
+    CheckpointFile *file = checkpoint_open(arg);
     size_t nbytes;
-    checkpoint_read_section(arg, "master", &nbytes);
+    checkpoint_section(file, "master", &nbytes);
 }
 
-// One section by name: its bytes and size; a refusal naming the section when it is missing.
+// One section by name from an open file: its bytes and size; a refusal naming the section when it is
+// missing; and the whole state copied from the same open file.
 static void test_read_one_section(const char *dir) {
     char path[512];
     snprintf(path, sizeof path, "%s/one.ckpt", dir);
-    State a;
-    CheckpointSection sa[NUM_SECTIONS];
+    State a, b;
+    CheckpointSection sa[NUM_SECTIONS], sb[NUM_SECTIONS];
+    memset(&a, 0, sizeof a);  // State has padding before step: the comparison below covers the whole struct
+    memset(&b, 0, sizeof b);
     fill_state(&a, 3);
     describe(&a, sa);
+    describe(&b, sb);
     checkpoint_write(path, sa, NUM_SECTIONS);
+    CheckpointFile *file = checkpoint_open(path);
     size_t nbytes = 0;
-    uint64_t *step = checkpoint_read_section(path, "step", &nbytes);
-    CHECK(nbytes == sizeof a.step, "read_section: %zu bytes, expected %zu", nbytes, sizeof a.step);
-    CHECK(*step == a.step, "read_section: step %llu, expected %llu", (unsigned long long)*step,
-          (unsigned long long)a.step);
-    free(step);
+    const uint64_t *step = checkpoint_section(file, "step", &nbytes);
+    CHECK(nbytes == sizeof a.step, "section: %zu bytes, expected %zu", nbytes, sizeof a.step);
+    uint64_t value;
+    memcpy(&value, step, sizeof value);
+    CHECK(value == a.step, "section: step %llu, expected %llu", (unsigned long long)value, (unsigned long long)a.step);
+    checkpoint_copy_all(file, sb, NUM_SECTIONS);
+    checkpoint_close(file);
+    CHECK(memcmp(&a, &b, sizeof a) == 0, "copy_all from the open file changed the bytes");
     ChildResult missing = run_in_child(child_read_missing, path);
-    CHECK(missing.exit_status == 1 && strstr(missing.message, "no section 'master'"), "read_section, missing: '%s'",
+    CHECK(missing.exit_status == 1 && strstr(missing.message, "no section 'master'"), "section, missing: '%s'",
           missing.message);
 }
 
