@@ -6,8 +6,8 @@
 #
 #   scripts/dqt_study.sh [OUT]          (default OUT: runs/dqt_study; about 25 minutes on two cores)
 #
-# Each variant is one scripts/sweep.py run in OUT/VARIANT (rerunning skips what is done); OUT/summary.md
-# and OUT/summary.csv hold the final validation loss per variant and learning rate (mean ± population std
+# Each variant is one scripts/sweep.py run in OUT/VARIANT (rerunning skips what is done); OUT/summary.md,
+# OUT/summary.csv and the plot OUT/summary.png hold the final validation loss per variant and learning rate (mean ± population std
 # over the seeds, and how many runs diverged) and the bytes per parameter of weights + gradients + optimizer
 # state over the whole model (the embeddings at their own rate). STEPS, LRS and SEEDS (space-separated) narrow it for a smoke test; TRAIN_GPT names the program.
 set -euo pipefail
@@ -78,4 +78,30 @@ with open(os.path.join(out, "summary.md"), "w") as f:
         f.write(f"| `{r['variant']}` | {r['lr']} | {r['mean_val_loss']} ± {r['std_val_loss']} | "
                 f"{r['diverged']}/{r['runs']} | {r['bytes_per_param']} |\n")
 print(open(os.path.join(out, "summary.md")).read())
+
+# summary.png: final validation loss against the learning rate, mean ± std over the seeds, one line a variant.
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+fig, ax = plt.subplots(figsize=(9, 5.5))
+variants = sorted({r["variant"] for r in rows}, key=lambda v: (("grid" in v), v))
+colors = plt.get_cmap("tab20").colors
+for i, variant in enumerate(variants):
+    at = [r for r in rows if r["variant"] == variant]
+    lrs = [float(r["lr"]) for r in at]
+    means = [float(r["mean_val_loss"]) for r in at]
+    stds = [float(r["std_val_loss"]) for r in at]
+    style = "--" if "emb_grid" in variant else ":" if "rescale" in variant else "-"
+    ax.errorbar(lrs, means, yerr=stds, label=variant, linestyle=style, marker="o", capsize=3,
+                color=colors[i % len(colors)])
+ax.set_xscale("log")
+ax.set_xlabel("peak learning rate")
+ax.set_ylabel("final validation loss (nats per byte)")
+ax.axhline(3.31, color="grey", linewidth=0.8)
+ax.text(min(float(r["lr"]) for r in rows), 3.32, "unigram entropy", color="grey", fontsize=8)
+ax.legend(fontsize=7, ncol=2)
+ax.set_title("DQT study: mean ± std over 3 seeds, 200 steps")
+fig.tight_layout()
+fig.savefig(os.path.join(out, "summary.png"), dpi=110)
+print("wrote", os.path.join(out, "summary.png"))
 PY
