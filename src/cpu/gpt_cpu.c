@@ -112,6 +112,7 @@ struct GPTCpu {
     OperandCast attention_cast;  // attention products (fp8: scaled by each use's current amax)
     OperandCast lm_head_cast;    // the LM head (fp8: likewise)
     int bf16_activations;        // stored activations are rounded to bf16 as they are written
+    int int8_linear_inputs;      // the block linears' inputs are quantized per token (activation_quant)
     OperandObserver observer;  // tests
     void *observer_ctx;
     Activations acts;
@@ -196,6 +197,11 @@ void gpt_cpu_set_precision(GPTCpu *model, const MatmulPrecision *linear, const M
 
 void gpt_cpu_set_activations(GPTCpu *model, ActivationStorage activations) {
     model->bf16_activations = activations == ACTIVATIONS_BF16;
+}
+
+void gpt_cpu_set_activation_quant(GPTCpu *model, ActivationQuant quant) {
+    model->int8_linear_inputs = quant == ACTIVATION_QUANT_INT8;
+    if (model->int8_linear_inputs) allocate_operand_copies(model);
 }
 
 void gpt_cpu_store(const GPTCpu *model, float *x, size_t n) {
@@ -295,10 +301,23 @@ static const float *linear_operand(GPTCpu *model, int layer, BlockLinear linear,
     return out;
 }
 
+// A block linear layer's input (N, C) as its matmul receives it: per-token int8 quantized into the input
+// copy under activation_quant (the format's cast then casts that copy in place), then linear_operand's cast.
+// The backward calls this too, so the weight gradient multiplies what the forward multiplied.
+static const float *linear_input(GPTCpu *model, int layer, BlockLinear linear, int backward, const float *inp, int N,
+                                 int C) {
+    float *copy = model->operands.inp;
+    if (model->int8_linear_inputs) {
+        quantize_activation_rows(copy, inp, (size_t)N, (size_t)C);
+        inp = copy;
+    }
+    return linear_operand(model, layer, linear, OPERAND_INPUT, backward, copy, inp, (size_t)N * C);
+}
+
 void gpt_cpu_linear_forward(GPTCpu *model, int layer, BlockLinear linear, float *out, const float *inp,
                             const float *weight, const float *bias, int N, int C, int OC) {
     OperandCopies *copies = &model->operands;
-    const float *x = linear_operand(model, layer, linear, OPERAND_INPUT, 0, copies->inp, inp, (size_t)N * C);
+    const float *x = linear_input(model, layer, linear, 0, inp, N, C);
     const float *w = linear_operand(model, layer, linear, OPERAND_WEIGHT, 0, copies->weight, weight, (size_t)OC * C);
     matmul_forward(out, x, w, bias, N, C, OC);
     gpt_cpu_store(model, out, (size_t)N * OC);
@@ -309,7 +328,7 @@ static void linear_backward(GPTCpu *model, int layer, BlockLinear linear, float 
                             const float *dout, const float *inp, const float *weight, int N, int C, int OC) {
     OperandCopies *copies = &model->operands;
     const float *d = linear_operand(model, layer, linear, OPERAND_OUTPUT_GRAD, 1, copies->dout, dout, (size_t)N * OC);
-    const float *x = linear_operand(model, layer, linear, OPERAND_INPUT, 1, copies->inp, inp, (size_t)N * C);
+    const float *x = linear_input(model, layer, linear, 1, inp, N, C);
     const float *w = linear_operand(model, layer, linear, OPERAND_WEIGHT, 1, copies->weight, weight, (size_t)OC * C);
     matmul_backward(dinp, dweight, NULL, d, x, w, N, C, OC);
     sum_rows_add(dbias, dout, N, OC);
