@@ -287,18 +287,24 @@ static const float *cast_operand(const OperandCast *cast, float *copy, const flo
 
 // A block linear layer's operand x (n) as its matmul receives it, cast into copy unless fp32. fp8 casts
 // forward operands to E4M3, output gradients to E5M2, each with its tensor's scale of this use; the
-// backward re-casts inputs and weights with the forward's scales.
-static const float *linear_operand(GPTCpu *model, int layer, BlockLinear linear, OperandRole role, int backward,
-                                   float *copy, const float *x, size_t n) {
+// backward re-casts inputs and weights with the forward's scales. The observer sees `original` (the
+// operand before any quantization, x itself but for quantized linear inputs) and the cast values.
+static const float *linear_operand_of(GPTCpu *model, int layer, BlockLinear linear, OperandRole role, int backward,
+                                      float *copy, const float *original, const float *x, size_t n) {
     LinearCasts *casts = &model->linear_casts;
     float amax = linear_cast_needs_amax(casts, role, backward) ? tensor_amax(x, n) : 0.0f;
     OperandCast cast = linear_cast_of_use(casts, layer, linear, role, backward, amax);
     const float *out = cast_operand(&cast, copy, x, n);
     if (model->observer) {
-        OperandView view = {layer, linear, role, backward, cast.scale, x, out, n};
+        OperandView view = {layer, linear, role, backward, cast.scale, original, out, n};
         model->observer(model->observer_ctx, &view);
     }
     return out;
+}
+
+static const float *linear_operand(GPTCpu *model, int layer, BlockLinear linear, OperandRole role, int backward,
+                                   float *copy, const float *x, size_t n) {
+    return linear_operand_of(model, layer, linear, role, backward, copy, x, x, n);
 }
 
 // A block linear layer's input (N, C) as its matmul receives it: per-token int8 quantized into the input
@@ -307,11 +313,12 @@ static const float *linear_operand(GPTCpu *model, int layer, BlockLinear linear,
 static const float *linear_input(GPTCpu *model, int layer, BlockLinear linear, int backward, const float *inp, int N,
                                  int C) {
     float *copy = model->operands.inp;
+    const float *x = inp;
     if (model->int8_linear_inputs) {
         quantize_activation_rows(copy, inp, (size_t)N, (size_t)C);
-        inp = copy;
+        x = copy;
     }
-    return linear_operand(model, layer, linear, OPERAND_INPUT, backward, copy, inp, (size_t)N * C);
+    return linear_operand_of(model, layer, linear, OPERAND_INPUT, backward, copy, inp, x, (size_t)N * C);
 }
 
 void gpt_cpu_linear_forward(GPTCpu *model, int layer, BlockLinear linear, float *out, const float *inp,

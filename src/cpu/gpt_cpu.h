@@ -96,7 +96,7 @@ typedef struct {
     OperandRole role;
     int backward;           // 1 for the casts of the backward pass
     float scale;            // fp8: the scale cast with; 1 otherwise
-    const float *original;  // (n)
+    const float *original;  // (n) before the cast (and before activation_quant's rounding of inputs)
     const float *cast;      // (n) what the matmul received
     size_t n;
 } OperandView;
