@@ -45,6 +45,7 @@ static const char *const update_choices[] = {"preset", "exact", "master", "rne",
 static const char *const moment_choices[] = {"preset", "fp32", "bf16", "mcf", NULL};
 static const char *const grad_choices[] = {"preset", "fp32", "bf16", NULL};
 static const char *const activation_choices[] = {"preset", "fp32", "bf16", NULL};
+static const char *const activation_quant_choices[] = {"none", "int8", NULL};
 static const char *const rounding_choices[] = {"nearest", "toward_zero", "bf16_truncate", NULL};
 static const char *const scaling_choices[] = {"delayed", "current", NULL};
 static const char *const export_choices[] = {"fp32", "bf16", "none", NULL};
@@ -87,6 +88,7 @@ static const ConfigKey config_keys[] = {
     {"precision", "weights", KEY_STRING, offsetof(Config, precision.weights), "preset", 1, NAME_LEN, CLOSED, weight_choices},
     {"precision", "embeddings", KEY_STRING, offsetof(Config, precision.embeddings), "preset", 1, NAME_LEN, CLOSED, embedding_choices},
     {"precision", "dqt_rescale", KEY_INT, offsetof(Config, precision.dqt_rescale), "0", 0, 1, CLOSED, NULL},
+    {"precision", "activation_quant", KEY_STRING, offsetof(Config, precision.activation_quant), "none", 1, NAME_LEN, CLOSED, activation_quant_choices},
     {"precision", "update", KEY_STRING, offsetof(Config, precision.update), "preset", 1, NAME_LEN, CLOSED, update_choices},
     {"precision", "adam_m", KEY_STRING, offsetof(Config, precision.adam_m), "preset", 1, NAME_LEN, CLOSED, moment_choices},
     {"precision", "adam_v", KEY_STRING, offsetof(Config, precision.adam_v), "preset", 1, NAME_LEN, CLOSED, moment_choices},

@@ -42,6 +42,7 @@ typedef struct {
         char weights[CONFIG_NAME_MAX];    // fp32 | bf16 | int2 .. int8 | ternary | bitnet
         char embeddings[CONFIG_NAME_MAX]; // grid | fp32 | bf16: wte, wpe under grid or bitnet weights
         int dqt_rescale;                  // 1: the grid's scale follows the weights every step
+        char activation_quant[CONFIG_NAME_MAX];  // none | int8: block linear inputs under grid or bitnet weights
         char update[CONFIG_NAME_MAX];     // exact | master | rne | mcf | kahan | sr | grid_sr
         char adam_m[CONFIG_NAME_MAX];     // fp32 | bf16 | mcf
         char adam_v[CONFIG_NAME_MAX];     // fp32 | bf16 | mcf

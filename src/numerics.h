@@ -10,6 +10,7 @@
 #include "numerics/int_grid.h"
 #include "numerics/stochastic_rounding.h"
 #include "numerics/mcf.h"
+#include "numerics/activation_quant.h"
 #include "numerics/scaling.h"
 
 #endif

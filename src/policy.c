@@ -77,6 +77,7 @@ static const char *const update_names[] = {"exact", "master", "rne", "mcf", "kah
 static const char *const moment_names[] = {"fp32", "bf16", "mcf"};
 static const char *const grad_names[] = {"fp32", "bf16"};
 static const char *const activation_names[] = {"fp32", "bf16"};
+static const char *const activation_quant_names[] = {"none", "int8"};
 
 static int index_of(const char *value, const char *const *names, int count) {
     for (int i = 0; i < count; i++) {
@@ -113,6 +114,17 @@ static void apply_embeddings(Policy *p, const Config *cfg) {
     p->embeddings = (EmbeddingStorage)index_of(value, embedding_names, 3);
     if (p->weights == WEIGHTS_BITNET && p->embeddings == EMBEDDINGS_BF16) {
         fatal("precision.embeddings = bf16 is not a bitnet choice: its latent weights are fp32 (use fp32 or grid)");
+    }
+}
+
+// Quantized activations pair with quantized weights (BitNet b1.58, DQT); elsewhere they are refused.
+static void apply_activation_quant(Policy *p, const Config *cfg) {
+    const char *value = cfg->precision.activation_quant;
+    p->activation_quant = (ActivationQuant)index_of(value, activation_quant_names, 2);
+    if (p->activation_quant == ACTIVATION_QUANT_NONE) return;
+    if (p->weights != WEIGHTS_INT_GRID && p->weights != WEIGHTS_BITNET) {
+        fatal("precision.activation_quant = %s applies to grid (dqt) and bitnet weights; this policy's weights are %s "
+              "(leave precision.activation_quant out)", value, weight_names[p->weights]);
     }
 }
 
@@ -208,7 +220,7 @@ static void describe_overrides(Policy *p, const Config *cfg) {
                           cfg->precision.adam_m,  cfg->precision.adam_v,     cfg->precision.grads,
                           cfg->precision.matmul,  cfg->precision.attention,  cfg->precision.lm_head,
                           cfg->precision.activations};
-    int overridden = cfg->precision.dqt_rescale;
+    int overridden = cfg->precision.dqt_rescale || strcmp(cfg->precision.activation_quant, "none") != 0;
     for (size_t i = 0; i < sizeof axes / sizeof axes[0]; i++) overridden |= !is_preset(axes[i]);
     if (overridden) strncat(p->name, "+overrides", sizeof p->name - strlen(p->name) - 1);
 }
@@ -233,6 +245,7 @@ Policy policy_from_config(const Config *cfg) {
     apply_weights(&p, cfg->precision.weights);
     apply_embeddings(&p, cfg);
     apply_dqt_rescale(&p, cfg);
+    apply_activation_quant(&p, cfg);
     if (!is_preset(cfg->precision.update)) p.update = (WeightUpdate)index_of(cfg->precision.update, update_names, 7);
     if (!is_preset(cfg->precision.adam_m)) p.adam_m = (MomentStorage)index_of(cfg->precision.adam_m, moment_names, 3);
     if (!is_preset(cfg->precision.adam_v)) p.adam_v = (MomentStorage)index_of(cfg->precision.adam_v, moment_names, 3);
@@ -346,6 +359,11 @@ void policy_print(const Policy *p) {
     printf("  %-18s %s\n", "attention", matmul_text(&p->attention, buf, sizeof buf));
     printf("  %-18s %s\n", "LM head", matmul_text(&p->lm_head, buf, sizeof buf));
     printf("  %-18s %s\n", "activations", p->activations == ACTIVATIONS_BF16 ? "bf16 (stored between ops)" : "fp32");
+    if (p->weights == WEIGHTS_INT_GRID || p->weights == WEIGHTS_BITNET) {
+        printf("  %-18s %s\n", "activation quant", p->activation_quant == ACTIVATION_QUANT_INT8
+                                                       ? "int8 per-token absmax, block linear inputs (straight-through)"
+                                                       : "none");
+    }
     printf("  %-18s %zu (weights + gradients + optimizer state)", "bytes/param", policy_bytes_per_param(p));
     if (policy_embedding_bytes_per_param(p) != policy_bytes_per_param(p)) {
         printf("; embeddings %zu", policy_embedding_bytes_per_param(p));

@@ -45,6 +45,11 @@ typedef enum { GRADS_FP32, GRADS_BF16 } GradStorage;
 // and the loss stay fp32 (they are the ops' own fp32 internals).
 typedef enum { ACTIVATIONS_FP32, ACTIVATIONS_BF16 } ActivationStorage;
 
+// The block linears' inputs (qkv, attention projection, fc, fc projection) under grid or bitnet weights: as
+// they are, or 8-bit per-token absmax quantized before their matmul cast (numerics/activation_quant.h), with
+// a straight-through gradient and the weight gradient formed from the quantized input, as BitNet b1.58 does.
+typedef enum { ACTIVATION_QUANT_NONE, ACTIVATION_QUANT_INT8 } ActivationQuant;
+
 typedef enum {
     MATMUL_FP32,  // operands used as they are
     MATMUL_BF16,  // operands rounded to bf16 (nearest-even) before the product, in forward and backward
@@ -75,6 +80,7 @@ typedef struct {
     MomentStorage adam_v;
     GradStorage grads;
     ActivationStorage activations;
+    ActivationQuant activation_quant;  // the block linears' inputs (grid or bitnet weights only)
     MatmulPrecision matmul;      // the four linear layers of each block, forward and backward
     MatmulPrecision attention;   // the attention products QK^T and PV, forward and backward
     MatmulPrecision lm_head;     // the LM head's product (logits = lnf @ wte^T), forward and backward

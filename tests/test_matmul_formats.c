@@ -543,6 +543,75 @@ static void check_attention_and_head_formats(void) {
     setup_free(&s);
 }
 
+// ---- precision.activation_quant = int8: the block linears' inputs, per token ----
+
+// Each input row as the (fp32) matmul receives it: codes round(x·s), s = 127 / max|x| of the row, so every
+// value is an integer over s, within half a step of the raw input, and the row's absmax maps to 127. The
+// backward's weight gradient multiplies the forward's quantized input (the same values, bit for bit). Other
+// operands pass unchanged.
+typedef struct {
+    float *forward_input[NUM_OPERANDS];
+    int views, off_grid, too_far, no_full_code, changed, backward_differs, others_changed;
+} ActQuantCheck;
+
+static void check_actq_view(void *ctx, const OperandView *v) {
+    ActQuantCheck *c = ctx;
+    c->views++;
+    if (v->role != OPERAND_INPUT) {
+        c->others_changed += memcmp(v->cast, v->original, v->n * sizeof(float)) != 0;
+        return;
+    }
+    int id = operand_index(v);
+    if (v->backward) {
+        c->backward_differs += memcmp(v->cast, c->forward_input[id], v->n * sizeof(float)) != 0;
+        return;
+    }
+    size_t cols = v->n / (B * T);
+    for (size_t r = 0; r < (size_t)B * T; r++) {
+        const float *x = v->original + r * cols, *q = v->cast + r * cols;
+        double amax = 0.0, top = 0.0;
+        for (size_t i = 0; i < cols; i++) amax = fmax(amax, fabs(x[i]));
+        double s = 127.0 / amax;
+        for (size_t i = 0; i < cols; i++) {
+            double code = q[i] * s;
+            c->off_grid += fabs(code - nearbyint(code)) > 1e-3;
+            c->too_far += fabs(code - x[i] * s) > 0.5 + 1e-3;
+            c->changed += q[i] != x[i];
+            top = fmax(top, fabs(code));
+        }
+        c->no_full_code += fabs(top - 127.0) > 1e-3;
+    }
+    c->forward_input[id] = xmalloc(v->n * sizeof(float));
+    memcpy(c->forward_input[id], v->cast, v->n * sizeof(float));
+}
+
+static void check_activation_quant(void) {
+    Setup s;
+    setup_init(&s);
+    MatmulPrecision fp32 = {.format = MATMUL_FP32};
+    GPTCpu *plain = create_model(&s, &fp32, MATMUL_FP32), *model = create_model(&s, &fp32, MATMUL_FP32);
+    gpt_cpu_set_activation_quant(model, ACTIVATION_QUANT_INT8);
+    float loss_plain = train_step(plain, &s);
+    ActQuantCheck c;
+    memset(&c, 0, sizeof c);
+    gpt_cpu_observe_operands(model, check_actq_view, &c);
+    float loss = train_step(model, &s);
+    CHECK(c.views == L * NUM_BLOCK_LINEARS * 5, "activation quant: %d casts observed", c.views);
+    CHECK(c.off_grid == 0 && c.too_far == 0 && c.no_full_code == 0,
+          "activation quant: %d values off the row's int8 grid, %d beyond half a step, %d rows without code 127",
+          c.off_grid, c.too_far, c.no_full_code);
+    CHECK(c.changed > 0, "activation quant changed no input value");
+    CHECK(c.backward_differs == 0, "activation quant: %d backward inputs differ from the forward's quantized ones",
+          c.backward_differs);
+    CHECK(c.others_changed == 0, "activation quant: %d weight or gradient operands changed", c.others_changed);
+    CHECK(loss != loss_plain && fabsf(loss - loss_plain) < 1e-2f * loss_plain,
+          "activation quant: loss %.7f vs %.7f without", loss, loss_plain);
+    for (int i = 0; i < NUM_OPERANDS; i++) free(c.forward_input[i]);
+    gpt_cpu_free(plain);
+    gpt_cpu_free(model);
+    setup_free(&s);
+}
+
 int main(void) {
     check_scale_rule();
     check_fp8_operands(SCALING_CURRENT);
@@ -559,5 +628,6 @@ int main(void) {
     check_bf16_truncate_values();
     check_e8m7_truncate_is_bf16();
     check_attention_and_head_formats();
+    check_activation_quant();
     return test_summary("test_matmul_formats");
 }

@@ -1,12 +1,14 @@
 // Integer grids (DQT) and per-tensor scaling (FP8): grid ends, absmean scale, the DQT grid's codes, step and
 // range per width against a hand computation, ternary = BitNet b1.58's quantizer, int8's use of its codes,
 // nearest and stochastic rounding with clamping, scale from amax with a margin, delayed scaling over an amax
-// history, and quantize-dequantize.
+// history, quantize-dequantize, and the per-token int8 quantization of activations.
 #include <float.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
+#include "cpu/ops.h"
 #include "numerics/scaling.h"
 #include "numerics/stochastic_rounding.h"
 #include "testing.h"
@@ -245,6 +247,28 @@ static void test_quantize_dequantize(void) {
     free(out);
 }
 
+// Four rows of four, quantized each by its own absmax, against hand computation. Row 0: s = 127, codes
+// 63.5 -> 64 (an even tie), -127, 31.75 -> 32, 0. Row 1: s = 1, so the codes are the values rounded
+// half to even (2.5 -> 2, -0.5 -> -0, 3.5 -> 4). Row 2 is zero and stays zero (the floor 1e-5 keeps s
+// finite). Row 3 lies below the floor: s = 127 / 1e-5, codes 12.7 -> 13 and -25.4 -> -25.
+static void test_activation_quant_rows(void) {
+    float x[16] = {0.5f, -1.0f, 0.25f, 0.0f,  127.0f, 2.5f, -0.5f, 3.5f,
+                   0.0f, 0.0f,  0.0f,  0.0f,  1e-6f,  -2e-6f, 0.0f, 0.0f};
+    float small = 127.0f / 1e-5f;
+    float want[16] = {64.0f / 127.0f, -1.0f, 32.0f / 127.0f, 0.0f,  127.0f, 2.0f, -0.0f, 4.0f,
+                      0.0f, 0.0f, 0.0f, 0.0f,  13.0f / small, -25.0f / small, 0.0f, 0.0f};
+    float got[16];
+    quantize_activation_rows(got, x, 4, 4);
+    for (int i = 0; i < 16; i++) CHECK(got[i] == want[i], "activation quant row %d col %d: %.9g, want %.9g", i / 4,
+                                       i % 4, got[i], want[i]);
+    CHECK(signbit(got[6]) && !signbit(got[8]), "-0.5 rounds to -0, a zero row stays +0");
+    quantize_activation_rows(x, x, 4, 4);
+    CHECK(memcmp(x, got, sizeof got) == 0, "activation quant in place");
+    CHECK(activation_quant_scale(0.0f) == small, "the scale of a zero row uses the floor 1e-5");
+    CHECK(activation_quant_value(1.0f, 127.0f) == 1.0f && activation_quant_value(-1.0f, 127.0f) == -1.0f,
+          "the row's absmax maps to +-127 and back");
+}
+
 int main(void) {
     test_grids();
     test_absmean();
@@ -255,5 +279,6 @@ int main(void) {
     test_stochastic_rounding_onto_grids();
     test_scale_from_amax();
     test_quantize_dequantize();
+    test_activation_quant_rows();
     return test_summary("test_numerics_grid");
 }

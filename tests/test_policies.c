@@ -60,6 +60,10 @@ static const PolicyCase cases[] = {
     {{"precision.policy=dqt_int8", "precision.dqt_rescale=1", "precision.weights=int6"},
      "dqt_codes_int8 dqt_scales_fp32 off_grid_fp32 adam_m_fp32 adam_v_fp32"},
     {{"precision.policy=bitnet", "precision.embeddings=grid"}, "latent_weights_fp32 adam_m_fp32 adam_v_fp32"},
+    // int8 activations (the block linears' inputs) keep no state of their own.
+    {{"precision.policy=dqt_int8", "precision.activation_quant=int8"},
+     "dqt_codes_int8 dqt_scales_fp32 off_grid_fp32 adam_m_fp32 adam_v_fp32"},
+    {{"precision.policy=bitnet", "precision.activation_quant=int8"}, "latent_weights_fp32 adam_m_fp32 adam_v_fp32"},
 };
 #define NUM_CASES (int)(sizeof cases / sizeof cases[0])
 
@@ -450,6 +454,32 @@ static void test_bitnet_ste(void) {
     free(fp32.init);
 }
 
+// precision.activation_quant = int8 under dqt_int8: from the same weights and batch, the loss moves by a
+// small nonzero amount (8-bit rows round each value by at most half of max|row| / 127), and the fc weight
+// gradient, formed from the quantized inputs, changes with it. (The cases above train these policies.)
+static void test_activation_quant_loss(void) {
+    PolicyCase plain_case = {{"precision.policy=dqt_int8"}, ""},
+               quant_case = {{"precision.policy=dqt_int8", "precision.activation_quant=int8"}, ""};
+    Setup plain = make_setup(&plain_case), quant = make_setup(&quant_case);
+    size_t n = plain.table.num_params;
+    Backend *a = cpu_backend.create(&plain.table, &plain.policy, B, T, plain.init);
+    Backend *b = cpu_backend.create(&quant.table, &quant.policy, B, T, quant.init);
+    float *g_plain = xmalloc(n * sizeof(float)), *g_quant = xmalloc(n * sizeof(float));
+    float loss_plain = gradient_of(a, 0, g_plain), loss_quant = gradient_of(b, 0, g_quant);
+    CHECK(loss_quant != loss_plain && fabsf(loss_quant - loss_plain) < 0.01f * loss_plain,
+          "dqt_int8 with int8 activations: loss %.7f vs %.7f", loss_quant, loss_plain);
+    const ParamTensor *fcw = &plain.table.tensors[PARAM_FCW];
+    CHECK(memcmp(g_plain + fcw->offset, g_quant + fcw->offset, fcw->numel * sizeof(float)) != 0,
+          "int8 activations leave the fc weight gradient unchanged");
+    printf("dqt_int8: loss %.6f, with int8 activations %.6f\n", loss_plain, loss_quant);
+    cpu_backend.destroy(a);
+    cpu_backend.destroy(b);
+    free(g_plain);
+    free(g_quant);
+    free(plain.init);
+    free(quant.init);
+}
+
 // precision.embeddings = fp32 under DQT: from the same weights and (bf16-valued) gradients, one step moves
 // wte and wpe exactly as the fp32 policy's exact update does, while the block's weights land on the grid.
 static void test_dqt_fp32_embeddings(void) {
@@ -556,5 +586,6 @@ int main(void) {
     test_second_moment_at_beta2_0999();
     test_bitnet_ste();
     test_dqt_fp32_embeddings();
+    test_activation_quant_loss();
     return test_summary("policies");
 }

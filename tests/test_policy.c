@@ -115,6 +115,23 @@ static void test_refused(void) {
     expect_refused((const char *[]){"bitnet", "precision.embeddings=bf16", NULL}, "precision.embeddings = bf16");
     expect_refused((const char *[]){"bitnet", "precision.dqt_rescale=1", NULL}, "precision.dqt_rescale");
     expect_refused((const char *[]){"bitnet", "precision.update=sr", NULL}, "update \"exact\"");
+    expect_refused((const char *[]){"mixed", "precision.activation_quant=int8", NULL},
+                   "precision.activation_quant = int8 applies");
+    expect_refused((const char *[]){"fp32", "precision.activation_quant=int8", NULL}, "precision.activation_quant");
+}
+
+// precision.activation_quant: none by default; int8 taken by the bitnet and DQT policies (grid weights set
+// through the weights axis too), and named in the policy's overrides.
+static void test_activation_quant(void) {
+    const char *int8[] = {"precision.activation_quant=int8", NULL};
+    CHECK(policy_with("dqt_int8", NULL).activation_quant == ACTIVATION_QUANT_NONE, "activation_quant default");
+    Policy bitnet = policy_with("bitnet", int8), ternary = policy_with("dqt_ternary", int8);
+    CHECK(bitnet.activation_quant == ACTIVATION_QUANT_INT8 && strcmp(bitnet.name, "bitnet+overrides") == 0,
+          "bitnet takes activation_quant = int8 (%s)", bitnet.name);
+    CHECK(ternary.activation_quant == ACTIVATION_QUANT_INT8, "dqt_ternary takes activation_quant = int8");
+    Policy int4 = policy_with("fp32", (const char *[]){"precision.weights=int4", "precision.update=grid_sr",
+                                                       "precision.activation_quant=int8", NULL});
+    CHECK(int4.activation_quant == ACTIVATION_QUANT_INT8, "int4 grid weights take activation_quant = int8");
 }
 
 // precision.dqt_rescale's step: max(w) / Qp of each grid matrix (the DQT code's s = Qp / ori_x.max()), by hand
@@ -148,5 +165,6 @@ int main(void) {
     test_bytes_per_param();
     test_presets_and_overrides();
     test_refused();
+    test_activation_quant();
     return test_summary("test_policy");
 }

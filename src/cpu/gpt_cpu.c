@@ -112,6 +112,7 @@ struct GPTCpu {
     OperandCast attention_cast;  // attention products (fp8: scaled by each use's current amax)
     OperandCast lm_head_cast;    // the LM head (fp8: likewise)
     int bf16_activations;        // stored activations are rounded to bf16 as they are written
+    int int8_linear_inputs;      // the block linears' inputs are quantized per token (activation_quant)
     OperandObserver observer;  // tests
     void *observer_ctx;
     Activations acts;
@@ -198,6 +199,11 @@ void gpt_cpu_set_activations(GPTCpu *model, ActivationStorage activations) {
     model->bf16_activations = activations == ACTIVATIONS_BF16;
 }
 
+void gpt_cpu_set_activation_quant(GPTCpu *model, ActivationQuant quant) {
+    model->int8_linear_inputs = quant == ACTIVATION_QUANT_INT8;
+    if (model->int8_linear_inputs) allocate_operand_copies(model);
+}
+
 void gpt_cpu_store(const GPTCpu *model, float *x, size_t n) {
     if (!model->bf16_activations) return;
 #pragma omp parallel for schedule(static)
@@ -281,24 +287,44 @@ static const float *cast_operand(const OperandCast *cast, float *copy, const flo
 
 // A block linear layer's operand x (n) as its matmul receives it, cast into copy unless fp32. fp8 casts
 // forward operands to E4M3, output gradients to E5M2, each with its tensor's scale of this use; the
-// backward re-casts inputs and weights with the forward's scales.
-static const float *linear_operand(GPTCpu *model, int layer, BlockLinear linear, OperandRole role, int backward,
-                                   float *copy, const float *x, size_t n) {
+// backward re-casts inputs and weights with the forward's scales. The observer sees `original` (the
+// operand before any quantization, x itself but for quantized linear inputs) and the cast values.
+static const float *linear_operand_of(GPTCpu *model, int layer, BlockLinear linear, OperandRole role, int backward,
+                                      float *copy, const float *original, const float *x, size_t n) {
     LinearCasts *casts = &model->linear_casts;
     float amax = linear_cast_needs_amax(casts, role, backward) ? tensor_amax(x, n) : 0.0f;
     OperandCast cast = linear_cast_of_use(casts, layer, linear, role, backward, amax);
     const float *out = cast_operand(&cast, copy, x, n);
     if (model->observer) {
-        OperandView view = {layer, linear, role, backward, cast.scale, x, out, n};
+        OperandView view = {layer, linear, role, backward, cast.scale, original, out, n};
         model->observer(model->observer_ctx, &view);
     }
     return out;
 }
 
+static const float *linear_operand(GPTCpu *model, int layer, BlockLinear linear, OperandRole role, int backward,
+                                   float *copy, const float *x, size_t n) {
+    return linear_operand_of(model, layer, linear, role, backward, copy, x, x, n);
+}
+
+// A block linear layer's input (N, C) as its matmul receives it: per-token int8 quantized into the input
+// copy under activation_quant (the format's cast then casts that copy in place), then linear_operand's cast.
+// The backward calls this too, so the weight gradient multiplies what the forward multiplied.
+static const float *linear_input(GPTCpu *model, int layer, BlockLinear linear, int backward, const float *inp, int N,
+                                 int C) {
+    float *copy = model->operands.inp;
+    const float *x = inp;
+    if (model->int8_linear_inputs) {
+        quantize_activation_rows(copy, inp, (size_t)N, (size_t)C);
+        x = copy;
+    }
+    return linear_operand_of(model, layer, linear, OPERAND_INPUT, backward, copy, inp, x, (size_t)N * C);
+}
+
 void gpt_cpu_linear_forward(GPTCpu *model, int layer, BlockLinear linear, float *out, const float *inp,
                             const float *weight, const float *bias, int N, int C, int OC) {
     OperandCopies *copies = &model->operands;
-    const float *x = linear_operand(model, layer, linear, OPERAND_INPUT, 0, copies->inp, inp, (size_t)N * C);
+    const float *x = linear_input(model, layer, linear, 0, inp, N, C);
     const float *w = linear_operand(model, layer, linear, OPERAND_WEIGHT, 0, copies->weight, weight, (size_t)OC * C);
     matmul_forward(out, x, w, bias, N, C, OC);
     gpt_cpu_store(model, out, (size_t)N * OC);
@@ -309,7 +335,7 @@ static void linear_backward(GPTCpu *model, int layer, BlockLinear linear, float 
                             const float *dout, const float *inp, const float *weight, int N, int C, int OC) {
     OperandCopies *copies = &model->operands;
     const float *d = linear_operand(model, layer, linear, OPERAND_OUTPUT_GRAD, 1, copies->dout, dout, (size_t)N * OC);
-    const float *x = linear_operand(model, layer, linear, OPERAND_INPUT, 1, copies->inp, inp, (size_t)N * C);
+    const float *x = linear_input(model, layer, linear, 1, inp, N, C);
     const float *w = linear_operand(model, layer, linear, OPERAND_WEIGHT, 1, copies->weight, weight, (size_t)OC * C);
     matmul_backward(dinp, dweight, NULL, d, x, w, N, C, OC);
     sum_rows_add(dbias, dout, N, OC);

@@ -36,6 +36,10 @@ void gpt_cpu_set_precision(GPTCpu *model, const MatmulPrecision *linear, const M
 // ACTIVATIONS_BF16: every activation the forward stores (StoredActivation below) is rounded to bf16 as it is
 // written; the ops compute in fp32 from them. Starts fp32.
 void gpt_cpu_set_activations(GPTCpu *model, ActivationStorage activations);
+// ACTIVATION_QUANT_INT8: the block linears' inputs are quantized per row (quantize_activation_rows) before
+// their matmul cast, in the forward and in the backward's weight-gradient product; the input gradient passes
+// straight through. Starts ACTIVATION_QUANT_NONE.
+void gpt_cpu_set_activation_quant(GPTCpu *model, ActivationQuant quant);
 // x (n) as a stored activation: rounded to bf16 in place under ACTIVATIONS_BF16, else unchanged.
 void gpt_cpu_store(const GPTCpu *model, float *x, size_t n);
 // The delayed-scaling state, for checkpoints: sets *data to the live amax histories, (L, NUM_BLOCK_LINEARS,
@@ -92,7 +96,7 @@ typedef struct {
     OperandRole role;
     int backward;           // 1 for the casts of the backward pass
     float scale;            // fp8: the scale cast with; 1 otherwise
-    const float *original;  // (n)
+    const float *original;  // (n) before the cast (and before activation_quant's rounding of inputs)
     const float *cast;      // (n) what the matmul received
     size_t n;
 } OperandView;

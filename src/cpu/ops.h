@@ -40,6 +40,9 @@ void matmul_backward(float *dinp, float *dweight, float *dbias, const float *dou
 // operands meet their format: the linear layers, the attention products and the LM head all cast through here.
 // out = each element of inp cast. out and inp: (n); out may equal inp.
 void quantize_operand(float *out, const float *inp, size_t n, const OperandCast *cast);
+// out = each row of inp quantized to 8 bits by its own absmax (numerics/activation_quant.h): the block
+// linears' inputs under precision.activation_quant = int8. out and inp: (rows, cols); out may equal inp.
+void quantize_activation_rows(float *out, const float *inp, size_t rows, size_t cols);
 
 // attention.c: causal multi-head self-attention, softmax(q k^T / sqrt(hs)) v per head, hs = C / NH.
 // out: (B, T, C); att: (B, NH, T, T) softmax probabilities saved for the backward (0 above the

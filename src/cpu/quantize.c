@@ -4,6 +4,7 @@
 
 #include "cpu/ops.h"
 #include "formats.h"
+#include "numerics/activation_quant.h"
 #include "numerics/bf16.h"
 #include "numerics/scaling.h"
 #include "util.h"
@@ -32,4 +33,15 @@ OperandCast operand_cast_for(const MatmulPrecision *precision) {
 void quantize_operand(float *out, const float *inp, size_t n, const OperandCast *cast) {
 #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++) out[i] = quantize_operand_value(inp[i], cast);
+}
+
+void quantize_activation_rows(float *out, const float *inp, size_t rows, size_t cols) {
+#pragma omp parallel for schedule(static)
+    for (size_t r = 0; r < rows; r++) {
+        const float *x = inp + r * cols;
+        float absmax = 0.0f;
+        for (size_t i = 0; i < cols; i++) absmax = fmaxf(absmax, fabsf(x[i]));
+        float scale = activation_quant_scale(absmax);
+        for (size_t i = 0; i < cols; i++) out[r * cols + i] = activation_quant_value(x[i], scale);
+    }
 }

@@ -306,6 +306,8 @@ static void init_buffers(Backend *b) {
 static void check_supported(const Policy *policy) {
     if (policy->weights == WEIGHTS_BITNET) fatal("--device cuda: the bitnet weights are implemented on the CPU backend only (--device cpu)");
     if (policy->dqt_rescale) fatal("--device cuda: precision.dqt_rescale = 1 is implemented on the CPU backend only (--device cpu)");
+    if (policy->activation_quant != ACTIVATION_QUANT_NONE)
+        fatal("--device cuda: precision.activation_quant = int8 is implemented on the CPU backend only (--device cpu)");
 }
 
 static Backend *cuda_create(const ParamTable *table, const Policy *policy, int B, int T, const float *init) {
