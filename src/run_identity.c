@@ -67,27 +67,46 @@ static int find_value(const char *text, const char *key, char *value, size_t cap
     return 0;
 }
 
-// Fails on the first key of `from` whose value in `other` differs or is missing.
-static void compare_keys(const char *checkpoint, const char *from, const char *other, int from_is_saved) {
-    for (const char *line = from; *line;) {
-        const char *end = strchr(line, '\n');
-        size_t len = end ? (size_t)(end - line) : strlen(line);
-        const char *eq = strstr(line, " = ");
-        if (eq && eq < line + len) {
-            char key[256], value[1200], other_value[1200] = "(absent)";
-            snprintf(key, sizeof key, "%.*s", (int)(eq - line), line);
-            snprintf(value, sizeof value, "%.*s", (int)(line + len - eq - 3), eq + 3);
-            if (!find_value(other, key, other_value, sizeof other_value) || strcmp(value, other_value) != 0) {
-                fatal("--resume: %s belongs to a run with %s = %s, but this run has %s = %s: a resumed run must be "
-                      "the same run (README, \"Runs and resume\", lists what may change)", checkpoint, key,
-                      from_is_saved ? value : other_value, key, from_is_saved ? other_value : value);
-            }
-        }
-        line += len + (end ? 1 : 0);
-    }
+// The key and value of one "key = value" line (copies); 0 when the line is not one.
+static int split_line(const char *line, size_t len, char *key, size_t key_cap, char *value, size_t value_cap) {
+    const char *eq = strstr(line, " = ");
+    if (!eq || eq >= line + len) return 0;
+    snprintf(key, key_cap, "%.*s", (int)(eq - line), line);
+    snprintf(value, value_cap, "%.*s", (int)(line + len - eq - 3), eq + 3);
+    return 1;
 }
 
-void run_identity_check(const char *checkpoint, const char *saved, const char *current) {
-    compare_keys(checkpoint, saved, current, 1);
-    compare_keys(checkpoint, current, saved, 0);
+_Noreturn static void fail_mismatch(const char *checkpoint, const char *key, const char *saved, const char *now) {
+    fatal("--resume: %s belongs to a run with %s = %s, but this run has %s = %s: a resumed run must be the same "
+          "run (README, \"Runs and resume\", lists what may change)", checkpoint, key, saved, key, now);
+}
+
+void run_identity_check(const char *checkpoint, const char *saved, const char *current, const char *defaults) {
+    char key[256], value[1200], other[1200];
+    // Every recorded key must hold the same value now.
+    for (const char *line = saved; *line;) {
+        size_t len = strcspn(line, "\n");
+        if (split_line(line, len, key, sizeof key, value, sizeof value)) {
+            if (!find_value(current, key, other, sizeof other)) snprintf(other, sizeof other, "(absent)");
+            if (strcmp(value, other) != 0 && strcmp(key, "config hash") != 0) fail_mismatch(checkpoint, key, value, other);
+        }
+        line += len + (line[len] ? 1 : 0);
+    }
+    // A key this run has that the checkpoint lacks (added to the program since) is the same run only at its
+    // default; the config hash then differs by construction and is not compared.
+    int added_keys = 0;
+    for (const char *line = current; *line;) {
+        size_t len = strcspn(line, "\n");
+        if (split_line(line, len, key, sizeof key, value, sizeof value) && !find_value(saved, key, other, sizeof other)) {
+            char fallback[1200] = "(absent)";
+            find_value(defaults, key, fallback, sizeof fallback);
+            if (strcmp(value, fallback) != 0) fail_mismatch(checkpoint, key, "(absent: written before the key existed)", value);
+            added_keys = 1;
+        }
+        line += len + (line[len] ? 1 : 0);
+    }
+    if (!added_keys && find_value(saved, "config hash", other, sizeof other)) {
+        find_value(current, "config hash", value, sizeof value);
+        if (strcmp(value, other) != 0) fail_mismatch(checkpoint, "config hash", other, value);
+    }
 }

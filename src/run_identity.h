@@ -19,8 +19,9 @@ char *run_identity_text(const Config *cfg, const DataLoader *train, int ranks);
 // The data lines of the identity alone (what each rank reads), the caller frees it.
 char *data_identity_text(const DataLoader *train);
 // fatal() naming the first key whose value differs between a checkpoint's identity (`saved`) and this run's
-// (`current`), with both values.
-void run_identity_check(const char *checkpoint, const char *saved, const char *current);
+// (`current`), with both values. A key the checkpoint lacks (added to the program after it was written) is
+// accepted at its value in `defaults` (the identity of the default config) and refused at any other.
+void run_identity_check(const char *checkpoint, const char *saved, const char *current, const char *defaults);
 
 #ifdef __cplusplus
 }
