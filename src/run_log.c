@@ -63,6 +63,21 @@ static void truncate_history(const char *path, const char *what, int resume_step
     free(text);
 }
 
+// One logged record in the run's history: its speed (after step 1, whose time includes warm-up effects) and
+// its validation loss. Both the resumed history (read from log.jsonl) and the live one grow through here, so
+// summary.json describes exactly what the log holds.
+static void history_add(RunHistory *h, int step, double tokens_per_s, int has_val, float val_loss) {
+    if (step > 1) {
+        h->tokens_per_s_sum += tokens_per_s;
+        h->timed_steps++;
+    }
+    if (has_val) {
+        h->has_val = 1;
+        h->last_val_loss = val_loss;
+        if (val_loss < h->best_val_loss) h->best_val_loss = val_loss;
+    }
+}
+
 static RunHistory run_log_history(const char *dir) {
     RunHistory h = {0.0, 0.0, 0, 0, INFINITY, NAN};
     char path[1100];
@@ -76,14 +91,9 @@ static RunHistory run_log_history(const char *dir) {
         const cJSON *time_s = cJSON_GetObjectItemCaseSensitive(rec, "time_s");
         const cJSON *val = cJSON_GetObjectItemCaseSensitive(rec, "val_loss");
         if (cJSON_IsNumber(time_s)) h.seconds = time_s->valuedouble;
-        if (cJSON_IsNumber(step) && step->valueint > 1 && cJSON_IsNumber(tokens_per_s)) {
-            h.tokens_per_s_sum += tokens_per_s->valuedouble;
-            h.timed_steps++;
-        }
-        if (cJSON_IsNumber(val)) {
-            h.has_val = 1;
-            h.last_val_loss = (float)val->valuedouble;
-            if (h.last_val_loss < h.best_val_loss) h.best_val_loss = h.last_val_loss;
+        if (cJSON_IsNumber(step)) {
+            history_add(&h, step->valueint, cJSON_IsNumber(tokens_per_s) ? tokens_per_s->valuedouble : 0.0,
+                        cJSON_IsNumber(val), cJSON_IsNumber(val) ? (float)val->valuedouble : 0.0f);
         }
         cJSON_Delete(rec);
     }
@@ -173,6 +183,7 @@ static void write_update_metrics(FILE *f, const UpdateMetrics *metrics) {
 }
 
 void run_log_step(RunLog *run, const StepRecord *rec) {
+    history_add(&run->history, rec->step, rec->tokens_per_s, rec->has_val, rec->val_loss);
     fprintf(run->log, "{\"step\": %d", rec->step);
     int first = 0;
     write_field(run->log, &first, "loss", rec->loss);
@@ -192,6 +203,7 @@ void run_log_step(RunLog *run, const StepRecord *rec) {
 }
 
 void run_log_eval(RunLog *run, const StepRecord *rec) {
+    history_add(&run->history, rec->step, 0.0, 1, rec->val_loss);
     fprintf(run->log, "{\"step\": %d, \"val_loss\": %.9g", rec->step, rec->val_loss);
     if (rec->has_sharpness) fprintf(run->log, ", \"sharpness\": %.9g", rec->sharpness);
     fprintf(run->log, "}\n");

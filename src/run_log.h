@@ -35,12 +35,13 @@ typedef struct {
     int print_every;     // otherwise print a progress line every this many steps
     double start_time;
     int start_step;      // first step of this process (after a resume)
-    RunHistory history;  // the run before this process (after a resume; empty for a new run)
+    RunHistory history;  // the whole run so far: read back from log.jsonl on a resume, then each logged record
 } RunLog;
 
 double wall_time_seconds(void);
 // Opens DIR/log.jsonl for appending. On a resume, the lines of log.jsonl and the samples of samples.txt with a
-// step beyond resume_step are dropped first, and run->history is read from what remains.
+// step beyond resume_step are dropped first, and run->history is read from what remains; every record logged
+// after adds to it.
 void run_log_open(RunLog *run, const char *dir, int max_steps, int resume_step);
 // The run's training time so far, earlier processes included.
 double run_log_seconds(const RunLog *run);

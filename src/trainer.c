@@ -61,7 +61,6 @@ typedef struct {
     int *inputs, *targets;   // (B, T)
     TrainerState state;
     RunLog log;
-    RunHistory history;      // the whole run's val losses and speeds so far, for summary.json
     char *identity;          // run_identity_text: what a checkpoint of this run records and a resume must match
     UpdateMetrics metrics;   // update-quality sums of a metric step (train_step allocates them on the first)
 } Trainer;
@@ -414,7 +413,6 @@ static void open_output(Trainer *tr, RunDirUse use) {
         atomic_file_write_text(path, "config", json);
         free(json);
         run_log_open(&tr->log, dir, tr->cfg.training.max_steps, step);
-        tr->history = tr->log.history;
     }
     dist_barrier();
 }
@@ -455,24 +453,10 @@ static void evaluate(Trainer *tr, StepRecord *rec) {
 }
 
 // training.eval_at_start: the untrained model's validation loss, logged as step 0 (a resume skips it).
-static void record_step(Trainer *tr, const StepRecord *rec) {
-    RunHistory *h = &tr->history;
-    if (rec->step > 1) {  // the first step includes warm-up effects
-        h->tokens_per_s_sum += rec->tokens_per_s;
-        h->timed_steps++;
-    }
-    if (rec->has_val) {
-        h->has_val = 1;
-        h->last_val_loss = rec->val_loss;
-        if (rec->val_loss < h->best_val_loss) h->best_val_loss = rec->val_loss;
-    }
-}
-
 static void evaluate_at_start(Trainer *tr) {
     StepRecord rec;
     memset(&rec, 0, sizeof rec);
     evaluate(tr, &rec);
-    record_step(tr, &rec);
     if (tr->rank == 0) run_log_eval(&tr->log, &rec);
 }
 
@@ -577,7 +561,7 @@ typedef struct {
 static void write_summary(Trainer *tr, const RunEnd *end) {
     struct rusage usage;
     getrusage(RUSAGE_SELF, &usage);
-    const RunHistory *h = &tr->history;
+    const RunHistory *h = &tr->log.history;
     char final_loss[32], final_val[32], best_val[32], diverged_step[32], json[2048], device[512] = "";
     if (tr->ops->device_memory_bytes) {
         snprintf(device, sizeof device,
@@ -644,7 +628,6 @@ static RunEnd train_steps(Trainer *tr) {
         }
         tr->state.step++;
         if (tr->val_data && (every(cfg->training.eval_every, rec.step) || rec.step == max_steps)) evaluate(tr, &rec);
-        record_step(tr, &rec);
         if (tr->rank == 0) run_log_step(&tr->log, &rec);
         if (tr->tokenizer && every(cfg->training.sample_every, rec.step) && tr->rank == 0) write_sample(tr, rec.step);
         int saved = every(cfg->training.checkpoint_every, rec.step) || (rec.step == max_steps && cfg->output.final_checkpoint);
