@@ -21,46 +21,28 @@ static __device__ size_t head_index(int b, int t, int c, int T, int NH, int hs) 
     return (((size_t)b * NH + h) * T + t) * hs + d;
 }
 
-// One thread per element of qkv (B, T, 3C).
-static __global__ void attention_split_qkv_kernel(float *q, float *k, float *v, const float *qkv, int B, int T, int C,
-                                                  int NH) {
+// One thread per element of qkv (B, T, 3C): each value in the per-head tensors' type (rounded once into bf16,
+// exact otherwise).
+template <typename In, typename Out>
+static __global__ void attention_split_qkv_kernel(Out *q, Out *k, Out *v, const In *qkv, int B, int T, int C, int NH) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (size_t)B * T * 3 * C) return;
     size_t row = i / (3 * (size_t)C);
     int j = (int)(i % (3 * (size_t)C));
     int which = j / C, c = j % C;
-    float *dst = which == 0 ? q : (which == 1 ? k : v);
-    dst[head_index((int)(row / T), (int)(row % T), c, T, NH, C / NH)] = qkv[i];
+    Out *dst = which == 0 ? q : (which == 1 ? k : v);
+    store_rounded(&dst[head_index((int)(row / T), (int)(row % T), c, T, NH, C / NH)], load_f32(qkv[i]));
 }
 
-static __global__ void attention_split_qkv_bf16_kernel(__nv_bfloat16 *q, __nv_bfloat16 *k, __nv_bfloat16 *v,
-                                                       const float *qkv, int B, int T, int C, int NH) {
-    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (size_t)B * T * 3 * C) return;
-    size_t row = i / (3 * (size_t)C);
-    int j = (int)(i % (3 * (size_t)C));
-    int which = j / C, c = j % C;
-    __nv_bfloat16 *dst = which == 0 ? q : (which == 1 ? k : v);
-    dst[head_index((int)(row / T), (int)(row % T), c, T, NH, C / NH)] = bf16_device_from_f32(qkv[i]);
-}
-
-// qkv: (B, T, 3C) -> q, k, v: (B, NH, T, hs) each (overwritten).
-static void attention_split_qkv_gpu(float *q, float *k, float *v, const float *qkv, int B, int T, int C, int NH,
+// qkv: (B, T, 3C), stored fp32 or bf16 -> q, k, v: (B, NH, T, hs) each (overwritten), fp32 or bf16 (the
+// products' operand type).
+template <typename In, typename Out>
+static void attention_split_qkv_gpu(Out *q, Out *k, Out *v, const In *qkv, int B, int T, int C, int NH,
                                     cudaStream_t stream) {
     size_t n = (size_t)B * T * 3 * C;
     if (n == 0) return;
     attention_split_qkv_kernel<<<ceil_div(n, ATTENTION_THREADS), ATTENTION_THREADS, 0, stream>>>(q, k, v, qkv, B, T, C,
                                                                                                 NH);
-    CUDA_CHECK_LAUNCH();
-}
-
-// As attention_split_qkv_gpu, each value rounded to bf16 nearest-even (bit-identical to bf16_from_f32).
-static void attention_split_qkv_bf16_gpu(__nv_bfloat16 *q, __nv_bfloat16 *k, __nv_bfloat16 *v, const float *qkv,
-                                         int B, int T, int C, int NH, cudaStream_t stream) {
-    size_t n = (size_t)B * T * 3 * C;
-    if (n == 0) return;
-    attention_split_qkv_bf16_kernel<<<ceil_div(n, ATTENTION_THREADS), ATTENTION_THREADS, 0, stream>>>(q, k, v, qkv, B,
-                                                                                                     T, C, NH);
     CUDA_CHECK_LAUNCH();
 }
 
@@ -138,16 +120,18 @@ static void attention_softmax_backward_gpu(float *dscores, __nv_bfloat16 *dscore
     CUDA_CHECK_LAUNCH();
 }
 
-// One thread per element of out (B, T, C).
-static __global__ void attention_merge_heads_kernel(float *out, const float *y, int B, int T, int C, int NH) {
+// One thread per element of out (B, T, C), stored in the activations' type.
+template <typename Act>
+static __global__ void attention_merge_heads_kernel(Act *out, const float *y, int B, int T, int C, int NH) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (size_t)B * T * C) return;
     size_t row = i / C;
-    out[i] = y[head_index((int)(row / T), (int)(row % T), (int)(i % C), T, NH, C / NH)];
+    store_rounded(&out[i], y[head_index((int)(row / T), (int)(row % T), (int)(i % C), T, NH, C / NH)]);
 }
 
 // y: (B, NH, T, hs) -> out: (B, T, C) (overwritten).
-static void attention_merge_heads_gpu(float *out, const float *y, int B, int T, int C, int NH, cudaStream_t stream) {
+template <typename Act>
+static void attention_merge_heads_gpu(Act *out, const float *y, int B, int T, int C, int NH, cudaStream_t stream) {
     size_t n = (size_t)B * T * C;
     if (n == 0) return;
     attention_merge_heads_kernel<<<ceil_div(n, ATTENTION_THREADS), ATTENTION_THREADS, 0, stream>>>(out, y, B, T, C, NH);

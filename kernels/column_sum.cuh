@@ -6,6 +6,7 @@
 #ifndef LP_KERNELS_COLUMN_SUM_CUH
 #define LP_KERNELS_COLUMN_SUM_CUH
 
+#include "bf16_device.cuh"
 #include "common.cuh"
 
 #define COLUMN_SUM_ROWS 64      // rows per partial sum
@@ -54,17 +55,21 @@ static void column_sums_add_gpu(float *dst, const float *src, int N, int C, floa
     column_partials_reduce_gpu(dst, scratch, row_blocks, C, stream);
 }
 
-static __global__ void add_bias_kernel(float *out, const float *bias, int N, int OC) {
+// out[i] = src[i] + bias[i % OC], one fp32 addition stored in out's type (rounded once into bf16).
+template <typename Out, typename Bias>
+static __global__ void add_bias_kernel(Out *out, const float *src, const Bias *bias, int N, int OC) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (size_t)N * OC) return;
-    out[i] += bias[i % OC];
+    store_rounded(&out[i], src[i] + load_f32(bias[i % OC]));
 }
 
-// out: (N, OC) += bias (OC) on every row.
-static void add_bias_gpu(float *out, const float *bias, int N, int OC, cudaStream_t stream) {
+// out (N, OC) = src (N, fp32 OC) + bias (OC) on every row, the bias read in its stored type and the sum
+// stored in out's; out may equal src (fp32).
+template <typename Out, typename Bias>
+static void add_bias_gpu(Out *out, const float *src, const Bias *bias, int N, int OC, cudaStream_t stream) {
     size_t n = (size_t)N * OC;
     if (n == 0) return;
-    add_bias_kernel<<<ceil_div(n, COLUMN_SUM_THREADS), COLUMN_SUM_THREADS, 0, stream>>>(out, bias, N, OC);
+    add_bias_kernel<<<ceil_div(n, COLUMN_SUM_THREADS), COLUMN_SUM_THREADS, 0, stream>>>(out, src, bias, N, OC);
     CUDA_CHECK_LAUNCH();
 }
 

@@ -5,6 +5,7 @@
 #ifndef LP_KERNELS_ENCODER_CUH
 #define LP_KERNELS_ENCODER_CUH
 
+#include "bf16_device.cuh"
 #include "common.cuh"
 
 #define ENCODER_THREADS 256
@@ -79,19 +80,22 @@ static void encoder_index_build(EncoderIndex *ix, const int *host_tokens, int N,
     CUDA_CHECK(cudaStreamSynchronize(stream));  // host_scratch is the caller's again
 }
 
-// out (N, C) = wte[token] + wpe[t]; one thread per output element.
-static __global__ void encoder_forward_kernel(float *out, const int *tokens, const float *wte, const float *wpe,
-                                              int N, int T, int C) {
+// out (N, C) = wte[token] + wpe[t], the embeddings read in their stored type (Param), the sum stored rounded
+// to the activations' (Act); one thread per output element.
+template <typename Act, typename Param>
+static __global__ void encoder_forward_kernel(Act *out, const int *tokens, const Param *wte, const Param *wpe, int N,
+                                              int T, int C) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (size_t)N * C) return;
     int row = (int)(i / C), c = (int)(i % C);
     int t = row % T;
-    out[i] = wte[(size_t)tokens[row] * C + c] + wpe[(size_t)t * C + c];
+    store_rounded(&out[i], load_f32(wte[(size_t)tokens[row] * C + c]) + load_f32(wpe[(size_t)t * C + c]));
 }
 
 // out: (B, T, C), tokens: (B, T), wte: (Vp, C), wpe: (maxT, C)
-static void encoder_forward_gpu(float *out, const int *tokens, const float *wte, const float *wpe, int B, int T,
-                                int C, cudaStream_t stream) {
+template <typename Act, typename Param>
+static void encoder_forward_gpu(Act *out, const int *tokens, const Param *wte, const Param *wpe, int B, int T, int C,
+                                cudaStream_t stream) {
     size_t n = (size_t)B * T * C;
     if (n == 0) return;
     encoder_forward_kernel<<<ceil_div(n, ENCODER_THREADS), ENCODER_THREADS, 0, stream>>>(out, tokens, wte, wpe, B * T,

@@ -3,9 +3,12 @@
 // One warp per row; the per-element expressions are the CPU's, the row sums are reordered (warp lanes),
 // so results agree with the CPU to rounding. dweight and dbias are summed deterministically in two phases
 // (column_sum.cuh): partials per block of COLUMN_SUM_ROWS rows, then the partials in row-block order.
+// Activations (Act) and the weight and bias (Param) are read in their stored type, fp32 or bf16; outputs
+// are stored rounded once (bf16_device.cuh); gradients are fp32.
 #ifndef LP_KERNELS_LAYERNORM_CUH
 #define LP_KERNELS_LAYERNORM_CUH
 
+#include "bf16_device.cuh"
 #include "column_sum.cuh"
 #include "common.cuh"
 
@@ -16,36 +19,42 @@
 static size_t layernorm_backward_scratch_floats(int N, int C) { return 2 * column_sum_scratch_floats(N, C); }
 
 // One warp per row. mean, rstd: (N), or NULL where not needed (no backward follows). With `add` (not
-// NULL), the row normalized is inp + add, which is also stored into residual: the residual connection and
-// the layernorm after it in one pass (each sum is one fp32 addition, the CPU's residual_forward).
-static __global__ void layernorm_forward_kernel(float *out, float *mean, float *rstd, float *residual,
-                                                const float *inp, const float *add, const float *weight,
-                                                const float *bias, int N, int C) {
+// NULL), the row normalized is inp + add, which is stored into residual (rounded to its type) and read back:
+// the residual connection and the layernorm after it in one pass (each sum is one fp32 addition, the CPU's
+// residual_forward, then its gpt_cpu_store).
+template <typename Act, typename Param>
+static __global__ void layernorm_forward_kernel(Act *out, float *mean, float *rstd, Act *residual, const Act *inp,
+                                                const Act *add, const Param *weight, const Param *bias, int N, int C) {
     int row = blockIdx.x * (blockDim.x / WARP_SIZE) + threadIdx.x / WARP_SIZE;
     int lane = threadIdx.x % WARP_SIZE;
     if (row >= N) return;  // the whole warp leaves together
-    const float *x = inp + (size_t)row * C;  // (C)
-    float *o = out + (size_t)row * C;        // (C)
+    const Act *x = inp + (size_t)row * C;  // (C)
+    Act *o = out + (size_t)row * C;        // (C)
     if (add) {
-        const float *a = add + (size_t)row * C;  // (C)
-        float *r = residual + (size_t)row * C;   // (C)
-        for (int c = lane; c < C; c += WARP_SIZE) r[c] = x[c] + a[c];
+        const Act *a = add + (size_t)row * C;  // (C)
+        Act *r = residual + (size_t)row * C;   // (C)
+        for (int c = lane; c < C; c += WARP_SIZE) store_rounded(&r[c], load_f32(x[c]) + load_f32(a[c]));
         x = r;  // each lane reads back only the elements it wrote
     }
     float sum = 0.0f;
-    for (int c = lane; c < C; c += WARP_SIZE) sum += x[c];
+    for (int c = lane; c < C; c += WARP_SIZE) sum += load_f32(x[c]);
     float m = warp_sum(sum) / (float)C;
     // Two passes: the variance from deviations, not E[x^2] - E[x]^2, which cancels badly.
     float sq = 0.0f;
-    for (int c = lane; c < C; c += WARP_SIZE) sq += (x[c] - m) * (x[c] - m);
+    for (int c = lane; c < C; c += WARP_SIZE) {
+        float d = load_f32(x[c]) - m;
+        sq += d * d;
+    }
     float s = 1.0f / sqrtf(warp_sum(sq) / (float)C + LAYERNORM_EPS);
-    for (int c = lane; c < C; c += WARP_SIZE) o[c] = (x[c] - m) * s * weight[c] + bias[c];
+    for (int c = lane; c < C; c += WARP_SIZE)
+        store_rounded(&o[c], (load_f32(x[c]) - m) * s * load_f32(weight[c]) + load_f32(bias[c]));
     if (lane == 0 && mean) mean[row] = m;
     if (lane == 0 && rstd) rstd[row] = s;
 }
 
-static void layernorm_launch(float *out, float *mean, float *rstd, float *residual, const float *inp, const float *add,
-                             const float *weight, const float *bias, int N, int C, cudaStream_t stream) {
+template <typename Act, typename Param>
+static void layernorm_launch(Act *out, float *mean, float *rstd, Act *residual, const Act *inp, const Act *add,
+                             const Param *weight, const Param *bias, int N, int C, cudaStream_t stream) {
     if (N == 0) return;
     int rows_per_block = LAYERNORM_THREADS / WARP_SIZE;
     layernorm_forward_kernel<<<ceil_div(N, rows_per_block), LAYERNORM_THREADS, 0, stream>>>(
@@ -54,48 +63,52 @@ static void layernorm_launch(float *out, float *mean, float *rstd, float *residu
 }
 
 // out, inp: (N, C); mean, rstd: (N) or NULL; weight, bias: (C)
-static void layernorm_forward_gpu(float *out, float *mean, float *rstd, const float *inp, const float *weight,
-                                  const float *bias, int N, int C, cudaStream_t stream) {
-    layernorm_launch(out, mean, rstd, NULL, inp, NULL, weight, bias, N, C, stream);
+template <typename Act, typename Param>
+static void layernorm_forward_gpu(Act *out, float *mean, float *rstd, const Act *inp, const Param *weight,
+                                  const Param *bias, int N, int C, cudaStream_t stream) {
+    layernorm_launch(out, mean, rstd, (Act *)NULL, inp, (const Act *)NULL, weight, bias, N, C, stream);
 }
 
 // residual = a + b, then out = layernorm(residual), in one pass: the CPU's residual_forward followed by its
 // layernorm_forward, bit for bit as the two separate kernels. residual, a, b, out: (N, C); mean, rstd: (N)
 // or NULL; weight, bias: (C). residual may equal a (not out).
-static void residual_layernorm_forward_gpu(float *residual, float *out, float *mean, float *rstd, const float *a,
-                                           const float *b, const float *weight, const float *bias, int N, int C,
+template <typename Act, typename Param>
+static void residual_layernorm_forward_gpu(Act *residual, Act *out, float *mean, float *rstd, const Act *a,
+                                           const Act *b, const Param *weight, const Param *bias, int N, int C,
                                            cudaStream_t stream) {
     layernorm_launch(out, mean, rstd, residual, a, b, weight, bias, N, C, stream);
 }
 
 // dinp += rstd * (g - mean(g) - xhat * mean(g * xhat)) with g = dout * weight; one warp per row.
-static __global__ void layernorm_backward_input_kernel(float *dinp, const float *dout, const float *inp,
-                                                      const float *weight, const float *mean, const float *rstd,
+template <typename Act, typename Param>
+static __global__ void layernorm_backward_input_kernel(float *dinp, const float *dout, const Act *inp,
+                                                      const Param *weight, const float *mean, const float *rstd,
                                                       int N, int C) {
     int row = blockIdx.x * (blockDim.x / WARP_SIZE) + threadIdx.x / WARP_SIZE;
     int lane = threadIdx.x % WARP_SIZE;
     if (row >= N) return;
-    const float *x = inp + (size_t)row * C;   // (C)
+    const Act *x = inp + (size_t)row * C;     // (C)
     const float *d = dout + (size_t)row * C;  // (C)
     float *dx = dinp + (size_t)row * C;       // (C)
     float m = mean[row], s = rstd[row];
     float g_sum = 0.0f, gx_sum = 0.0f;
     for (int c = lane; c < C; c += WARP_SIZE) {
-        float g = d[c] * weight[c];
+        float g = d[c] * load_f32(weight[c]);
         g_sum += g;
-        gx_sum += g * (x[c] - m) * s;
+        gx_sum += g * (load_f32(x[c]) - m) * s;
     }
     float g_mean = warp_sum(g_sum) / (float)C, gx_mean = warp_sum(gx_sum) / (float)C;
     for (int c = lane; c < C; c += WARP_SIZE) {
-        float xhat = (x[c] - m) * s;
-        dx[c] += s * (d[c] * weight[c] - g_mean - xhat * gx_mean);
+        float xhat = (load_f32(x[c]) - m) * s;
+        dx[c] += s * (d[c] * load_f32(weight[c]) - g_mean - xhat * gx_mean);
     }
 }
 
 // Phase 1 of dweight and dbias: per block of COLUMN_SUM_ROWS rows and per column, the sums of dout * xhat
 // and of dout, rows in order. partials_w, partials_b: (row_blocks, C)
+template <typename Act>
 static __global__ void layernorm_weight_partials_kernel(float *partials_w, float *partials_b, const float *dout,
-                                                       const float *inp, const float *mean, const float *rstd, int N,
+                                                       const Act *inp, const float *mean, const float *rstd, int N,
                                                        int C) {
     int c = blockIdx.x * blockDim.x + threadIdx.x;
     if (c >= C) return;
@@ -104,17 +117,18 @@ static __global__ void layernorm_weight_partials_kernel(float *partials_w, float
     float dw = 0.0f, db = 0.0f;
     for (int n = first; n < last; n++) {
         size_t i = (size_t)n * C + c;
-        dw += dout[i] * ((inp[i] - mean[n]) * rstd[n]);
+        dw += dout[i] * ((load_f32(inp[i]) - mean[n]) * rstd[n]);
         db += dout[i];
     }
     partials_w[(size_t)blockIdx.y * C + c] = dw;
     partials_b[(size_t)blockIdx.y * C + c] = db;
 }
 
-// dinp, dout, inp: (N, C); dweight, dbias, weight: (C); mean, rstd: (N). All three gradients are added to.
+// dinp, dout (fp32), inp: (N, C); dweight, dbias (fp32), weight: (C); mean, rstd: (N). All three gradients are added to.
 // scratch: layernorm_backward_scratch_floats(N, C) floats, free for the duration of the call (stream order).
-static void layernorm_backward_gpu(float *dinp, float *dweight, float *dbias, const float *dout, const float *inp,
-                                   const float *weight, const float *mean, const float *rstd, int N, int C,
+template <typename Act, typename Param>
+static void layernorm_backward_gpu(float *dinp, float *dweight, float *dbias, const float *dout, const Act *inp,
+                                   const Param *weight, const float *mean, const float *rstd, int N, int C,
                                    float *scratch, cudaStream_t stream) {
     if (N == 0 || C == 0) return;
     int rows_per_block = LAYERNORM_THREADS / WARP_SIZE;

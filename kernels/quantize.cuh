@@ -1,4 +1,4 @@
-// Matmul operand casts on the device (src/cpu/quantize.c), the bf16 cast of fp32 tensors, the amax of a
+// Matmul operand casts on the device (src/cpu/quantize.c), conversions between fp32 and bf16 tensors, the amax of a
 // tensor (src/scaling.c's tensor_amax), and fp8 scaling with its state (scales, amax histories) in device
 // memory: the amax, the scale and the cast follow each other on the stream, so a cast never waits for the
 // host. Every element and every scale goes through the shared __host__ __device__ functions of
@@ -14,16 +14,19 @@
 #define QUANTIZE_THREADS 256
 #define AMAX_MAX_BLOCKS 1024  // grid-stride beyond this: fewer atomics
 
-static __global__ void quantize_operand_kernel(float *out, const float *inp, size_t n, OperandCast cast,
+template <typename Stored>
+static __global__ void quantize_operand_kernel(float *out, const Stored *inp, size_t n, OperandCast cast,
                                                const float *device_scale) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (device_scale) cast.scale = *device_scale;
-    if (i < n) out[i] = quantize_operand_value(inp[i], &cast);
+    if (i < n) out[i] = quantize_operand_value(load_f32(inp[i]), &cast);
 }
 
 // out = each element of inp cast as `cast` says (quantize_operand_value), with the scale read from
-// device_scale (one float in device memory) when it is not NULL. out, inp: (n); out may equal inp.
-static void quantize_operand_gpu(float *out, const float *inp, size_t n, OperandCast cast, const float *device_scale,
+// device_scale (one float in device memory) when it is not NULL. out: (n) fp32; inp: (n) fp32 or bf16 (an
+// fp32 cast of bf16 values widens them); out may equal inp.
+template <typename Stored>
+static void quantize_operand_gpu(float *out, const Stored *inp, size_t n, OperandCast cast, const float *device_scale,
                                  cudaStream_t stream) {
     if (n == 0) return;
     quantize_operand_kernel<<<ceil_div(n, QUANTIZE_THREADS), QUANTIZE_THREADS, 0, stream>>>(out, inp, n, cast,
@@ -31,15 +34,18 @@ static void quantize_operand_gpu(float *out, const float *inp, size_t n, Operand
     CUDA_CHECK_LAUNCH();
 }
 
-static __global__ void cast_bf16_kernel(__nv_bfloat16 *out, const float *inp, size_t n) {
+template <typename In, typename Out>
+static __global__ void convert_kernel(Out *out, const In *inp, size_t n) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) out[i] = bf16_device_from_f32(inp[i]);
+    if (i < n) store_rounded(&out[i], load_f32(inp[i]));
 }
 
-// out (n, bf16) = inp (n, fp32) rounded to nearest-even, bit-identical to bf16_from_f32.
-static void cast_bf16_gpu(__nv_bfloat16 *out, const float *inp, size_t n, cudaStream_t stream) {
+// out (n) = inp (n) in out's type: fp32 to bf16 rounded to nearest-even (bit-identical to bf16_from_f32),
+// bf16 to fp32 exactly.
+template <typename In, typename Out>
+static void convert_gpu(Out *out, const In *inp, size_t n, cudaStream_t stream) {
     if (n == 0) return;
-    cast_bf16_kernel<<<ceil_div(n, QUANTIZE_THREADS), QUANTIZE_THREADS, 0, stream>>>(out, inp, n);
+    convert_kernel<<<ceil_div(n, QUANTIZE_THREADS), QUANTIZE_THREADS, 0, stream>>>(out, inp, n);
     CUDA_CHECK_LAUNCH();
 }
 
@@ -47,11 +53,12 @@ static void cast_bf16_gpu(__nv_bfloat16 *out, const float *inp, size_t n, cudaSt
 // order, and every NaN is mapped to the canonical quiet NaN 0x7fc00000, which is above +inf. So an integer
 // atomicMax gives max |x| exactly, or NaN when any element is NaN, the same bits in any launch order.
 // amax_bits starts at 0 (the launcher clears it).
-static __global__ void tensor_amax_kernel(unsigned int *amax_bits, const float *x, size_t n) {
+template <typename Stored>
+static __global__ void tensor_amax_kernel(unsigned int *amax_bits, const Stored *x, size_t n) {
     unsigned int m = 0u;
     size_t stride = (size_t)gridDim.x * blockDim.x;
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
-        unsigned int a = __float_as_uint(x[i]) & 0x7fffffffu;
+        unsigned int a = __float_as_uint(load_f32(x[i])) & 0x7fffffffu;
         m = max(m, a > 0x7f800000u ? 0x7fc00000u : a);
     }
     m = __reduce_max_sync(0xffffffffu, m);  // every lane is here: the loop has no early exit
@@ -60,7 +67,8 @@ static __global__ void tensor_amax_kernel(unsigned int *amax_bits, const float *
 
 // *amax_device (one float on the device) = max |x[i]| over x (n), NaN if any element is NaN (0 for n = 0),
 // bit-identical to tensor_amax of src/scaling.c (whose NaN is NAN, 0x7fc00000).
-static void tensor_amax_gpu(float *amax_device, const float *x, size_t n, cudaStream_t stream) {
+template <typename Stored>
+static void tensor_amax_gpu(float *amax_device, const Stored *x, size_t n, cudaStream_t stream) {
     CUDA_CHECK(cudaMemsetAsync(amax_device, 0, sizeof(float), stream));
     if (n == 0) return;
     unsigned int blocks = ceil_div(n, QUANTIZE_THREADS);

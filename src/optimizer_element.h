@@ -43,7 +43,8 @@ typedef struct {
 typedef struct {
     WeightUpdate update;
     int grid_bits;                     // WEIGHTS_INT_GRID
-    float *params;                     // (N) the weights forward reads (the storage under fp32 weights)
+    float *params;                     // (N) the weights forward reads as fp32 (the storage under fp32 weights);
+                                       // NULL where bf16 weights are read as stored (the CUDA backend)
     bf16 *weights_bf16;                // (N) bf16 weights (MCF: hi); WEIGHTS_INT_GRID: the bf16 off-grid tensors
                                        // (embeddings), tensor after tensor; or NULL
     float *master;                     // UPDATE_FP32_MASTER
@@ -126,14 +127,20 @@ LP_HD void optimizer_step_fp32_read(float *weight, const ElementStep *e) {
     if (e->sums) update_sums_add_element(e->sums, delta, moved, moved);
 }
 
+// The fp32 compute copy of parameter i after its step, where the backend keeps one (params not NULL).
+LP_HD void set_compute_copy(const OptimizerBuffers *b, size_t i, float value) {
+    if (b->params) b->params[i] = value;
+}
+
 // Forward reads the bf16 copy; the fp32 master keeps what the copy's rounding drops.
 LP_HD void optimizer_step_master(const OptimizerBuffers *b, size_t i, const ElementStep *e) {
     float master_before = b->master[e->state], read_before = bf16_to_f32(b->weights_bf16[i]);
     float delta = optimizer_step_fp32(&b->master[e->state], e);
     b->weights_bf16[i] = bf16_from_f32(b->master[e->state]);
-    b->params[i] = bf16_to_f32(b->weights_bf16[i]);
+    float read = bf16_to_f32(b->weights_bf16[i]);
+    set_compute_copy(b, i, read);
     if (e->sums)
-        update_sums_add_element(e->sums, delta, (double)b->params[i] - read_before,
+        update_sums_add_element(e->sums, delta, (double)read - read_before,
                                 (double)b->master[e->state] - master_before);
 }
 
@@ -141,8 +148,9 @@ LP_HD void optimizer_step_rne(const OptimizerBuffers *b, size_t i, const Element
     bf16 before = b->weights_bf16[i];
     bf16 delta = adamw_delta_bf16(before, e->m.operand, e->v.operand, e->k, e->decay);
     b->weights_bf16[i] = weight_step_rne(before, delta);
-    b->params[i] = bf16_to_f32(b->weights_bf16[i]);
-    double moved = (double)b->params[i] - bf16_to_f32(before);
+    float read = bf16_to_f32(b->weights_bf16[i]);
+    set_compute_copy(b, i, read);
+    double moved = (double)read - bf16_to_f32(before);
     if (e->sums) update_sums_add_element(e->sums, bf16_to_f32(delta), moved, moved);
 }
 
@@ -152,10 +160,10 @@ LP_HD void optimizer_step_mcf(const OptimizerBuffers *b, size_t i, const Element
     Mcf after = weight_step_mcf(before, delta);
     b->weights_bf16[i] = after.hi;
     b->mcf_lo[e->state] = after.lo;
-    b->params[i] = bf16_to_f32(after.hi);
+    set_compute_copy(b, i, bf16_to_f32(after.hi));
     if (e->sums) {
         double raw = bf16_to_f32(delta);
-        update_sums_add_element(e->sums, raw, (double)b->params[i] - bf16_to_f32(before.hi),
+        update_sums_add_element(e->sums, raw, (double)bf16_to_f32(after.hi) - bf16_to_f32(before.hi),
                                 mcf_to_double(after) - mcf_to_double(before));
         update_sums_add_compensation(e->sums, bf16_to_f32(after.lo), raw);
     }
@@ -172,22 +180,24 @@ LP_HD void optimizer_step_kahan(const OptimizerBuffers *b, size_t i, const Eleme
     KahanPair after = weight_step_kahan(before, delta);
     b->weights_bf16[i] = after.value;
     b->kahan_c[e->state] = after.compensation;
-    b->params[i] = bf16_to_f32(after.value);
+    set_compute_copy(b, i, bf16_to_f32(after.value));
     if (e->sums) {
         double raw = bf16_to_f32(delta);
-        update_sums_add_element(e->sums, raw, (double)b->params[i] - bf16_to_f32(before.value),
+        update_sums_add_element(e->sums, raw, (double)bf16_to_f32(after.value) - bf16_to_f32(before.value),
                                 kahan_value(after) - kahan_value(before));
         update_sums_add_compensation(e->sums, -(double)bf16_to_f32(after.compensation), raw);
     }
 }
 
-// A bf16 weight stepped by the fp32 AdamW update, stochastically rounded; param: the value forward reads.
+// A bf16 weight stepped by the fp32 AdamW update, stochastically rounded; param: its fp32 compute copy, or
+// NULL where the weight is read as stored.
 LP_HD void optimizer_step_sr(bf16 *weight, float *param, const ElementStep *e) {
     bf16 before = *weight;
     float delta = adamw_delta_fp32(bf16_to_f32(before), e->m.value, e->v.value, &e->k->fp32, e->decay);
     *weight = weight_step_sr(before, delta, e->key, e->index);
-    *param = bf16_to_f32(*weight);
-    double moved = (double)*param - bf16_to_f32(before);
+    float read = bf16_to_f32(*weight);
+    if (param) *param = read;
+    double moved = (double)read - bf16_to_f32(before);
     if (e->sums) update_sums_add_element(e->sums, delta, moved, moved);
 }
 
@@ -252,7 +262,7 @@ LP_HD void optimizer_step_element(const OptimizerBuffers *b, const Chunk *chunk,
     case UPDATE_BF16_RNE: optimizer_step_rne(b, i, &e); break;
     case UPDATE_MCF_GROW: optimizer_step_mcf(b, i, &e); break;
     case UPDATE_KAHAN: optimizer_step_kahan(b, i, &e); break;
-    case UPDATE_SR: optimizer_step_sr(&b->weights_bf16[i], &b->params[i], &e); break;
+    case UPDATE_SR: optimizer_step_sr(&b->weights_bf16[i], b->params ? &b->params[i] : NULL, &e); break;
     case UPDATE_GRID_SR: optimizer_step_dqt(b, i, chunk, &e); break;
     }
 }

@@ -1,7 +1,8 @@
 # The --dry-run memory plan against the storage each policy keeps, counted by hand per parameter: the
-# policy's weights, gradients and optimizer state, plus what the backends add: an fp32 copy of 16-bit
-# weights for the passes to read, and on the CPU an fp32 gradient scratch under bf16 gradients (the CUDA
-# backend forms one tensor slice's gradient at a time instead, in a scratch planned with its activations).
+# policy's weights, gradients and optimizer state, plus what the CPU backend adds: an fp32 copy of 16-bit
+# weights for the passes to read, and an fp32 gradient scratch under bf16 gradients. The CUDA backend adds
+# neither: its passes read bf16 weights as stored, and it forms one tensor slice's gradient at a time, in a
+# scratch planned with its activations; so it holds exactly the policy table's bytes per parameter.
 # A build with nvcc also plans the CUDA backend without a GPU (--device cuda --dry-run). The DQT presets and
 # axes, and bitnet, are counted tensor by tensor below.
 source "$(dirname "$0")/e2e_common.sh"
@@ -32,6 +33,7 @@ for device in $devices; do
     read -r params state_mib acts_mib <<<"$(plan "$device" "$policy")" || fail "$device $policy: no plan"
     per_param=${by_hand[$policy]}
     [ "$device" = cuda ] && [ -n "${bf16_grads[$policy]:-}" ] && per_param=$((per_param - 4))
+    [ "$device" = cuda ] && [ "$policy" != fp32 ] && per_param=$((per_param - 4))  # no compute copy
     python3 - "$params" "$state_mib" "$per_param" <<'PY' || fail "$device $policy: state $state_mib MiB, by hand $per_param bytes/param"
 import sys
 params, state_mib, per_param = int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])

@@ -3,9 +3,11 @@
 // bits from the same gradients). Storage, chunks, rank ranges and checkpoint sections follow
 // param_storage.h exactly as on the CPU, so a checkpoint of either backend resumes on the other.
 //
-// Memory: the weights (with the fp32 compute copy the passes read), the gradients (fp32, or bf16 with no
-// fp32 copy: gpt_cuda.cu forms one tensor slice's gradient at a time in its own scratch) and the optimizer
-// state are one device allocation each; the activations are gpt_cuda.cu's one allocation.
+// Memory: the weights (as stored: the passes read bf16 weights directly, so they have no fp32 copy; only DQT
+// keeps the fp32 compute copy of its decoded grid), the gradients (fp32, or bf16 with no fp32 copy:
+// gpt_cuda.cu forms one tensor slice's gradient at a time in its own scratch) and the optimizer state are one
+// device allocation each; the activations are gpt_cuda.cu's one allocation. So the device holds exactly the
+// policy table's bytes per parameter (mixed 18, collage_plus 12).
 //
 // Data parallelism: one process per GPU (local rank -> device), gradients summed over NCCL in fp32 (bf16
 // gradients are widened, summed, and rounded once, as on the CPU). NCCL's ring order is fixed for a given
@@ -206,8 +208,9 @@ static void alloc_storage(Backend *b) {
     int dqt = p->weights == WEIGHTS_INT_GRID;
     DqtCounts counts = dqt_counts(&b->table, p);
     // Under DQT weights_bf16 holds the bf16 embeddings (precision.embeddings = bf16) only.
+    // fp32 values: the fp32 weights themselves, or DQT's compute copy of its decoded grid.
     size_t weight_parts[5] = {
-        n * sizeof(float),
+        p->weights == WEIGHTS_BF16 ? 0 : n * sizeof(float),
         p->weights == WEIGHTS_BF16 ? n * sizeof(bf16) : dqt ? counts.bf16 * sizeof(bf16) : 0,
         dqt ? counts.codes : 0,
         dqt ? counts.scales * sizeof(float) : 0,
@@ -244,9 +247,8 @@ static void download(Backend *b, void *host, const void *device, size_t bytes) {
     CUDA_CHECK(cudaStreamSynchronize(b->stream));
 }
 
-// Refreshes the compute copy from the stored weights (at creation, after a load, after a ZeRO-1 gather).
+// DQT: refreshes the compute copy from the stored grid (at creation, after a load, after a ZeRO-1 gather).
 static void decode_weights(Backend *b) {
-    if (b->policy.weights == WEIGHTS_BF16) bf16_to_f32_gpu(b->buffers.params, b->buffers.weights_bf16, b->table.num_params, b->stream);
     if (b->policy.weights == WEIGHTS_INT_GRID) dqt_decode_gpu(&b->buffers, b->chunks, b->layout.num_chunks, b->stream);
     CUDA_CHECK(cudaStreamSynchronize(b->stream));
 }
@@ -363,8 +365,8 @@ static void cuda_destroy(Backend *b) {
 
 static GPTWeights gpt_weights(const Backend *b) {
     GPTWeights w;
-    w.params = b->buffers.params;
-    w.weights_bf16 = b->policy.weights == WEIGHTS_BF16 ? b->buffers.weights_bf16 : NULL;
+    w.bf16 = b->policy.weights == WEIGHTS_BF16;
+    w.weights = w.bf16 ? (const void *)b->buffers.weights_bf16 : (const void *)b->buffers.params;
     return w;
 }
 
@@ -495,7 +497,7 @@ static void broadcast_ranges(Backend *b, void *data, size_t elem_bytes, const si
 }
 #endif
 
-// ZeRO-1: every rank's stored weights of its range to every rank, then the compute copy decoded.
+// ZeRO-1: every rank's stored weights of its range to every rank, then DQT's compute copy decoded.
 static void gather_shards(Backend *b) {
 #ifdef LP_WITH_NCCL
     OptimizerBuffers *o = &b->buffers;
@@ -568,7 +570,15 @@ static void cuda_shard_optimizer_state(Backend *b) {
 }
 
 static void cuda_read_params(Backend *b, float *params) {
-    download(b, params, b->buffers.params, b->table.num_params * sizeof(float));
+    size_t n = b->table.num_params;
+    if (b->policy.weights != WEIGHTS_BF16) {
+        download(b, params, b->buffers.params, n * sizeof(float));
+        return;
+    }
+    bf16 *stored = (bf16 *)xmalloc(n * sizeof(bf16));
+    download(b, stored, b->buffers.weights_bf16, n * sizeof(bf16));
+    for (size_t i = 0; i < n; i++) params[i] = bf16_to_f32(stored[i]);
+    free(stored);
 }
 
 static void cuda_read_grads(Backend *b, float *grads) {
@@ -688,11 +698,12 @@ static void cuda_state_load(Backend *b) {
     decode_weights(b);
 }
 
-// state_bytes, less the fp32 gradient copy that bf16 gradients do without here (their scratch is one
-// tensor slice, planned with the activations).
+// state_bytes, less the fp32 copies this backend does without: of bf16 weights (the passes read them as
+// stored) and of bf16 gradients (their scratch is one tensor slice, planned with the activations).
 static size_t cuda_plan_state_bytes(const ParamTable *table, const Policy *policy, int shards) {
     check_supported(policy);
     StateBytes bytes = state_bytes(table, policy, shards);
+    if (policy->weights == WEIGHTS_BF16) bytes.weights -= table->num_params * sizeof(float);
     if (policy->grads == GRADS_BF16) bytes.gradients -= table->num_params * sizeof(float);
     return bytes.weights + bytes.gradients + bytes.optimizer;
 }

@@ -1,7 +1,9 @@
 // GPT-2 forward and backward on one GPU: the layer sequence of src/cpu/gpt_cpu.c over the kernels of
-// kernels/, with every matrix product on cuBLASLt. Activations are fp32 as on the CPU; matmul operands are
-// cast to their format before each product (bf16 operands multiply on bf16 tensor cores; fp8 and eXmY are
-// simulated: cast values in fp32), and every product accumulates in fp32.
+// kernels/, with every matrix product on cuBLASLt. Activations are stored in the policy's activation format
+// (fp32, or bf16: each kernel reads bf16 and computes in fp32, rounding what it stores once, the CPU's
+// gpt_cpu_store); activation gradients are fp32. Matmul operands are in their format (bf16 operands
+// multiply on bf16 tensor cores; fp8 and eXmY are simulated: cast values in fp32), read straight from the
+// stored activations and weights where those are already in it, and every product accumulates in fp32.
 #ifndef LP_CUDA_GPT_CUDA_H
 #define LP_CUDA_GPT_CUDA_H
 
@@ -23,11 +25,12 @@ void gpt_cuda_free(GPTCuda *model);
 // Device bytes gpt_cuda_create allocates for (B, T) under policy, without allocating.
 size_t gpt_cuda_activation_bytes(const ParamTable *table, const Policy *policy, int B, int T);
 
-// The weights as the passes read them (device): params (num_params) fp32, and, when the policy stores
-// bf16 weights, the same values as bf16 (weights_bf16, or NULL), which bf16 products use without a cast.
+// The weights as the passes read them (device, num_params): the stored bf16 weights (bf16 set: every policy
+// with bf16 weights, MCF hi included; no fp32 copy exists), or fp32 values (the fp32 weights themselves, or
+// DQT's decoded compute copy). Every kernel and product reads them in this type.
 typedef struct {
-    const float *params;
-    const bf16 *weights_bf16;
+    const void *weights;
+    int bf16;
 } GPTWeights;
 
 // inputs, targets: (B, T) token ids on the host; targets may be NULL. Returns the mean loss (0 without
@@ -52,8 +55,9 @@ void gpt_cuda_backward(GPTCuda *model, const GPTWeights *weights, const Gradient
 // Under bf16 gradients: the model's fp32 gradient scratch (*floats elements, at least 2C), free between
 // backward passes, for the backend's gradient reductions; NULL and 0 otherwise.
 float *gpt_cuda_gradient_window(GPTCuda *model, size_t *floats);
-// The last forward's logits / probabilities at position t of every sequence, (B, Vp), copied to host memory
-// the model owns (valid until the next call). Logits only until the next backward, which overwrites them.
+// The last forward's logits / probabilities at position t of every sequence, (B, Vp), widened to fp32 in host
+// memory the model owns (valid until the next call). Logits only until the next backward, which may
+// overwrite them with their gradient.
 const float *gpt_cuda_logits_at(GPTCuda *model, int t);
 const float *gpt_cuda_probs_at(GPTCuda *model, int t);
 // fp8 delayed scaling's amax histories (gpt_cpu_scaling_state's layout and meaning): *data is their host

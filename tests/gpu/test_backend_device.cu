@@ -40,8 +40,7 @@ static Policy preset_policy(const char *name, const char *override_assignment) {
     char assignment[128];
     snprintf(assignment, sizeof assignment, "precision.policy=%s", name);
     config_set(&cfg, assignment);
-    // The device stores fp32 activations only (it refuses bf16 ones), so both backends run with fp32 ones.
-    config_set(&cfg, "precision.activations=fp32");
+    // Each preset's own activation format (bf16 for the bf16 family), the same on both backends.
     if (override_assignment) config_set(&cfg, override_assignment);
     return policy_from_config(&cfg);
 }

@@ -66,8 +66,7 @@ else data_args+=(--set data.tokenizer=); fi
 # configs/tiny_cpu.json for 20 steps (warm-up shortened to fit), checkpoints at 10 and 20.
 base=(--config "$root/configs/tiny_cpu.json" "${data_args[@]}" --set training.max_steps=20
       --set training.warmup_steps=5 --set training.eval_every=0 --set training.sample_every=0
-      --set training.sample_tokens=0 --set training.checkpoint_every=10
-      --set precision.activations=fp32)  # the device refuses bf16 activations: both backends store fp32
+      --set training.sample_tokens=0 --set training.checkpoint_every=10)
 
 # CPU runs in parallel: one OpenMP thread each (two on a large machine), leaving two cores to the GPU runs.
 cores=$(nproc)

@@ -446,7 +446,7 @@ static void test_column_sums(void) {
     float *d_out = to_device(out), *d_bias = to_device(bias);
     for (int n = 0; n < rows; n++)
         for (int o = 0; o < OC; o++) out[(size_t)n * OC + o] += bias[o];
-    add_bias_gpu(d_out, d_bias, rows, OC, stream);
+    add_bias_gpu(d_out, d_out, d_bias, rows, OC, stream);
     check_bits("add_bias (74x72) bits", to_host(d_out, out.size()), out);
 
     cudaFree(d_src);
@@ -462,14 +462,15 @@ static void test_column_sums(void) {
 // most). The forward 0.5 x (1 + t) is compared relative to the size of its two terms, 0.5 |x| (1 + |t|):
 // the change 0.5 |x| dt is below 3e-7 of that, and near x = -3 where 1 + t cancels to 2e-3 the output's own
 // magnitude would be the wrong scale (its relative error there is 1e-4 on any two libms). The backward
-// dinp += (0.5 (1 + t) + 0.5 x (1 - t^2) u') dout is compared relative to |dinp_initial| + |dout| *
+// dinp = (0.5 (1 + t) + 0.5 x (1 - t^2) u') dout (the GPU overwrites; the CPU adds to zero, as gpt_cpu.c
+// does) is compared relative to |dinp_initial| + |dout| *
 // (0.5 (1 + |t|) + 0.5 |x| (1 + t^2) |u'|), its terms: dt moves it by |dout| dt (0.5 + |x t u'|), again
 // below 1e-6 of the scale. 1e-5 leaves a margin of 10 at least; how many elements are bit-identical is
 // printed as well.
 
 static void test_gelu(void) {
     const size_t n = 100003;
-    Floats inp = random_floats(n, -8, 8), dout = random_floats(n, -1, 1), dinp = random_floats(n, -1, 1);
+    Floats inp = random_floats(n, -8, 8), dout = random_floats(n, -1, 1), dinp(n, 0.0f);
     Floats out(n), out_scale(n), dinp_scale(n);
     for (size_t i = 0; i < n; i++) {
         double x = inp[i], u = 0.7978845608028654 * (x + 0.044715 * x * x * x), t = fabs(tanh(u));
@@ -478,12 +479,20 @@ static void test_gelu(void) {
         double terms = 0.5 * (1.0 + t) + 0.5 * fabs(x) * (1.0 + t * t) * du_dx;
         dinp_scale[i] = positive_scale(fabs((double)dinp[i]) + fabs((double)dout[i]) * terms);
     }
-    float *d_inp = to_device(inp), *d_dout = to_device(dout), *d_dinp = to_device(dinp), *d_out = device_floats(n);
+    // The GPU's dinp starts as garbage: its backward overwrites.
+    float *d_inp = to_device(inp), *d_dout = to_device(dout), *d_dinp = to_device(random_floats(n, -1, 1));
+    float *d_out = device_floats(n);
+    __nv_bfloat16 *d_dinp_bf16 = (__nv_bfloat16 *)cuda_malloc_checked(n * sizeof(__nv_bfloat16), "test bf16");
     gelu_forward(out.data(), inp.data(), n);
     gelu_backward(dinp.data(), dout.data(), inp.data(), n);
     gelu_forward_gpu(d_out, d_inp, n, stream);
-    gelu_backward_gpu(d_dinp, d_dout, d_inp, n, stream);
+    gelu_backward_gpu(d_dinp, d_dinp_bf16, d_dout, d_inp, n, stream);
     Floats got_out = to_host(d_out, n), got_dinp = to_host(d_dinp, n);
+    // The bf16 operand is the GPU's own fp32 gradient rounded: bit for bit.
+    Codes want_bf16(n);
+    for (size_t i = 0; i < n; i++) want_bf16[i] = bf16_from_f32(got_dinp[i]);
+    check_bf16_codes("gelu_backward bf16 operand bits", to_host_bf16(d_dinp_bf16, n), want_bf16, 0);
+    cudaFree(d_dinp_bf16);
     size_t same_out = 0, same_dinp = 0;
     for (size_t i = 0; i < n; i++) {
         same_out += bits_of_float(got_out[i]) == bits_of_float(out[i]);
@@ -607,7 +616,7 @@ static void test_classifier_shape(int N, int V, int Vp, double tol) {
         int r = (int)(i / Vp), v = (int)(i % Vp);
         scale[i] = positive_scale((double)dloss * (probs[i] + (v == targets[r] ? 1.0 : 0.0)));
     }
-    classifier_backward_gpu(d_logits, d_stats, d_targets, dloss, N, V, Vp, stream);
+    classifier_backward_gpu(d_logits, d_logits, d_stats, d_targets, dloss, N, V, Vp, stream);
     Floats got = to_host(d_logits, n);
     snprintf(name, sizeof name, "classifier_backward (N=%d V=%d Vp=%d) same stats bits", N, V, Vp);
     check_bits(name, got, same_stats);
@@ -758,7 +767,7 @@ static void test_attention_permutations(const Floats &qkv, int B, int T, int C, 
     for (size_t i = 0; i < special.size(); i++) special[i] = random_cast_input();
     upload(d_qkv, special);
     __nv_bfloat16 *d_h = (__nv_bfloat16 *)cuda_malloc_checked(3 * n * sizeof(__nv_bfloat16), "test bf16");
-    attention_split_qkv_bf16_gpu(d_h, d_h + n, d_h + 2 * n, d_qkv, B, T, C, NH, stream);
+    attention_split_qkv_gpu(d_h, d_h + n, d_h + 2 * n, d_qkv, B, T, C, NH, stream);
     Codes want_h(3 * n);
     for (int b = 0; b < B; b++)
         for (int t = 0; t < T; t++)
@@ -767,7 +776,7 @@ static void test_attention_permutations(const Floats &qkv, int B, int T, int C, 
                 size_t dst = (size_t)(j / C) * n + host_head_index(b, t, j % C, T, NH, hs);
                 want_h[dst] = bf16_from_f32(special[src]);
             }
-    check_bf16_codes("attention_split_qkv_bf16 (specials) bits", to_host_bf16(d_h, 3 * n), want_h, 0);
+    check_bf16_codes("attention_split_qkv into bf16 (specials) bits", to_host_bf16(d_h, 3 * n), want_h, 0);
 
     // merge_heads inverts split_heads; merge_qkv_grad adds.
     Floats x = random_floats(n, -1, 1), y(n);
@@ -927,10 +936,19 @@ static void test_quantize(void) {
     upload(d_inp, inp);
 
     __nv_bfloat16 *d_h = (__nv_bfloat16 *)cuda_malloc_checked(n * sizeof(__nv_bfloat16), "test bf16");
-    cast_bf16_gpu(d_h, d_inp, n, stream);
+    convert_gpu(d_h, d_inp, n, stream);
     Codes want(n);
     for (size_t i = 0; i < n; i++) want[i] = bf16_from_f32(inp[i]);
-    check_bf16_codes("cast_bf16 (NaN payloads included) bits", to_host_bf16(d_h, n), want, 0);
+    check_bf16_codes("convert fp32 -> bf16 (NaN payloads included) bits", to_host_bf16(d_h, n), want, 0);
+    // And back: bf16 -> fp32 is exact; the quantize cast of bf16 values (an fp32 cast) likewise.
+    Floats widened(n);
+    for (size_t i = 0; i < n; i++) widened[i] = bf16_to_f32(want[i]);
+    convert_gpu(d_out, d_h, n, stream);
+    check_bits_or_both_nan("convert bf16 -> fp32 bits", to_host(d_out, n), widened);
+    quantize_operand_gpu(d_out, d_h, n, casts[2].cast, NULL, stream);
+    Floats from_bf16(n);
+    quantize_operand(from_bf16.data(), widened.data(), n, &casts[2].cast);
+    check_bits_or_both_nan("quantize_operand e3m2 of bf16 values bits", to_host(d_out, n), from_bf16);
     cudaFree(d_h);
     cudaFree(d_inp);
     cudaFree(d_out);
