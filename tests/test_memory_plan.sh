@@ -91,11 +91,12 @@ if [ "$devices" = "cpu cuda" ]; then
   python3 -c 'import sys; sys.exit(0 if float(sys.argv[2]) > float(sys.argv[1]) else 1)' "$cpu_acts" "$cuda_acts" ||
     fail "the CUDA plan's activations ($cuda_acts MiB) should exceed the CPU's ($cpu_acts MiB): attention scratch, workspace"
   echo "cuda: activations $cuda_acts MiB (cpu $cpu_acts MiB)"
-  # GPT-2 124M on the GPU at one micro-batch of B*T >= 4C tokens (so that the gradient scratch fits in the
-  # projection output it shares a place with): collage_plus's whole plan (activations included) is below
+  # GPT-2 124M on the GPU at one micro-batch of B*T >= 8C tokens (so that the fp32 gradient scratch of the
+  # largest slice, 4C x C, fits in the bf16 projection output it shares a place with): collage_plus's whole
+  # plan (activations included) is below
   # mixed's by the policy table's 18 - 12 = 6 bytes per parameter: bf16 gradients keep no fp32 copy.
   total() {
-    "$train_gpt" --config "$root/configs/gpt125m_mixed.json" --device cuda --dry-run --set training.batch_size=4 \
+    "$train_gpt" --config "$root/configs/gpt125m_mixed.json" --device cuda --dry-run --set training.batch_size=8 \
       --set precision.policy="$1" | sed -n 's/^  total *\([0-9.]*\) MiB.*/\1/p'
   }
   mixed_total=$(total mixed)

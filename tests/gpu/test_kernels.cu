@@ -412,6 +412,126 @@ static void test_layernorm(void) {
 }
 
 // ---------------------------------------------------------------------------------------------------------
+// bf16 storage (precision.activations = bf16, bf16 weights): the same kernels read bf16, compute in fp32 and
+// round what they store once. Where the fp32 value is the CPU's bits (one addition: the encoder's sum, the
+// residual), its rounding is too: bit for bit. Elsewhere (row sums reordered, expf) the fp32 values agree to
+// the tolerances above, and a value that close to a rounding boundary may round to the neighbouring bf16: the
+// stored result is within one bf16 ulp (2^-8 relative) of the CPU's fp32 value, plus those tolerances.
+
+static Floats bf16_values(Floats x) {
+    for (size_t i = 0; i < x.size(); i++) x[i] = round_bf16(x[i]);
+    return x;
+}
+
+// x rounded to bf16, on the device.
+static __nv_bfloat16 *device_bf16_values(const Floats &x) {
+    Codes h(x.size());
+    for (size_t i = 0; i < x.size(); i++) h[i] = bf16_from_f32(x[i]);
+    return (__nv_bfloat16 *)to_device_bf16(h);
+}
+
+static Floats to_host_widened(const __nv_bfloat16 *d, size_t n) {
+    Codes codes = to_host_bf16(d, n);
+    Floats out(n);
+    for (size_t i = 0; i < n; i++) out[i] = bf16_to_f32(codes[i]);
+    return out;
+}
+
+// got (bf16 values) within one bf16 ulp of want (fp32) plus tol * scale.
+static void check_bf16_rounding(const char *name, const Floats &got, const Floats &want, const Floats &scale,
+                                double tol) {
+    size_t bad = 0, first = 0;
+    for (size_t i = 0; i < got.size(); i++)
+        if (!(fabs((double)got[i] - want[i]) <= fabs((double)want[i]) / 256.0 + tol * scale[i]) && bad++ == 0) first = i;
+    CHECK(bad == 0, "%s: %zu of %zu elements off, first %zu: %.9g vs %.9g", name, bad, got.size(), first, got[first],
+          want[first]);
+    printf("%-56s ok\n", name);
+}
+
+static void test_bf16_storage(void) {
+    const int N = 74, C = 72, T = 37, Vp = 80;
+    // Encoder: bf16 wte, wpe -> bf16 output, bits.
+    std::vector<int> tokens(N);
+    for (int i = 0; i < N; i++) tokens[i] = (int)(splitmix64_next(&rng_state) % Vp);
+    Floats wte = bf16_values(random_floats((size_t)Vp * C, -1, 1)), wpe = bf16_values(random_floats((size_t)T * C, -1, 1));
+    Floats encoded((size_t)N * C);
+    encoder_forward(encoded.data(), tokens.data(), wte.data(), wpe.data(), N / T, T, C);
+    int *d_tokens = to_device_ints(tokens);
+    __nv_bfloat16 *d_wte = device_bf16_values(wte), *d_wpe = device_bf16_values(wpe);
+    __nv_bfloat16 *d_encoded = device_bf16_values(Floats((size_t)N * C, 0.0f));
+    encoder_forward_gpu(d_encoded, d_tokens, d_wte, d_wpe, N / T, T, C, stream);
+    check_bits("encoder_forward bf16 -> bf16 bits", to_host_widened(d_encoded, encoded.size()), bf16_values(encoded));
+
+    // Residual + layernorm: the residual's bits, the output within one rounding (bf16 weights and bias).
+    Floats a = bf16_values(random_floats((size_t)N * C, -2, 2)), b = bf16_values(random_floats((size_t)N * C, -1, 1));
+    Floats weight = bf16_values(random_floats(C, -1.5f, 1.5f)), bias = bf16_values(random_floats(C, -0.5f, 0.5f));
+    Floats residual((size_t)N * C), out((size_t)N * C), mean(N), rstd(N), scale((size_t)N * C);
+    residual_forward(residual.data(), a.data(), b.data(), residual.size());
+    residual = bf16_values(residual);
+    layernorm_forward(out.data(), mean.data(), rstd.data(), residual.data(), weight.data(), bias.data(), N, C);
+    for (int n = 0; n < N; n++) {
+        double abs_sum = 0.0;
+        for (int c = 0; c < C; c++) abs_sum += fabs((double)residual[(size_t)n * C + c]);
+        for (int c = 0; c < C; c++)
+            scale[(size_t)n * C + c] = positive_scale(fabs((double)weight[c]) * rstd[n] *
+                                                      (fabs((double)residual[(size_t)n * C + c]) + abs_sum / C) +
+                                                      fabs((double)bias[c]));
+    }
+    __nv_bfloat16 *d_a = device_bf16_values(a), *d_b = device_bf16_values(b), *d_weight = device_bf16_values(weight);
+    __nv_bfloat16 *d_bias = device_bf16_values(bias), *d_residual = device_bf16_values(Floats((size_t)N * C, 0.0f));
+    __nv_bfloat16 *d_out = device_bf16_values(Floats((size_t)N * C, 0.0f));
+    float *d_mean = device_floats(N), *d_rstd = device_floats(N);
+    residual_layernorm_forward_gpu(d_residual, d_out, d_mean, d_rstd, (const __nv_bfloat16 *)d_a,
+                                   (const __nv_bfloat16 *)d_b, (const __nv_bfloat16 *)d_weight,
+                                   (const __nv_bfloat16 *)d_bias, N, C, stream);
+    check_bits("residual_layernorm bf16 residual bits", to_host_widened(d_residual, residual.size()), residual);
+    check_bf16_rounding("residual_layernorm bf16 out", to_host_widened(d_out, out.size()), out, scale, 1e-5);
+    check_relative("residual_layernorm bf16 rstd", to_host(d_rstd, N), rstd, 1e-5);
+
+    // GELU of bf16 values into bf16 (tolerance: test_gelu's).
+    Floats gelu_out((size_t)N * C), gelu_scale((size_t)N * C);
+    gelu_forward(gelu_out.data(), a.data(), a.size());
+    for (size_t i = 0; i < a.size(); i++) gelu_scale[i] = positive_scale(fabs((double)a[i]) * 2.0);
+    gelu_forward_gpu(d_out, (const __nv_bfloat16 *)d_a, a.size(), stream);
+    check_bf16_rounding("gelu_forward bf16 -> bf16", to_host_widened(d_out, a.size()), gelu_out, gelu_scale, 1e-5);
+
+    // Classifier over bf16 logits: the losses as the CPU's over the same values; the gradient into bf16.
+    const int V = 65, rows = 9;
+    Floats logits = bf16_values(random_floats((size_t)rows * Vp, -4, 4)), probs((size_t)rows * Vp), losses(rows);
+    std::vector<int> targets(rows);
+    for (int r = 0; r < rows; r++) targets[r] = (int)(splitmix64_next(&rng_state) % V);
+    classifier_forward(probs.data(), losses.data(), logits.data(), targets.data(), rows, V, Vp);
+    Floats dlogits((size_t)rows * Vp, 0.0f), grad_scale((size_t)rows * Vp, 1.0f);
+    classifier_backward(dlogits.data(), probs.data(), targets.data(), 0.5f, rows, V, Vp);
+    __nv_bfloat16 *d_logits = device_bf16_values(logits);
+    float *d_losses = device_floats(rows);
+    SoftmaxStats *d_stats = (SoftmaxStats *)cuda_malloc_checked(rows * sizeof(SoftmaxStats), "test stats");
+    int *d_targets = to_device_ints(targets);
+    classifier_forward_gpu(d_stats, d_losses, (const __nv_bfloat16 *)d_logits, d_targets, rows, V, Vp, stream);
+    check_relative("classifier_forward bf16 logits: losses", to_host(d_losses, rows), losses, 1e-5);
+    classifier_backward_gpu(d_logits, (const __nv_bfloat16 *)d_logits, d_stats, d_targets, 0.5f, rows, V, Vp, stream);
+    check_bf16_rounding("classifier_backward into bf16 (in place)", to_host_widened(d_logits, dlogits.size()), dlogits,
+                        grad_scale, 1e-6);
+
+    cudaFree(d_tokens);
+    cudaFree(d_wte);
+    cudaFree(d_wpe);
+    cudaFree(d_encoded);
+    cudaFree(d_a);
+    cudaFree(d_b);
+    cudaFree(d_weight);
+    cudaFree(d_bias);
+    cudaFree(d_residual);
+    cudaFree(d_out);
+    cudaFree(d_mean);
+    cudaFree(d_rstd);
+    cudaFree(d_logits);
+    cudaFree(d_losses);
+    cudaFree(d_stats);
+    cudaFree(d_targets);
+}
+
+// ---------------------------------------------------------------------------------------------------------
 // column sums: with random floats, reordered sums of N = 333 terms compared as dweight above: within 1e-5
 // of |initial| + the sum of the magnitudes of the terms (the CPU adds each column's rows in order, the GPU
 // in partials of 64 rows: typically sqrt(N) * 2^-24 = 1e-6 apart; the worst case, (334 + 71) * 2^-24 =
@@ -1498,6 +1618,74 @@ static void check_matmul_linear(MatmulContext *ctx, OperandType type, int Nr, in
     cudaFree(d_biased_shifted);
 }
 
+// A bf16 result (a stored bf16 activation): out = bf16(inp @ weight^T + bias), the fp32 sum rounded once, with
+// the bias stored in bf16 (the result's type: cuBLASLt's epilogue), 2-byte aligned (the separate add from
+// the fp32 scratch) and in fp32 (another type: the separate add). Each element is within one rounding of the
+// CPU's fp32 value (half a bf16 ulp, 2^-9 relative) plus the fp32 products' reordering (1e-5 of the scale).
+static void check_matmul_bf16_result(MatmulContext *ctx, int Nr, int Cc, int OC) {
+    Floats inp = random_floats((size_t)Nr * Cc, -1, 1), weight = random_floats((size_t)OC * Cc, -1, 1);
+    Floats bias = random_floats(OC, -1, 1), shifted_bias(OC + 1, 0.0f);
+    for (size_t i = 0; i < inp.size(); i++) inp[i] = round_bf16(inp[i]);
+    for (size_t i = 0; i < weight.size(); i++) weight[i] = round_bf16(weight[i]);
+    for (int o = 0; o < OC; o++) shifted_bias[o + 1] = bias[o] = round_bf16(bias[o]);
+    Floats out((size_t)Nr * OC), scale((size_t)Nr * OC);
+    matmul_forward(out.data(), inp.data(), weight.data(), bias.data(), Nr, Cc, OC);
+    for (int r = 0; r < Nr; r++)
+        for (int o = 0; o < OC; o++) {
+            double s = fabs((double)bias[o]);
+            for (int c = 0; c < Cc; c++) s += fabs((double)inp[(size_t)r * Cc + c] * weight[(size_t)o * Cc + c]);
+            scale[(size_t)r * OC + o] = positive_scale(s);
+        }
+    void *d_inp = operand_to_device(inp, OPERANDS_BF16), *d_weight = operand_to_device(weight, OPERANDS_BF16);
+    void *d_bias_bf16 = operand_to_device(bias, OPERANDS_BF16), *d_shifted = operand_to_device(shifted_bias, OPERANDS_BF16);
+    float *d_bias = to_device(bias), *d_scratch = device_floats((size_t)Nr * OC);
+    __nv_bfloat16 *d_out = (__nv_bfloat16 *)cuda_malloc_checked((size_t)Nr * OC * sizeof(__nv_bfloat16), "test bf16");
+    struct {
+        const char *what;
+        const void *bias;
+        OperandType bias_type;
+    } cases[] = {{"bf16 bias", d_bias_bf16, OPERANDS_BF16},
+                 {"bf16 bias, 2-byte aligned", (const char *)d_shifted + 2, OPERANDS_BF16},
+                 {"fp32 bias", d_bias, OPERANDS_FP32}};
+    for (int k = 0; k < 3; k++) {
+        MatmulProblem p;
+        memset(&p, 0, sizeof p);
+        p.type = OPERANDS_BF16;
+        p.trans_b = 1;
+        p.M = Nr;
+        p.N = OC;
+        p.K = Cc;
+        p.A = d_inp;
+        p.B = d_weight;
+        p.C = d_out;
+        p.c_type = OPERANDS_BF16;
+        p.bias = cases[k].bias;
+        p.bias_type = cases[k].bias_type;
+        p.bias_scratch = d_scratch;
+        p.alpha = 1.0f;
+        p.batch = 1;
+        matmul_gpu(ctx, &p, stream);
+        Codes got = to_host_bf16(d_out, out.size());
+        size_t bad = 0, first = 0;
+        for (size_t i = 0; i < out.size(); i++) {
+            double g = bf16_to_f32(got[i]), want = out[i];
+            if (!(fabs(g - want) <= fabs(want) / 512.0 + 1e-5 * scale[i]) && bad++ == 0) first = i;
+        }
+        char name[128];
+        snprintf(name, sizeof name, "matmul bf16 result, %s (%dx%d -> %d)", cases[k].what, Nr, Cc, OC);
+        CHECK(bad == 0, "%s: %zu elements off, first %zu: %.9g vs the CPU's %.9g", name, bad, first,
+              bf16_to_f32(got[first]), out[first]);
+        printf("%-56s ok\n", name);
+    }
+    cudaFree(d_inp);
+    cudaFree(d_weight);
+    cudaFree(d_bias_bf16);
+    cudaFree(d_shifted);
+    cudaFree(d_bias);
+    cudaFree(d_scratch);
+    cudaFree(d_out);
+}
+
 static void test_matmul(void) {
     MatmulContext ctx;
     matmul_context_init(&ctx);
@@ -1540,6 +1728,8 @@ static void test_matmul(void) {
     check_matmul_linear(&ctx, F, 37, 23, 19);
     check_matmul_linear(&ctx, H, 37, 23, 19);
     check_matmul_linear(&ctx, F, 32, 16, 24);
+    check_matmul_bf16_result(&ctx, 37, 23, 19);
+    check_matmul_bf16_result(&ctx, 64, 64, 96);
     matmul_context_free(&ctx);
 }
 
@@ -1554,6 +1744,7 @@ int main(void) {
     CUDA_CHECK(cudaStreamCreate(&stream));
     test_encoder();
     test_layernorm();
+    test_bf16_storage();
     test_column_sums();
     test_gelu();
     test_classifier();
