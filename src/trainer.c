@@ -259,8 +259,7 @@ static void print_device_memory(const Trainer *tr) {
 
 // The device backend's modelled step (step_model.h), beside the pre-issue-16 design's traffic. Rows are
 // indented apart from the memory plan's and the parameter table's, which scripts parse.
-static void print_step_model(const Trainer *tr) {
-    DeviceSpec device = device_spec_from_environment();
+static void print_step_model(const Trainer *tr, DeviceSpec device) {
     StepModelInput in = step_model_input(&tr->policy, &tr->table, tr->B, tr->T, tr->accum_steps);
     StepModel model = step_model(&in, &device);
     in.legacy_design = 1;
@@ -285,12 +284,15 @@ static void print_step_model(const Trainer *tr) {
 
 static void dry_run(const Trainer *tr) {
     const ModelShape *s = &tr->table.shape;
+    int device_backend = tr->ops != &cpu_backend;  // the CPU backend has no step model
+    DeviceSpec device;
+    if (device_backend) device = device_spec_from_environment();  // its errors before any output
     printf("model: GPT-2, %d layers, %d heads, n_embd %d, block_size %d, vocab %d (padded %d)\n", s->n_layer,
            s->n_head, s->n_embd, s->block_size, s->vocab_size, s->padded_vocab);
     param_table_print(&tr->table);
     policy_print(&tr->policy);
     print_memory_plan(tr);
-    if (tr->ops != &cpu_backend) print_step_model(tr);  // the CPU backend has no step model
+    if (device_backend) print_step_model(tr, device);
 }
 
 // ----------------------------------------------------------------------------------------------------
