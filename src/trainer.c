@@ -27,6 +27,7 @@
 #include "run_log.h"
 #include "sample.h"
 #include "sharpness.h"
+#include "step_model.h"
 #include "tokenizer.h"
 #include "util.h"
 #include "xxh64.h"
@@ -256,13 +257,42 @@ static void print_device_memory(const Trainer *tr) {
            tr->ops->device_name(tr->backend), measured / MiB, plan / MiB, 100.0 * ((double)measured - plan) / plan);
 }
 
+// The device backend's modelled step (step_model.h), beside the pre-issue-16 design's traffic. Rows are
+// indented apart from the memory plan's and the parameter table's, which scripts parse.
+static void print_step_model(const Trainer *tr, DeviceSpec device) {
+    StepModelInput in = step_model_input(&tr->policy, &tr->table, tr->B, tr->T, tr->accum_steps);
+    StepModel model = step_model(&in, &device);
+    in.legacy_design = 1;
+    StepModel legacy = step_model(&in, &device);
+    printf("step model (the %s backend's design at its roofline: bf16 %.1f, tf32 %.1f, fp32 %.1f TFLOP/s, %.2f TB/s):\n",
+           tr->ops->name, device.peak_bf16 / 1e12, device.peak_tf32 / 1e12, device.peak_fp32 / 1e12,
+           device.bandwidth / 1e12);
+    printf("    %-36s %12s %12s %10s\n", "per micro-step", "GFLOP", "GB moved", "ms");
+    for (int g = 0; g < STEP_NUM_GROUPS; g++) {
+        const StepCost *c = &model.groups[g];
+        char label[64];
+        snprintf(label, sizeof label, "%s%s", step_group_name((StepGroup)g),
+                 g == STEP_OPTIMIZER ? " (per optimizer step)" : "");
+        printf("    %-36s %12.1f %12.2f %10.2f\n", label, c->flops / 1e9, c->bytes / 1e9, c->seconds * 1e3);
+    }
+    printf("  modelled micro-step %.2f ms (optimizer / %d accumulation steps included): %.0f tokens/s, MFU ceiling "
+           "%.1f%% (6P + 6LCT = %.1f MFLOP/token, of the bf16 peak)\n", model.micro_step_seconds * 1e3,
+           tr->accum_steps, model.tokens_per_second, 100 * model.mfu_ceiling, model.model_flops_per_token / 1e6);
+    printf("  traffic per token: %.2f MB (the pre-issue-16 design: %.2f MB, %.1fx)\n", model.bytes_per_token / 1e6,
+           legacy.bytes_per_token / 1e6, legacy.bytes_per_token / model.bytes_per_token);
+}
+
 static void dry_run(const Trainer *tr) {
     const ModelShape *s = &tr->table.shape;
+    int device_backend = tr->ops != &cpu_backend;  // the CPU backend has no step model
+    DeviceSpec device;
+    if (device_backend) device = device_spec_from_environment();  // its errors before any output
     printf("model: GPT-2, %d layers, %d heads, n_embd %d, block_size %d, vocab %d (padded %d)\n", s->n_layer,
            s->n_head, s->n_embd, s->block_size, s->vocab_size, s->padded_vocab);
     param_table_print(&tr->table);
     policy_print(&tr->policy);
     print_memory_plan(tr);
+    if (device_backend) print_step_model(tr, device);
 }
 
 // ----------------------------------------------------------------------------------------------------
