@@ -28,6 +28,23 @@ static __global__ void column_partials_kernel(float *partials, const float *src,
     partials[(size_t)blockIdx.y * C + c] = sum;
 }
 
+// Phase 1 fused with a cast: out (N, C) = src rounded to out's type (the bf16 operand of the products that
+// read src), and src's partials (row_blocks, C), as column_partials_kernel's: one read of src for both.
+template <typename Out>
+static __global__ void cast_column_partials_kernel(Out *out, float *partials, const float *src, int N, int C) {
+    int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= C) return;
+    int first = blockIdx.y * COLUMN_SUM_ROWS;
+    int last = min(first + COLUMN_SUM_ROWS, N);
+    float sum = 0.0f;
+    for (int n = first; n < last; n++) {
+        float x = src[(size_t)n * C + c];
+        store_rounded(&out[(size_t)n * C + c], x);
+        sum += x;
+    }
+    partials[(size_t)blockIdx.y * C + c] = sum;
+}
+
 // Phase 2: dst (C) += the partials (row_blocks, C) of each column, summed in row-block order.
 static __global__ void column_partials_reduce_kernel(float *dst, const float *partials, int row_blocks, int C) {
     int c = blockIdx.x * blockDim.x + threadIdx.x;
@@ -43,16 +60,29 @@ static void column_partials_reduce_gpu(float *dst, const float *partials, int ro
     CUDA_CHECK_LAUNCH();
 }
 
+// The grid of the two-phase column sums over (N, C): column tiles by row blocks.
+static dim3 column_sum_grid(int N, int C) {
+    int row_blocks = column_sum_row_blocks(N);
+    if (row_blocks > 65535) fatal("column sums: %d rows exceed the grid (at most %d)", N, 65535 * COLUMN_SUM_ROWS);
+    return dim3(ceil_div(C, COLUMN_SUM_THREADS), row_blocks);
+}
+
+// out (N, C) = src (N, C) rounded to out's type, and partials: column_sum_scratch_floats(N, C) floats, phase 1
+// of src's column sums (column_partials_reduce_gpu adds them up, the same bits as column_sums_add_gpu).
+template <typename Out>
+static void cast_column_partials_gpu(Out *out, float *partials, const float *src, int N, int C, cudaStream_t stream) {
+    if (N == 0 || C == 0) return;
+    cast_column_partials_kernel<<<column_sum_grid(N, C), COLUMN_SUM_THREADS, 0, stream>>>(out, partials, src, N, C);
+    CUDA_CHECK_LAUNCH();
+}
+
 // dst: (C) += the sum of the N rows of src (N, C). scratch: column_sum_scratch_floats(N, C) floats, free for
 // the duration of the call (stream order).
 static void column_sums_add_gpu(float *dst, const float *src, int N, int C, float *scratch, cudaStream_t stream) {
     if (N == 0 || C == 0) return;
-    int row_blocks = column_sum_row_blocks(N);
-    if (row_blocks > 65535) fatal("column sums: %d rows exceed the grid (at most %d)", N, 65535 * COLUMN_SUM_ROWS);
-    dim3 grid(ceil_div(C, COLUMN_SUM_THREADS), row_blocks);
-    column_partials_kernel<<<grid, COLUMN_SUM_THREADS, 0, stream>>>(scratch, src, N, C);
+    column_partials_kernel<<<column_sum_grid(N, C), COLUMN_SUM_THREADS, 0, stream>>>(scratch, src, N, C);
     CUDA_CHECK_LAUNCH();
-    column_partials_reduce_gpu(dst, scratch, row_blocks, C, stream);
+    column_partials_reduce_gpu(dst, scratch, column_sum_row_blocks(N), C, stream);
 }
 
 // out[i] = src[i] + bias[i % OC], one fp32 addition stored in out's type (rounded once into bf16).

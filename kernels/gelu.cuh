@@ -5,6 +5,7 @@
 #define LP_KERNELS_GELU_CUH
 
 #include "bf16_device.cuh"
+#include "column_sum.cuh"
 #include "common.cuh"
 #include "gelu.h"
 #define GELU_THREADS 256
@@ -26,6 +27,40 @@ static __global__ void gelu_backward_kernel(float *dinp, __nv_bfloat16 *dinp_bf1
     float d = 0.0f + gelu_derivative(load_f32(inp[i])) * dout[i];
     dinp[i] = d;
     if (dinp_bf16) dinp_bf16[i] = bf16_device_from_f32(d);
+}
+
+// The fc layer's GELU in the backward, in one pass over (N, 4C) for bf16 products (column tiles by row blocks
+// of COLUMN_SUM_ROWS, column_sum.cuh's grid): gelu_out = gelu(fch), the forward's output recomputed for
+// fcproj's weight gradient; dfch = 0 + gelu'(fch) * dgelu, stored only as its bf16 operand and as the
+// partials of its column sums (fc's bias gradient; column_partials_reduce_gpu gives column_sums_add_gpu's
+// bits), so no fp32 dfch is written or read again.
+template <typename Act>
+static __global__ void gelu_backward_fused_kernel(Act *gelu_out, __nv_bfloat16 *dfch_bf16, float *partials,
+                                                  const float *dgelu, const Act *fch, int N, int C) {
+    int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= C) return;
+    int first = blockIdx.y * COLUMN_SUM_ROWS;
+    int last = min(first + COLUMN_SUM_ROWS, N);
+    float sum = 0.0f;
+    for (int n = first; n < last; n++) {
+        size_t i = (size_t)n * C + c;
+        float x = load_f32(fch[i]);
+        store_rounded(&gelu_out[i], gelu_value(x));
+        float d = 0.0f + gelu_derivative(x) * dgelu[i];
+        dfch_bf16[i] = bf16_device_from_f32(d);
+        sum += d;
+    }
+    partials[(size_t)blockIdx.y * C + c] = sum;
+}
+
+// gelu_out, dfch_bf16, dgelu, fch: (N, C); partials: column_sum_scratch_floats(N, C) floats.
+template <typename Act>
+static void gelu_backward_fused_gpu(Act *gelu_out, __nv_bfloat16 *dfch_bf16, float *partials, const float *dgelu,
+                                    const Act *fch, int N, int C, cudaStream_t stream) {
+    if (N == 0 || C == 0) return;
+    gelu_backward_fused_kernel<<<column_sum_grid(N, C), COLUMN_SUM_THREADS, 0, stream>>>(gelu_out, dfch_bf16, partials,
+                                                                                        dgelu, fch, N, C);
+    CUDA_CHECK_LAUNCH();
 }
 
 // out, inp: (n), stored in the activations' type; out may equal inp.

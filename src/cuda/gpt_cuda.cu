@@ -133,7 +133,6 @@ static int activation_buffers(Activations *a, const ParamTable *table, const Pol
     size_t logit_grad = (head == MATMUL_BF16) == act_bf16 ? 0 : N * Vp * format_bytes(head);
     size_t proj = N * C * A;
     if (policy->grads == GRADS_BF16 && largest_slice_but_wte(table) * F > proj) proj = largest_slice_but_wte(table) * F;
-    size_t widest = Vp > 4 * C ? Vp : 4 * C;
     size_t scratch = layernorm_backward_scratch_floats((int)N, (int)C);
     if (column_sum_scratch_floats((int)N, (int)(4 * C)) > scratch) scratch = column_sum_scratch_floats((int)N, (int)(4 * C));
     if (B * NH * (size_t)T > scratch) scratch = (size_t)B * NH * T;  // the fused backward's row terms
