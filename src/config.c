@@ -46,6 +46,7 @@ static const char *const moment_choices[] = {"preset", "fp32", "bf16", "mcf", NU
 static const char *const grad_choices[] = {"preset", "fp32", "bf16", NULL};
 static const char *const activation_choices[] = {"preset", "fp32", "bf16", NULL};
 static const char *const activation_quant_choices[] = {"none", "int8", NULL};
+static const char *const attention_impl_choices[] = {"fused", "materialized", NULL};
 static const char *const rounding_choices[] = {"nearest", "toward_zero", "bf16_truncate", NULL};
 static const char *const scaling_choices[] = {"delayed", "current", NULL};
 static const char *const export_choices[] = {"fp32", "bf16", "none", NULL};
@@ -95,6 +96,7 @@ static const ConfigKey config_keys[] = {
     {"precision", "grads", KEY_STRING, offsetof(Config, precision.grads), "preset", 1, NAME_LEN, CLOSED, grad_choices},
     {"precision", "matmul", KEY_STRING, offsetof(Config, precision.matmul), "preset", 1, NAME_LEN, CLOSED, NULL},
     {"precision", "attention", KEY_STRING, offsetof(Config, precision.attention), "preset", 1, NAME_LEN, CLOSED, NULL},
+    {"precision", "attention_impl", KEY_STRING, offsetof(Config, precision.attention_impl), "fused", 1, NAME_LEN, CLOSED, attention_impl_choices},
     {"precision", "lm_head", KEY_STRING, offsetof(Config, precision.lm_head), "preset", 1, NAME_LEN, CLOSED, NULL},
     {"precision", "activations", KEY_STRING, offsetof(Config, precision.activations), "preset", 1, NAME_LEN, CLOSED, activation_choices},
     {"precision", "matmul_rounding", KEY_STRING, offsetof(Config, precision.matmul_rounding), "nearest", 1, NAME_LEN, CLOSED, rounding_choices},
@@ -434,6 +436,11 @@ void config_defaults(Config *cfg) {
         snprintf(where, sizeof(where), "internal: default of %s.%s", key->section, key->name);
         set_from_text(cfg, key, key->default_text, where);
     }
+}
+
+void config_before_new_keys(Config *cfg) {
+    config_defaults(cfg);
+    snprintf(cfg->precision.attention_impl, sizeof cfg->precision.attention_impl, "materialized");
 }
 
 static int is_regular_file(const char *path) {

@@ -49,6 +49,7 @@ typedef struct {
         char grads[CONFIG_NAME_MAX];      // fp32 | bf16
         char matmul[CONFIG_NAME_MAX];     // fp32 | bf16 | fp8 | eXmY
         char attention[CONFIG_NAME_MAX];  // fp32 | bf16 | fp8 | eXmY: attention products QK^T and PV
+        char attention_impl[CONFIG_NAME_MAX];  // fused | materialized: how attention is computed (policy.h)
         char lm_head[CONFIG_NAME_MAX];    // fp32 | bf16 | fp8 | eXmY: the LM head's product
         char activations[CONFIG_NAME_MAX];  // fp32 | bf16: tensors stored between ops
         char matmul_rounding[CONFIG_NAME_MAX];  // eXmY matmuls: nearest | toward_zero | bf16_truncate
@@ -71,6 +72,11 @@ typedef struct {
 } Config;
 
 void config_defaults(Config *cfg);
+// What a run did for the keys added to the program after it started: the defaults, except where a key's
+// default is not what the program did before the key existed. precision.attention_impl is one: its default
+// is fused, while every earlier run computed attention materialized. (A checkpoint's identity lacking a key
+// resumes only with that key at this value: trainer.c, run_identity_check.)
+void config_before_new_keys(Config *cfg);
 // Resets cfg to the defaults and loads a JSON file over them. `name` is a path, or a file name looked up in
 // configs/ (with or without ".json"). Exits through fatal() with file and JSON path on malformed JSON,
 // unknown keys (suggesting the nearest valid key), wrong types and out-of-range values. The path actually

@@ -78,6 +78,7 @@ static const char *const moment_names[] = {"fp32", "bf16", "mcf"};
 static const char *const grad_names[] = {"fp32", "bf16"};
 static const char *const activation_names[] = {"fp32", "bf16"};
 static const char *const activation_quant_names[] = {"none", "int8"};
+static const char *const attention_impl_names[] = {"fused", "materialized"};
 
 static int index_of(const char *value, const char *const *names, int count) {
     for (int i = 0; i < count; i++) {
@@ -125,6 +126,17 @@ static void apply_activation_quant(Policy *p, const Config *cfg) {
     if (p->weights != WEIGHTS_INT_GRID && p->weights != WEIGHTS_BITNET) {
         fatal("precision.activation_quant = %s applies to grid (dqt) and bitnet weights; this policy's weights are %s "
               "(leave precision.activation_quant out)", value, weight_names[p->weights]);
+    }
+}
+
+// Fused attention takes every attention format but fp8, whose per-row scales come from each query row's
+// current amax of probabilities and score gradients: the tiled passes meet a row's values tile by tile.
+static void apply_attention_impl(Policy *p, const Config *cfg) {
+    p->attention_impl = (AttentionImpl)index_of(cfg->precision.attention_impl, attention_impl_names, 2);
+    if (p->attention_impl == ATTENTION_FUSED && p->attention.format == MATMUL_FP8) {
+        fatal("precision.attention_impl = fused does not take fp8 attention (precision.attention = fp8 scales each "
+              "query row's probabilities and score gradients by the row's current amax, which the tiled passes do "
+              "not know in advance): set precision.attention_impl = materialized, or another attention format");
     }
 }
 
@@ -220,7 +232,8 @@ static void describe_overrides(Policy *p, const Config *cfg) {
                           cfg->precision.adam_m,  cfg->precision.adam_v,     cfg->precision.grads,
                           cfg->precision.matmul,  cfg->precision.attention,  cfg->precision.lm_head,
                           cfg->precision.activations};
-    int overridden = cfg->precision.dqt_rescale || strcmp(cfg->precision.activation_quant, "none") != 0;
+    int overridden = cfg->precision.dqt_rescale || strcmp(cfg->precision.activation_quant, "none") != 0 ||
+                     strcmp(cfg->precision.attention_impl, "fused") != 0;
     for (size_t i = 0; i < sizeof axes / sizeof axes[0]; i++) overridden |= !is_preset(axes[i]);
     if (overridden) strncat(p->name, "+overrides", sizeof p->name - strlen(p->name) - 1);
 }
@@ -256,6 +269,7 @@ Policy policy_from_config(const Config *cfg) {
     apply_matmul(&p.attention, "attention", cfg->precision.attention, cfg);
     apply_matmul(&p.lm_head, "lm_head", cfg->precision.lm_head, cfg);
     p.attention.scaling = p.lm_head.scaling = SCALING_CURRENT;  // these sites keep no amax history
+    apply_attention_impl(&p, cfg);
     p.allow_tf32 = cfg->precision.allow_tf32;
     check_combination(&p);
     check_settings_used(&p, cfg);
@@ -357,6 +371,9 @@ void policy_print(const Policy *p) {
     printf("  %-18s %s\n", "gradients", p->grads == GRADS_FP32 ? "fp32" : "bf16");
     printf("  %-18s %s\n", "linear matmuls", matmul_text(&p->matmul, buf, sizeof buf));
     printf("  %-18s %s\n", "attention", matmul_text(&p->attention, buf, sizeof buf));
+    printf("  %-18s %s\n", "attention impl", p->attention_impl == ATTENTION_FUSED
+                                                  ? "fused (flash-style; keeps (B, NH, T) log-sum-exps)"
+                                                  : "materialized (keeps (B, NH, T, T) probabilities)");
     printf("  %-18s %s\n", "LM head", matmul_text(&p->lm_head, buf, sizeof buf));
     printf("  %-18s %s\n", "activations", p->activations == ACTIVATIONS_BF16 ? "bf16 (stored between ops)" : "fp32");
     if (p->weights == WEIGHTS_INT_GRID || p->weights == WEIGHTS_BITNET) {

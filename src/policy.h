@@ -59,6 +59,13 @@ typedef enum {
 
 typedef enum { SCALING_DELAYED, SCALING_CURRENT } ScalingMode;
 
+// How attention is computed. FUSED (flash-style: src/cpu/attention_tiled.c, kernels/flash_attention.cuh)
+// keeps one log-sum-exp per query row and recomputes the probabilities in the backward; MATERIALIZED
+// (src/cpu/attention.c) stores the (B, NH, T, T) probabilities. Both form the exactly normalised
+// probabilities before their cast and product, so they differ by fp32 rounding (and where that flips a cast of
+// a probability). fp8 attention needs MATERIALIZED: it scales each query row by its current amax.
+typedef enum { ATTENTION_FUSED, ATTENTION_MATERIALIZED } AttentionImpl;
+
 typedef struct {
     MatmulFormat format;
     int exp_bits, man_bits;  // MATMUL_EXMY
@@ -83,6 +90,7 @@ typedef struct {
     ActivationQuant activation_quant;  // the block linears' inputs (grid or bitnet weights only)
     MatmulPrecision matmul;      // the four linear layers of each block, forward and backward
     MatmulPrecision attention;   // the attention products QK^T and PV, forward and backward
+    AttentionImpl attention_impl;
     MatmulPrecision lm_head;     // the LM head's product (logits = lnf @ wte^T), forward and backward
     int allow_tf32;              // fp32 products may round their operands to TF32 (CUDA backend; the CPU has no TF32)
 } Policy;

@@ -92,8 +92,9 @@ void run_identity_check(const char *checkpoint, const char *saved, const char *c
         }
         line += len + (line[len] ? 1 : 0);
     }
-    // A key this run has that the checkpoint lacks (added to the program since) is the same run only at its
-    // default; the config hash then differs by construction and is not compared.
+    // A key this run has that the checkpoint lacks (added to the program since) is the same run only at the
+    // value in `defaults` (what runs did before the key existed); the config hash then differs by
+    // construction and is not compared.
     int added_keys = 0;
     for (const char *line = current; *line;) {
         size_t len = strcspn(line, "\n");

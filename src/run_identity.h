@@ -20,7 +20,8 @@ char *run_identity_text(const Config *cfg, const DataLoader *train, int ranks);
 char *data_identity_text(const DataLoader *train);
 // fatal() naming the first key whose value differs between a checkpoint's identity (`saved`) and this run's
 // (`current`), with both values. A key the checkpoint lacks (added to the program after it was written) is
-// accepted at its value in `defaults` (the identity of the default config) and refused at any other.
+// accepted at its value in `defaults` (the identity of config_before_new_keys: what runs did before the key
+// existed) and refused at any other.
 void run_identity_check(const char *checkpoint, const char *saved, const char *current, const char *defaults);
 
 #ifdef __cplusplus

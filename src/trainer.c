@@ -340,11 +340,11 @@ static void check_checkpoint_identity(const Trainer *tr, const CheckpointFile *f
     size_t nbytes;
     const char *saved = checkpoint_section(file, "identity", &nbytes);
     if (nbytes == 0 || saved[nbytes - 1] != '\0') fatal("checkpoint %s: its identity section is not text (corrupt)", path);
-    Config defaults;
-    config_defaults(&defaults);
-    char *default_identity = config_identity_text(&defaults);
-    run_identity_check(path, saved, tr->identity, default_identity);
-    free(default_identity);
+    Config earlier;
+    config_before_new_keys(&earlier);
+    char *earlier_identity = config_identity_text(&earlier);
+    run_identity_check(path, saved, tr->identity, earlier_identity);
+    free(earlier_identity);
 }
 
 static void load_checkpoint(Trainer *tr, const char *root_path) {

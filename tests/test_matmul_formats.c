@@ -52,6 +52,8 @@ static GPTCpu *create_model_sites(const Setup *s, const MatmulPrecision *linear,
                                   const MatmulPrecision *lm_head) {
     GPTCpu *model = gpt_cpu_create(&s->table, B, T);
     gpt_cpu_set_precision(model, linear, attention, lm_head);
+    // fp8 attention (per-row scales) exists only materialized, as the policy enforces; the rest runs fused.
+    gpt_cpu_set_attention(model, attention->format == MATMUL_FP8 ? ATTENTION_MATERIALIZED : ATTENTION_FUSED);
     return model;
 }
 

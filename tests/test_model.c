@@ -186,8 +186,13 @@ static void check_initial_loss(void) {
     gpt_cpu_forward(model, m.params, m.inputs, NULL, 1, m.T / 2);
     CHECK(memcmp(kept, gpt_cpu_probs(model), (size_t)(m.T / 2) * Vp * sizeof(float)) == 0,
           "a shorter batch changes the first sequence's probabilities");
-    CHECK(gpt_cpu_activation_bytes(&m.table, m.B, m.T) > gpt_cpu_activation_bytes(&m.table, 1, m.T),
-          "activation bytes do not grow with the batch");
+    size_t fused = gpt_cpu_activation_bytes(&m.table, m.B, m.T, ATTENTION_FUSED);
+    CHECK(fused > gpt_cpu_activation_bytes(&m.table, 1, m.T, ATTENTION_FUSED), "activation bytes do not grow with the batch");
+    // Materialized attention keeps (L, B, NH, T, T) probabilities where fused keeps (L, B, NH, T) log-sum-exps
+    // (each buffer rounded up to 16 floats).
+    size_t rows = (size_t)m.table.shape.n_layer * m.B * m.table.shape.n_head * m.T;
+    CHECK(gpt_cpu_activation_bytes(&m.table, m.B, m.T, ATTENTION_MATERIALIZED) - fused + 32 * sizeof(float) >=
+              rows * (m.T - 1) * sizeof(float), "materialized attention's probabilities missing from the plan");
     free(kept);
     gpt_cpu_free(model);
     small_model_free(&m);

@@ -161,6 +161,7 @@ static Backend *cpu_create(const ParamTable *table, const Policy *policy, int B,
     b->rows = xmalloc((size_t)B * table->shape.padded_vocab * sizeof(float));
     gpt_cpu_set_precision(b->model, &policy->matmul, &policy->attention, &policy->lm_head);
     gpt_cpu_set_activations(b->model, policy->activations);
+    gpt_cpu_set_attention(b->model, policy->attention_impl);
     gpt_cpu_set_activation_quant(b->model, policy->activation_quant);
     b->rank = dist_rank();
     b->world = dist_world();
@@ -430,7 +431,7 @@ static size_t cpu_plan_state_bytes(const ParamTable *table, const Policy *policy
 // gpt_cpu.c's activations, and the cast copies of matmul operands for a format other than fp32 or for
 // quantized linear inputs.
 static size_t cpu_plan_activation_bytes(const ParamTable *table, const Policy *policy, int B, int T) {
-    size_t bytes = gpt_cpu_activation_bytes(table, B, T);
+    size_t bytes = gpt_cpu_activation_bytes(table, B, T, policy->attention_impl);
     if (policy->matmul.format == MATMUL_FP32 && policy->attention.format == MATMUL_FP32 &&
         policy->lm_head.format == MATMUL_FP32 && policy->activation_quant == ACTIVATION_QUANT_NONE)
         return bytes;

@@ -17,7 +17,8 @@ typedef struct {
     float *ln1_rstd;   // (L, B, T)
     float *qkv;        // (L, B, T, 3C)
     float *atty;       // (L, B, T, C) attention output, before its projection
-    float *att;        // (L, B, NH, T, T) softmax probabilities
+    float *att;        // (L, B, NH, T, T) softmax probabilities (materialized attention; else empty)
+    float *lse;        // (L, B, NH, T) log-sum-exps of the scores (fused attention; else empty)
     float *residual2;  // (L, B, T, C) the residual stream after attention
     float *ln2;        // (L, B, T, C)
     float *ln2_mean;   // (L, B, T)
@@ -40,7 +41,7 @@ typedef struct {
     float *dfch;       // (B, T, 4C)
 } Activations;
 
-#define NUM_ACTIVATION_BUFFERS 27
+#define NUM_ACTIVATION_BUFFERS 28
 
 typedef struct {
     float **buffer;
@@ -49,10 +50,11 @@ typedef struct {
 
 // The list of activation buffers and their sizes for batches of (B, T): the one description that both
 // allocation and the memory plan read.
-static void activation_buffers(Activations *a, const ModelShape *s, int B, int T,
+static void activation_buffers(Activations *a, const ModelShape *s, int B, int T, AttentionImpl attention,
                                ActivationBuffer list[NUM_ACTIVATION_BUFFERS]) {
     size_t L = (size_t)s->n_layer, C = (size_t)s->n_embd, NH = (size_t)s->n_head, Vp = (size_t)s->padded_vocab;
     size_t N = (size_t)B * (size_t)T;
+    int fused = attention == ATTENTION_FUSED;
     ActivationBuffer buffers[NUM_ACTIVATION_BUFFERS] = {
         {&a->encoded, N * C},
         {&a->ln1, L * N * C},
@@ -60,7 +62,8 @@ static void activation_buffers(Activations *a, const ModelShape *s, int B, int T
         {&a->ln1_rstd, L * N},
         {&a->qkv, L * N * 3 * C},
         {&a->atty, L * N * C},
-        {&a->att, L * N * NH * (size_t)T},
+        {&a->att, fused ? 0 : L * N * NH * (size_t)T},
+        {&a->lse, fused ? L * N * NH : 0},
         {&a->residual2, L * N * C},
         {&a->ln2, L * N * C},
         {&a->ln2_mean, L * N},
@@ -88,10 +91,10 @@ static void activation_buffers(Activations *a, const ModelShape *s, int B, int T
 // Buffer lengths rounded up to 16 floats (64 bytes).
 static size_t aligned_numel(size_t numel) { return (numel + 15) / 16 * 16; }
 
-static size_t activation_numel(const ModelShape *shape, int B, int T) {
+static size_t activation_numel(const ModelShape *shape, int B, int T, AttentionImpl attention) {
     Activations unused;
     ActivationBuffer list[NUM_ACTIVATION_BUFFERS];
-    activation_buffers(&unused, shape, B, T, list);
+    activation_buffers(&unused, shape, B, T, attention, list);
     size_t total = 0;
     for (int i = 0; i < NUM_ACTIVATION_BUFFERS; i++) total += aligned_numel(list[i].numel);
     return total;
@@ -113,6 +116,7 @@ struct GPTCpu {
     OperandCast lm_head_cast;    // the LM head (fp8: likewise)
     int bf16_activations;        // stored activations are rounded to bf16 as they are written
     int int8_linear_inputs;      // the block linears' inputs are quantized per token (activation_quant)
+    AttentionImpl attention_impl;
     OperandObserver observer;  // tests
     void *observer_ctx;
     Activations acts;
@@ -122,6 +126,15 @@ struct GPTCpu {
     int B, T;               // of the last forward
     int has_targets;        // the last forward computed a loss, so the backward may run
 };
+
+// The activation buffers for the capacity and attention at hand, 64-byte aligned, and every buffer a multiple
+// of 64 bytes long: all buffers start on cache lines.
+static void allocate_activations(GPTCpu *model) {
+    free(model->act_memory);
+    size_t bytes = gpt_cpu_activation_bytes(&model->table, model->max_B, model->max_T, model->attention_impl);
+    model->act_memory = aligned_alloc(64, bytes);
+    if (!model->act_memory) fatal("out of memory allocating %zu bytes of activations", bytes);
+}
 
 GPTCpu *gpt_cpu_create(const ParamTable *table, int B, int T) {
     if (B < 1 || T < 1 || T > table->shape.block_size)
@@ -135,10 +148,8 @@ GPTCpu *gpt_cpu_create(const ParamTable *table, int B, int T) {
     linear_casts_init(&model->linear_casts, &fp32, table->shape.n_layer);
     model->attention_cast = operand_cast_for(&fp32);
     model->lm_head_cast = operand_cast_for(&fp32);
-    // 64-byte aligned, and every buffer a multiple of 64 bytes long: all buffers start on cache lines.
-    size_t bytes = activation_numel(&table->shape, B, T) * sizeof(float);
-    model->act_memory = aligned_alloc(64, bytes);
-    if (!model->act_memory) fatal("out of memory allocating %zu bytes of activations", bytes);
+    model->attention_impl = ATTENTION_FUSED;
+    allocate_activations(model);
     model->inputs = xmalloc((size_t)B * T * sizeof(int));
     model->targets = xmalloc((size_t)B * T * sizeof(int));
     return model;
@@ -156,8 +167,8 @@ void gpt_cpu_free(GPTCpu *model) {
     free(model);
 }
 
-size_t gpt_cpu_activation_bytes(const ParamTable *table, int B, int T) {
-    return activation_numel(&table->shape, B, T) * sizeof(float);
+size_t gpt_cpu_activation_bytes(const ParamTable *table, int B, int T, AttentionImpl attention) {
+    return activation_numel(&table->shape, B, T, attention) * sizeof(float);
 }
 
 // Elements of the three operand copies at (B, T): the largest matmul input, weight and output gradient.
@@ -198,6 +209,14 @@ void gpt_cpu_set_precision(GPTCpu *model, const MatmulPrecision *linear, const M
 void gpt_cpu_set_activations(GPTCpu *model, ActivationStorage activations) {
     model->bf16_activations = activations == ACTIVATIONS_BF16;
 }
+
+void gpt_cpu_set_attention(GPTCpu *model, AttentionImpl attention) {
+    if (attention == model->attention_impl) return;
+    model->attention_impl = attention;
+    allocate_activations(model);  // the forward places the buffers anew
+}
+
+AttentionImpl gpt_cpu_attention_impl(const GPTCpu *model) { return model->attention_impl; }
 
 void gpt_cpu_set_activation_quant(GPTCpu *model, ActivationQuant quant) {
     model->int8_linear_inputs = quant == ACTIVATION_QUANT_INT8;
@@ -243,7 +262,7 @@ void gpt_cpu_stored_activations(const GPTCpu *model, StoredActivation list[NUM_S
 // Points the activation buffers into the one allocation, packed for the batch shape at hand.
 static void place_activations(GPTCpu *model, int B, int T) {
     ActivationBuffer list[NUM_ACTIVATION_BUFFERS];
-    activation_buffers(&model->acts, &model->table.shape, B, T, list);
+    activation_buffers(&model->acts, &model->table.shape, B, T, model->attention_impl, list);
     size_t offset = 0;
     for (int i = 0; i < NUM_ACTIVATION_BUFFERS; i++) {
         *list[i].buffer = model->act_memory + offset;
@@ -254,11 +273,12 @@ static void place_activations(GPTCpu *model, int B, int T) {
 // Layer l's view of the stacked activations, with N = B*T rows per layer.
 typedef struct {
     float *residual;  // (B, T, C) the layer's input
-    float *ln1, *ln1_mean, *ln1_rstd, *qkv, *atty, *att, *residual2;
+    float *ln1, *ln1_mean, *ln1_rstd, *qkv, *atty, *att, *lse, *residual2;
     float *ln2, *ln2_mean, *ln2_rstd, *fch, *fch_gelu, *residual3;
 } LayerActivations;
 
-static LayerActivations layer_activations(const Activations *a, const ModelShape *s, int l, int B, int T) {
+static LayerActivations layer_activations(const Activations *a, const ModelShape *s, AttentionImpl attention, int l,
+                                          int B, int T) {
     size_t N = (size_t)B * T, C = (size_t)s->n_embd, NH = (size_t)s->n_head;
     LayerActivations x;
     x.residual = l == 0 ? a->encoded : a->residual3 + (size_t)(l - 1) * N * C;
@@ -267,7 +287,8 @@ static LayerActivations layer_activations(const Activations *a, const ModelShape
     x.ln1_rstd = a->ln1_rstd + l * N;
     x.qkv = a->qkv + l * N * 3 * C;
     x.atty = a->atty + l * N * C;
-    x.att = a->att + l * N * NH * (size_t)T;
+    x.att = attention == ATTENTION_FUSED ? NULL : a->att + l * N * NH * (size_t)T;
+    x.lse = attention == ATTENTION_FUSED ? a->lse + l * N * NH : NULL;
     x.residual2 = a->residual2 + l * N * C;
     x.ln2 = a->ln2 + l * N * C;
     x.ln2_mean = a->ln2_mean + l * N;
@@ -371,19 +392,28 @@ const float *gpt_cpu_attention_operand(const GPTCpu *model, float *copy, const f
     return current_operand(&model->attention_cast, exmy_e4m3(), copy, qkv, n);
 }
 
-static void attention_cast_forward(GPTCpu *model, float *atty, float *att, const float *qkv, int B, int T, int C,
-                                   int NH) {
-    const float *qkv_cast = gpt_cpu_attention_operand(model, model->operands.inp, qkv, (size_t)B * T * 3 * C);
-    attention_forward(atty, att, qkv_cast, B, T, C, NH, &model->attention_cast);
-    gpt_cpu_store(model, atty, (size_t)B * T * C);
+// Attention of layer activations x: under fused attention it saves x->lse, else the probabilities x->att.
+static void attention_cast_forward(GPTCpu *model, const LayerActivations *x, int B, int T, int C, int NH) {
+    const float *qkv_cast = gpt_cpu_attention_operand(model, model->operands.inp, x->qkv, (size_t)B * T * 3 * C);
+    if (model->attention_impl == ATTENTION_FUSED)
+        attention_tiled_forward(x->atty, x->lse, qkv_cast, B, T, C, NH, &model->attention_cast);
+    else
+        attention_forward(x->atty, x->att, qkv_cast, B, T, C, NH, &model->attention_cast);
+    gpt_cpu_store(model, x->atty, (size_t)B * T * C);
 }
 
-static void attention_cast_backward(GPTCpu *model, float *dqkv, const float *datty, const float *qkv,
-                                    const float *att, int B, int T, int C, int NH) {
+// dqkv: (B, T, 3C), OVERWRITTEN. The fused backward reads the stored (under bf16 activations, rounded) atty.
+static void attention_cast_backward(GPTCpu *model, float *dqkv, const float *datty, const LayerActivations *x, int B,
+                                    int T, int C, int NH) {
     const OperandCast *cast = &model->attention_cast;
-    const float *qkv_cast = gpt_cpu_attention_operand(model, model->operands.inp, qkv, (size_t)B * T * 3 * C);
+    const float *qkv_cast = gpt_cpu_attention_operand(model, model->operands.inp, x->qkv, (size_t)B * T * 3 * C);
     const float *datty_cast = current_operand(cast, exmy_e5m2(), model->operands.dout, datty, (size_t)B * T * C);
-    attention_backward(dqkv, datty_cast, qkv_cast, att, B, T, C, NH, cast);
+    if (model->attention_impl == ATTENTION_FUSED) {
+        attention_tiled_backward(dqkv, datty_cast, qkv_cast, x->atty, x->lse, B, T, C, NH, cast);
+    } else {
+        memset(dqkv, 0, (size_t)B * T * 3 * C * sizeof(float));  // attention_backward adds
+        attention_backward(dqkv, datty_cast, qkv_cast, x->att, B, T, C, NH, cast);
+    }
 }
 
 static void zero(float *x, size_t n) { memset(x, 0, n * sizeof(float)); }
@@ -416,11 +446,11 @@ float gpt_cpu_forward(GPTCpu *model, const float *params, const int *inputs, con
     gpt_cpu_store(model, a->encoded, (size_t)N * C);
     for (int l = 0; l < L; l++) {
         LayerOffsets p = layer_offsets(&model->table, l);
-        LayerActivations x = layer_activations(a, s, l, B, T);
+        LayerActivations x = layer_activations(a, s, model->attention_impl, l, B, T);
         layernorm_forward(x.ln1, x.ln1_mean, x.ln1_rstd, x.residual, params + p.ln1w, params + p.ln1b, N, C);
         gpt_cpu_store(model, x.ln1, (size_t)N * C);
         gpt_cpu_linear_forward(model, l, LINEAR_QKV, x.qkv, x.ln1, params + p.qkvw, params + p.qkvb, N, C, 3 * C);
-        attention_cast_forward(model, x.atty, x.att, x.qkv, B, T, C, NH);
+        attention_cast_forward(model, &x, B, T, C, NH);
         gpt_cpu_linear_forward(model, l, LINEAR_ATTPROJ, a->proj_out, x.atty, params + p.attprojw,
                                params + p.attprojb, N, C, C);
         residual_forward(x.residual2, x.residual, a->proj_out, (size_t)N * C);
@@ -435,7 +465,7 @@ float gpt_cpu_forward(GPTCpu *model, const float *params, const int *inputs, con
         residual_forward(x.residual3, x.residual2, a->proj_out, (size_t)N * C);
         gpt_cpu_store(model, x.residual3, (size_t)N * C);
     }
-    const float *final_residual = layer_activations(a, s, L - 1, B, T).residual3;
+    const float *final_residual = layer_activations(a, s, model->attention_impl, L - 1, B, T).residual3;
     layernorm_forward(a->lnf, a->lnf_mean, a->lnf_rstd, final_residual, params + tensors[PARAM_LNFW].offset,
                       params + tensors[PARAM_LNFB].offset, N, C);
     gpt_cpu_store(model, a->lnf, (size_t)N * C);
@@ -465,14 +495,14 @@ void gpt_cpu_backward(GPTCpu *model, const float *params, float *grads, float lo
     classifier_backward(dlogits, a->probs, model->targets, loss_scale / (float)N, N, V, Vp);
     zero(a->dln, (size_t)N * C);
     lm_head_backward(model, a->dln, grads + wte, dlogits, a->lnf, params + wte, N, C, Vp);
-    LayerActivations last = layer_activations(a, s, L - 1, B, T);
+    LayerActivations last = layer_activations(a, s, model->attention_impl, L - 1, B, T);
     zero(a->dresidual, (size_t)N * C);
     layernorm_backward(a->dresidual, grads + lnfw, grads + lnfb, a->dln, last.residual3, params + lnfw, a->lnf_mean,
                        a->lnf_rstd, N, C);
 
     for (int l = L - 1; l >= 0; l--) {
         LayerOffsets p = layer_offsets(&model->table, l);
-        LayerActivations x = layer_activations(a, s, l, B, T);
+        LayerActivations x = layer_activations(a, s, model->attention_impl, l, B, T);
         // dresidual is the gradient of residual3 = residual2 + fcproj, which passes unchanged to both
         // summands: the MLP branch reads it, and adds its own input gradient into it, making it residual2's.
         zero(a->dfch_gelu, (size_t)N * 4 * C);
@@ -489,8 +519,7 @@ void gpt_cpu_backward(GPTCpu *model, const float *params, float *grads, float lo
         zero(a->datty, (size_t)N * C);
         linear_backward(model, l, LINEAR_ATTPROJ, a->datty, grads + p.attprojw, grads + p.attprojb, a->dresidual,
                         x.atty, params + p.attprojw, N, C, C);
-        zero(a->dqkv, (size_t)N * 3 * C);
-        attention_cast_backward(model, a->dqkv, a->datty, x.qkv, x.att, B, T, C, NH);
+        attention_cast_backward(model, a->dqkv, a->datty, &x, B, T, C, NH);
         zero(a->dln, (size_t)N * C);
         linear_backward(model, l, LINEAR_QKV, a->dln, grads + p.qkvw, grads + p.qkvb, a->dqkv, x.ln1, params + p.qkvw,
                         N, C, 3 * C);

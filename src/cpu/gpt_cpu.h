@@ -36,6 +36,11 @@ void gpt_cpu_set_precision(GPTCpu *model, const MatmulPrecision *linear, const M
 // ACTIVATIONS_BF16: every activation the forward stores (StoredActivation below) is rounded to bf16 as it is
 // written; the ops compute in fp32 from them. Starts fp32.
 void gpt_cpu_set_activations(GPTCpu *model, ActivationStorage activations);
+// How attention is computed (policy.h): ATTENTION_FUSED (attention_tiled.c; the forward saves (L, B, NH, T)
+// log-sum-exps) or ATTENTION_MATERIALIZED (attention.c; it saves (L, B, NH, T, T) probabilities). Starts
+// fused, the config's default; a change reallocates the activations.
+void gpt_cpu_set_attention(GPTCpu *model, AttentionImpl attention);
+AttentionImpl gpt_cpu_attention_impl(const GPTCpu *model);
 // ACTIVATION_QUANT_INT8: the block linears' inputs are quantized per row (quantize_activation_rows) before
 // their matmul cast, in the forward and in the backward's weight-gradient product; the input gradient passes
 // straight through. Starts ACTIVATION_QUANT_NONE.
@@ -48,10 +53,10 @@ void gpt_cpu_store(const GPTCpu *model, float *x, size_t n);
 // into the buffer resumes a run exactly.
 size_t gpt_cpu_scaling_state(GPTCpu *model, float **data);
 
-// Bytes gpt_cpu_create allocates for activations and their gradients at (B, T), without allocating.
+// Bytes of activations and their gradients at (B, T) under `attention`, without allocating.
 // Matmul formats other than fp32 add copies of the cast operands on top (gpt_cpu_set_precision allocates
 // them): (B*T*4C + max(4C, Vp)*C + B*T*max(4C, Vp)) floats.
-size_t gpt_cpu_activation_bytes(const ParamTable *table, int B, int T);
+size_t gpt_cpu_activation_bytes(const ParamTable *table, int B, int T, AttentionImpl attention);
 // Bytes of those operand copies at (B, T).
 size_t gpt_cpu_operand_copy_bytes(const ParamTable *table, int B, int T);
 

@@ -21,7 +21,7 @@ struct KVCache {
     float *proj;       // (C) attproj or fcproj output
     float *fch;        // (4C)
     float *fch_gelu;   // (4C)
-    float *att;        // (NH, max_T) attention probabilities of the position
+    float *att;        // (NH, max_T) attention probabilities of the position (materialized attention)
     float *logits;     // (Vp)
 };
 
@@ -75,7 +75,11 @@ static void block_step(KVCache *cache, GPTCpu *model, const float *params, int l
     gpt_cpu_store(model, cache->ln, (size_t)C);
     gpt_cpu_linear_forward(model, l, LINEAR_QKV, qkv, cache->ln, params + p.qkvw, params + p.qkvb, 1, C, 3 * C);
     gpt_cpu_attention_operand(model, qkv, qkv, 3 * (size_t)C);  // cast in place: the cache keeps the cast rows
-    attention_forward_last(cache->atty, cache->att, layer_qkv, pos + 1, C, NH, attention_cast);
+    // The model's attention on the last row: the same bits as its full forward's row pos.
+    if (gpt_cpu_attention_impl(model) == ATTENTION_FUSED)
+        attention_tiled_forward_last(cache->atty, layer_qkv, pos + 1, C, NH, attention_cast);
+    else
+        attention_forward_last(cache->atty, cache->att, layer_qkv, pos + 1, C, NH, attention_cast);
     gpt_cpu_store(model, cache->atty, (size_t)C);
     gpt_cpu_linear_forward(model, l, LINEAR_ATTPROJ, cache->proj, cache->atty, params + p.attprojw,
                            params + p.attprojb, 1, C, C);

@@ -1,8 +1,9 @@
 // The operations of GPT-2 on the CPU, one file each, in fp32 with OpenMP.
 // Conventions: N = B*T rows; tensors are row-major with their shape in the comments. A forward overwrites
 // its outputs. A backward ADDS into every gradient it produces (activation and parameter gradients alike),
-// so the caller zeroes gradient buffers before their first use. No op reduces across threads: every
-// output is summed in a fixed order, so results do not depend on the thread count.
+// so the caller zeroes gradient buffers before their first use; the one exception, attention_tiled_backward,
+// overwrites. No op reduces across threads: every output is summed in a fixed order, so results do not depend
+// on the thread count.
 #ifndef LP_CPU_OPS_H
 #define LP_CPU_OPS_H
 
@@ -58,6 +59,20 @@ void attention_forward_last(float *out, float *att, const float *qkv, int T, int
 // dqkv: (B, T, 3C), dout: (B, T, C)
 void attention_backward(float *dqkv, const float *dout, const float *qkv, const float *att, int B, int T, int C,
                         int NH, const OperandCast *cast);
+
+// attention_tiled.c: the same attention, fused (flash-style, precision.attention_impl = fused): the C reference
+// of kernels/flash_attention.cuh, tiled by attention_tiles.h, never storing (T, T). Operands as for
+// attention_forward (qkv and dout arrive cast; the probabilities and score gradients are cast here); every
+// format but fp8 (fatal()). out: (B, T, C); lse: (B, NH, T) each query row's log-sum-exp of its scores, saved
+// for the backward, which recomputes the probabilities as exp(score - lse).
+void attention_tiled_forward(float *out, float *lse, const float *qkv, int B, int T, int C, int NH,
+                             const OperandCast *cast);
+// The output of the last of T positions of one sequence (a decoding step), the same bits as
+// attention_tiled_forward's row T-1. out: (C); qkv: (T, 3C).
+void attention_tiled_forward_last(float *out, const float *qkv, int T, int C, int NH, const OperandCast *cast);
+// dqkv: (B, T, 3C) OVERWRITTEN (not added to); dout: (B, T, C) cast; out, lse: the forward's (out as stored).
+void attention_tiled_backward(float *dqkv, const float *dout, const float *qkv, const float *out, const float *lse,
+                              int B, int T, int C, int NH, const OperandCast *cast);
 
 // gelu.c: GELU, tanh approximation. out, inp: (n)
 void gelu_forward(float *out, const float *inp, size_t n);

@@ -33,6 +33,7 @@
 #include "../../kernels/classifier.cuh"
 #include "../../kernels/column_sum.cuh"
 #include "../../kernels/encoder.cuh"
+#include "../../kernels/flash_attention.cuh"
 #include "../../kernels/gelu.cuh"
 #include "../../kernels/gradients.cuh"
 #include "../../kernels/layernorm.cuh"
@@ -937,6 +938,155 @@ static void test_attention_permutations(const Floats &qkv, int B, int T, int C, 
     cudaFree(d_dqkv);
 }
 
+// ---------------------------------------------------------------------------------------------------------
+// flash attention (kernels/flash_attention.cuh) against its C reference (src/cpu/attention_tiled.c) on the
+// same cast operands, for T across the 64-row tiles (1, 7, 63, 64, 65, 130) and head sizes 64 and 16.
+// fp32 operands (fp32 activations): the kernels sum every output in the C reference's order, so only expf
+// and logf differ (CUDA's within 2 ulps, glibc's within 1): each tensor within 1e-5 of its norm, element
+// errors within 1e-5 of the tensor's largest magnitude. bf16 operands (bf16 activations, tensor cores): the
+// products sum in another order (~1e-6 relative) and a probability or score gradient that lands near a bf16
+// rounding boundary may round the other way (2^-8 of one term): each tensor within 5e-3 of its norm, elements
+// within 2e-2 of the largest magnitude; a wrong mask, tile or product errs by order 1. Then determinism: two
+// GPU runs give the same bits.
+
+static double norm_of(const Floats &x, size_t begin, size_t end, size_t step, size_t width) {
+    double sum = 0.0;
+    for (size_t row = begin; row < end; row += step)
+        for (size_t i = row; i < row + width; i++) sum += (double)x[i] * x[i];
+    return sqrt(sum);
+}
+
+// got vs want over the `width` elements at begin, begin + step, ... (one part of an interleaved tensor).
+static void check_tensor_close(const char *name, const Floats &got, const Floats &want, size_t step, size_t begin,
+                               size_t width, double norm_tol, double max_tol) {
+    double diff = 0.0, largest = 0.0, worst = 0.0;
+    for (size_t row = begin; row < want.size(); row += step)
+        for (size_t i = row; i < row + width; i++) {
+            double d = (double)got[i] - want[i];
+            diff += d * d;
+            largest = fmax(largest, fabs(want[i]));
+            worst = fmax(worst, fabs(d));
+        }
+    double norm = norm_of(want, begin, want.size(), step, width);
+    printf("%-56s error norm %.3g of %.3g, largest error %.3g\n", name, sqrt(diff), norm, worst);
+    CHECK(sqrt(diff) <= norm_tol * norm + 1e-30 && worst <= max_tol * largest + 1e-30,
+          "%s: error norm %g of %g, largest error %g of largest %g", name, sqrt(diff), norm, worst, largest);
+}
+
+static Floats cast_floats(const Floats &x, const OperandCast *cast) {
+    Floats y(x.size());
+    for (size_t i = 0; i < x.size(); i++) y[i] = quantize_operand_value(x[i], cast);
+    return y;
+}
+
+static Floats round_floats_bf16(const Floats &x) {
+    Floats y(x.size());
+    for (size_t i = 0; i < x.size(); i++) y[i] = round_bf16(x[i]);
+    return y;
+}
+
+static Codes bf16_codes(const Floats &x) {
+    Codes c(x.size());
+    for (size_t i = 0; i < x.size(); i++) c[i] = bf16_from_f32(x[i]);
+    return c;
+}
+
+static Floats floats_of_codes(const Codes &c) {
+    Floats x(c.size());
+    for (size_t i = 0; i < c.size(); i++) x[i] = bf16_to_f32(c[i]);
+    return x;
+}
+
+typedef struct {
+    Floats out, lse, dqkv;
+    Codes dqkv_bf16;
+} FlashResult;
+
+// One forward and backward on the GPU; Act = float or __nv_bfloat16 (qkv already Act-exact).
+template <typename Act>
+static FlashResult flash_on_gpu(const Floats &qkv, const Floats &dout, int B, int T, int C, int NH,
+                                const OperandCast &cast) {
+    size_t n = (size_t)B * T * C, rows = (size_t)B * NH * T;
+    Act *d_qkv, *d_out;
+    if (sizeof(Act) == sizeof(float)) {
+        d_qkv = (Act *)to_device(qkv);
+        d_out = (Act *)device_floats(n);
+    } else {
+        d_qkv = (Act *)to_device_bf16(bf16_codes(qkv));
+        d_out = (Act *)cuda_malloc_checked(n * 2 + 4, "test buffer");
+    }
+    float *d_lse = device_floats(rows), *d_scratch = device_floats(rows), *d_dout = to_device(dout);
+    float *d_dqkv = device_floats(3 * n);
+    __nv_bfloat16 *d_dqkv_bf16 = (__nv_bfloat16 *)cuda_malloc_checked(3 * n * 2 + 4, "test buffer");
+    CUDA_CHECK(cudaMemset(d_dqkv, 0xff, 3 * n * sizeof(float)));  // NaN: every element must be overwritten
+    flash_attention_forward_gpu<Act>(d_out, d_lse, d_qkv, B, T, C, NH, cast, stream);
+    flash_attention_backward_gpu<Act>(d_dqkv, d_dqkv_bf16, d_dout, d_qkv, d_out, d_lse, d_scratch, B, T, C, NH, cast,
+                                      stream);
+    CUDA_CHECK(cudaStreamSynchronize(stream));
+    FlashResult r;
+    r.out = sizeof(Act) == sizeof(float) ? to_host((float *)d_out, n) : floats_of_codes(to_host_bf16(d_out, n));
+    r.lse = to_host(d_lse, rows);
+    r.dqkv = to_host(d_dqkv, 3 * n);
+    r.dqkv_bf16 = to_host_bf16(d_dqkv_bf16, 3 * n);
+    CUDA_CHECK(cudaFree(d_qkv)); CUDA_CHECK(cudaFree(d_out)); CUDA_CHECK(cudaFree(d_lse));
+    CUDA_CHECK(cudaFree(d_scratch)); CUDA_CHECK(cudaFree(d_dout)); CUDA_CHECK(cudaFree(d_dqkv));
+    CUDA_CHECK(cudaFree(d_dqkv_bf16));
+    return r;
+}
+
+template <typename Act>
+static void test_flash_attention_shape(int B, int T, int C, int NH, const OperandCast &cast, double norm_tol,
+                                       double max_tol) {
+    size_t n = (size_t)B * T * C, rows = (size_t)B * NH * T;
+    int bf16_acts = sizeof(Act) == 2;
+    char name[128];
+    snprintf(name, sizeof name, "flash attention %s B=%d T=%d C=%d NH=%d", bf16_acts ? "bf16" : "fp32", B, T, C, NH);
+    Floats qkv = random_floats(3 * n, -1.5f, 1.5f), dout = random_floats(n, -1, 1);
+    if (bf16_acts) qkv = round_floats_bf16(qkv);
+    FlashResult got = flash_on_gpu<Act>(qkv, dout, B, T, C, NH, cast);
+
+    // The C reference: operands cast as the kernels cast them on load; out stored as Act (the backward's D
+    // reads the stored out).
+    Floats qkv_cast = cast_floats(qkv, &cast), dout_cast = cast_floats(dout, &cast);
+    Floats out(n), lse(rows), dqkv(3 * n);
+    attention_tiled_forward(out.data(), lse.data(), qkv_cast.data(), B, T, C, NH, &cast);
+    if (bf16_acts) out = round_floats_bf16(out);
+    attention_tiled_backward(dqkv.data(), dout_cast.data(), qkv_cast.data(), out.data(), lse.data(), B, T, C, NH, &cast);
+    char what[192];
+    snprintf(what, sizeof what, "%s out", name);
+    check_tensor_close(what, got.out, out, n, 0, n, norm_tol, max_tol);
+    snprintf(what, sizeof what, "%s lse", name);
+    check_tensor_close(what, got.lse, lse, rows, 0, rows, 1e-5, 1e-5);
+    const char *parts[3] = {"dq", "dk", "dv"};
+    for (int part = 0; part < 3; part++) {
+        snprintf(what, sizeof what, "%s %s", name, parts[part]);
+        check_tensor_close(what, got.dqkv, dqkv, 3 * (size_t)C, (size_t)part * C, (size_t)C, norm_tol, max_tol);
+    }
+    Codes want_bf16(3 * n);
+    for (size_t i = 0; i < 3 * n; i++) want_bf16[i] = bf16_from_f32(got.dqkv[i]);
+    snprintf(what, sizeof what, "%s dqkv_bf16 (the bf16 rounding of dqkv) bits", name);
+    check_bf16_codes(what, got.dqkv_bf16, want_bf16, 0);
+
+    FlashResult again = flash_on_gpu<Act>(qkv, dout, B, T, C, NH, cast);
+    CHECK(memcmp(again.out.data(), got.out.data(), n * 4) == 0 && memcmp(again.lse.data(), got.lse.data(), rows * 4) == 0 &&
+              memcmp(again.dqkv.data(), got.dqkv.data(), 3 * n * 4) == 0,
+          "%s: two runs give different bits", name);
+}
+
+static void test_flash_attention(void) {
+    OperandCast fp32 = {MATMUL_FP32, exmy_e4m3(), ROUND_NEAREST_EVEN, 1.0f};
+    OperandCast bf16 = {MATMUL_BF16, exmy_e4m3(), ROUND_NEAREST_EVEN, 1.0f};
+    int lengths[] = {1, 7, 63, 64, 65, 130};
+    for (int t = 0; t < 6; t++) {
+        test_flash_attention_shape<float>(2, lengths[t], 128, 2, fp32, 1e-5, 1e-5);  // head size 64
+        test_flash_attention_shape<float>(2, lengths[t], 48, 3, fp32, 1e-5, 1e-5);   // head size 16
+        test_flash_attention_shape<__nv_bfloat16>(2, lengths[t], 128, 2, bf16, 5e-3, 2e-2);
+        test_flash_attention_shape<__nv_bfloat16>(2, lengths[t], 48, 3, bf16, 5e-3, 2e-2);
+    }
+    test_flash_attention_shape<float>(1, 130, 256, 2, fp32, 1e-5, 1e-5);  // head size 128: the most shared memory
+    test_flash_attention_shape<__nv_bfloat16>(1, 130, 256, 2, bf16, 5e-3, 2e-2);
+}
+
 static void test_attention(void) {
     const int B = 2, T = 37, C = 72, NH = 4, hs = C / NH, BH = B * NH;
     const float scale = 1.0f / sqrtf((float)hs);
@@ -1749,6 +1899,7 @@ int main(void) {
     test_gelu();
     test_classifier();
     test_attention();
+    test_flash_attention();
     test_quantize();
     test_amax();
     test_fp8_scale_state(SCALING_DELAYED);
