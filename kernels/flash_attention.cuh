@@ -36,19 +36,6 @@ static_assert(ATTENTION_TILE_Q == ATTENTION_TILE_K, "flash attention kernels nee
 #define FLASH_THREADS 128  // 4 warps per block
 #define FLASH_MAX_HEAD_SIZE 128
 
-// ---- element conversions ----
-
-static __device__ float flash_to_float(float x) { return x; }
-static __device__ float flash_to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
-
-// A value already cast to the operand format, in the operand's storage type (exact for bf16-cast values).
-static __device__ void flash_set(float *p, float x) { *p = x; }
-static __device__ void flash_set(__nv_bfloat16 *p, float x) { *p = __float2bfloat16_rn(x); }
-
-// An activation written once, rounded as bf16_device_from_f32 rounds.
-static __device__ void flash_store_act(float *p, float x) { *p = x; }
-static __device__ void flash_store_act(__nv_bfloat16 *p, float x) { *p = bf16_device_from_f32(x); }
-
 // ---- tile products: c (M x N, row-major fp32, ldc) = or += a (M x K) b (K x N) ----
 // a is stored row-major (a[m * lda + k]) or, A_COLS, as its transpose (a[k * lda + m]); b likewise
 // (b[k * ldb + n], or B_COLS: b[n * ldb + k]). M, N, K are multiples of 16. The whole block calls them.
@@ -99,8 +86,8 @@ static __device__ void load_tile(Op *dst, const Src *src, size_t stride, int fir
                                  const OperandCast *cast) {
     for (int e = threadIdx.x; e < ATTENTION_TILE_Q * hs; e += blockDim.x) {
         int r = e / hs, d = e % hs, t = first + r;
-        float x = t < T ? quantize_operand_value(flash_to_float(src[(size_t)t * stride + d]), cast) : 0.0f;
-        flash_set(&dst[e], x);
+        float x = t < T ? quantize_operand_value(load_f32(src[(size_t)t * stride + d]), cast) : 0.0f;
+        store_rounded(&dst[e], x);
     }
 }
 
@@ -196,7 +183,7 @@ static __global__ void flash_forward_kernel(Act *out, float *lse, const Act *qkv
         for (int e = threadIdx.x; e < TILE_ELEMS; e += blockDim.x) {
             int i = q0 + e / ATTENTION_TILE_K, j = k0 + e % ATTENTION_TILE_K;
             float prob = i < T && j <= i ? expf(scores[e] * scale - row_lse[e / ATTENTION_TILE_K]) : 0.0f;
-            flash_set(&p[e], quantize_operand_value(prob, &cast));
+            store_rounded(&p[e], quantize_operand_value(prob, &cast));
         }
         __syncthreads();
         tile_product<false, false>(o, hs, p, ATTENTION_TILE_K, v, hs, ATTENTION_TILE_Q, hs, ATTENTION_TILE_K, true);
@@ -204,7 +191,7 @@ static __global__ void flash_forward_kernel(Act *out, float *lse, const Act *qkv
     }
     for (int e = threadIdx.x; e < ATTENTION_TILE_Q * hs; e += blockDim.x) {
         int i = q0 + e / hs, d = e % hs;
-        if (i < T) flash_store_act(&out[((size_t)b * T + i) * C + h * hs + d], o[e]);
+        if (i < T) store_rounded(&out[((size_t)b * T + i) * C + h * hs + d], o[e]);
     }
     for (int r = threadIdx.x; r < ATTENTION_TILE_Q; r += blockDim.x)
         if (q0 + r < T) lse[((size_t)b * NH + h) * T + q0 + r] = row_lse[r];
@@ -223,7 +210,7 @@ static __global__ void flash_row_dots_kernel(float *D, const float *dout, const 
     const float *g = dout + bt * C + h * hs;
     const Act *y = out + bt * C + h * hs;
     float sum = 0.0f;
-    for (int d = 0; d < hs; d++) sum += quantize_operand_value(g[d], &cast) * flash_to_float(y[d]);
+    for (int d = 0; d < hs; d++) sum += quantize_operand_value(g[d], &cast) * load_f32(y[d]);
     size_t b = bt / T, t = bt % T;
     D[(b * NH + h) * T + t] = sum;
 }
@@ -288,8 +275,8 @@ static __device__ void score_gradients(GradTiles<Op> *g, int q0, int k0, int T, 
             prob = expf(g->scores[e] * scale - g->lse[r]);
             ds = prob * (g->dp[e] - g->D[r]) * scale;
         }
-        flash_set(&g->p[e], quantize_operand_value(prob, cast));
-        flash_set(&g->ds[e], quantize_operand_value(ds, cast));
+        store_rounded(&g->p[e], quantize_operand_value(prob, cast));
+        store_rounded(&g->ds[e], quantize_operand_value(ds, cast));
     }
     __syncthreads();
 }

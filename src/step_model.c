@@ -50,7 +50,7 @@ StepModelInput step_model_input(const Policy *policy, const ParamTable *table, i
     in.lm_head = policy->lm_head.format;
     in.allow_tf32 = policy->allow_tf32;
     in.bf16_activations = policy->activations == ACTIVATIONS_BF16;
-    in.fused_attention = 1;  // INTEGRATOR: policy->attention_impl == ATTENTION_FUSED
+    in.fused_attention = policy->attention_impl == ATTENTION_FUSED;
     // Products read bf16 weights as stored; the others through an fp32 copy (grid weights: decoded).
     in.weight_bytes = policy->weights == WEIGHTS_BF16 ? 2 : 4;
     in.bf16_gradients = policy->grads == GRADS_BF16;
@@ -138,15 +138,29 @@ static void linear_forward(Tally *t, double IN, double OUT) {
     product(t, STEP_MATMULS, f, 1, t->N, OUT, IN, t->A, 0);
 }
 
-// dout: (N, OUT) fp32, whose operand its producer may have written already.
-static void linear_backward(Tally *t, double IN, double OUT, int dout_operand_written) {
+// Where a block linear's backward finds its output gradient's operand and the source of its bias gradient.
+typedef enum {
+    DOUT_CAST,                   // dout in fp32: cast here (bf16: one pass that also forms the column partials)
+    DOUT_WRITTEN,                // its producer wrote the operand; the bias sums the fp32 gradient
+    DOUT_WRITTEN_WITH_PARTIALS,  // its producer wrote the operand and the column partials (no fp32 gradient)
+} DoutSource;
+
+// dout: (N, OUT) fp32. The column partials (N/64 x OUT floats) are not counted.
+static void linear_backward(Tally *t, double IN, double OUT, DoutSource source) {
     MatmulFormat f = t->in->linear;
-    if (!dout_operand_written) operand_cast(t, t->N * OUT, 4, f);
+    double n = t->N * OUT;
+    int partials_formed = source == DOUT_WRITTEN_WITH_PARTIALS;
+    if (source == DOUT_CAST && producer_writes_operand(t, f)) {
+        elementwise(t, STEP_ELEMENTWISE, n, CAST_FLOPS + ADD_FLOPS, n * (4 + 2));  // operand and partials
+        partials_formed = 1;
+    } else if (source == DOUT_CAST) {
+        operand_cast(t, n, 4, f);
+    }
     operand_cast(t, t->N * IN, t->A, f);
     operand_cast(t, IN * OUT, t->in->weight_bytes, f);
     product(t, STEP_MATMULS, f, 1, t->N, IN, OUT, 4, 0);  // dinp = dout @ W
     weight_gradient_product(t, f, OUT, IN);
-    elementwise(t, STEP_ELEMENTWISE, t->N * OUT, ADD_FLOPS, t->N * OUT * 4);  // the bias's: column sums of dout
+    if (!partials_formed) elementwise(t, STEP_ELEMENTWISE, n, ADD_FLOPS, n * 4);  // the bias's: column sums of dout
 }
 
 // inputs: 1 (plain), or 2 (fused with the residual add before it, whose sum it writes too).
@@ -168,10 +182,19 @@ static void gelu_forward(Tally *t) {
     elementwise(t, STEP_ELEMENTWISE, n, GELU_FLOPS, 2 * n * t->A);
 }
 
+// The new design under bf16 block linears: one pass over fch recomputes the GELU output (for fcproj's weight
+// gradient) and writes dfch only as its bf16 operand and column partials. Otherwise GELU is recomputed by its
+// own kernel (not in today's design, which kept it) and the backward writes dfch in fp32.
+static int gelu_backward_fused(const Tally *t) { return producer_writes_operand(t, t->in->linear); }
+
 static void gelu_backward(Tally *t) {
     double n = t->N * 4 * t->C;
-    double operand = producer_writes_operand(t, t->in->linear) ? 2 : 0;
-    elementwise(t, STEP_ELEMENTWISE, n, GELU_BACKWARD_FLOPS, n * (4 + t->A) + n * (4 + operand));
+    if (gelu_backward_fused(t)) {
+        elementwise(t, STEP_ELEMENTWISE, n, GELU_FLOPS + GELU_BACKWARD_FLOPS, n * (4 + t->A) + n * (t->A + 2));
+        return;
+    }
+    if (!t->in->legacy_design) gelu_forward(t);  // recomputed into the one-layer scratch
+    elementwise(t, STEP_ELEMENTWISE, n, GELU_BACKWARD_FLOPS, n * (4 + t->A) + n * 4);
 }
 
 // (query, key) pairs of one head that the fused kernels compute: whole query tiles against every key up to
@@ -301,21 +324,19 @@ static void forward(Tally *t) {
 
 static void backward(Tally *t) {
     double C = t->C;
-    int fc_operand_written = producer_writes_operand(t, t->in->linear);
-    int qkv_operand_written = t->fused_attention && fc_operand_written;
+    int qkv_operand_written = t->fused_attention && producer_writes_operand(t, t->in->linear);
     classifier_backward(t);
     lm_head_backward(t);
     layernorm_backward(t);  // lnf
     for (int l = 0; l < t->in->table->shape.n_layer; l++) {
-        if (!t->in->legacy_design) gelu_forward(t);  // recomputed into the one-layer scratch
-        linear_backward(t, 4 * C, C, 0);
+        linear_backward(t, 4 * C, C, DOUT_CAST);
         gelu_backward(t);
-        linear_backward(t, C, 4 * C, fc_operand_written);
+        linear_backward(t, C, 4 * C, gelu_backward_fused(t) ? DOUT_WRITTEN_WITH_PARTIALS : DOUT_CAST);
         layernorm_backward(t);  // ln2
-        linear_backward(t, C, C, 0);
+        linear_backward(t, C, C, DOUT_CAST);
         if (t->fused_attention) attention_backward_fused(t);
         else attention_backward_materialized(t);
-        linear_backward(t, C, 3 * C, qkv_operand_written);
+        linear_backward(t, C, 3 * C, qkv_operand_written ? DOUT_WRITTEN : DOUT_CAST);
         layernorm_backward(t);  // ln1
     }
     encoder_backward(t);

@@ -58,11 +58,12 @@ static ElementwiseByHand elementwise_by_hand(double A) {
     int layernorms = 1 + 2 * L;
     e.activations += layernorms * 2 * NC;
     e.rest += layernorms * (NC * (4 + 4 + 4 + 4) + 8.0 * N);
-    // Per layer: GELU recomputed (reads and writes 4 NC); GELU backward reads dfch_gelu (4) and fch (A), writes
-    // dfch in fp32 and bf16; fcproj's and attproj's output gradients (dresidual) cast to bf16 (read 4, write 2);
-    // bias column sums read every linear's output gradient in fp32 (3C + C + 4C + C = 9C).
-    e.activations += L * (2 * 4 * NC + 4 * NC);
-    e.rest += L * (4 * NC * 4 + 4 * NC * (4 + 2) + 2 * NC * (4 + 2) + 9 * NC * 4);
+    // Per layer: GELU's backward, fused with its recomputation, reads dfch_gelu (4) and fch (A), writes the
+    // GELU output (A) and dfch's bf16 operand (2) with its column partials (not counted); fcproj's and
+    // attproj's output gradients (dresidual) are cast to bf16 with their column partials (read 4, write 2);
+    // only qkv's bias sums its fp32 output gradient (3C), which the attention backward wrote.
+    e.activations += L * (4 * NC + 4 * NC);
+    e.rest += L * (4 * NC * (4 + 2) + 2 * NC * (4 + 2) + 3 * NC * 4);
     // The encoder backward reads the tokens and dresidual, and reads and writes rows of dwte and dwpe.
     e.rest += 4.0 * N + 4 * NC + 2 * (2 * NC * 4);
     // fp32 activations: every linear's input is cast to bf16 in the forward and again in the backward (read 4,

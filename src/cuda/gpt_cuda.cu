@@ -21,6 +21,7 @@
 #include "kernels/classifier.cuh"
 #include "kernels/column_sum.cuh"
 #include "kernels/encoder.cuh"
+#include "kernels/flash_attention.cuh"
 #include "kernels/gelu.cuh"
 #include "kernels/gradients.cuh"
 #include "kernels/layernorm.cuh"
@@ -64,7 +65,9 @@ typedef struct {
     float *dln;         // (B, T, C)
     float *dqkv;        // (B, T, 3C)
     float *datty;       // (B, T, C)
-    float *dfch;        // (B, T, 4C) fc's output gradient (and GELU's, in place); the forward's bias scratch
+    float *dfch;        // (B, T, 4C) GELU's input gradient (fc's output gradient, in place, but under bf16 block
+                        // linears); the forward's bias scratch
+    void *dfch_operand; // bf16 block linears: (B, T, 4C) fc's output gradient, only as its bf16 operand
     void *q, *k, *v;    // materialized: (B, NH, T, hs) each, in attention's operand type
     float *heads;       // materialized: (B, NH, T, hs) the attention output per head; in the backward, its gradient
     float *dq, *dk, *dv;  // materialized: (B, NH, T, hs)
@@ -80,7 +83,7 @@ typedef struct {
     int *targets;       // (B, T)
 } Activations;
 
-#define NUM_ACTIVATION_BUFFERS 45
+#define NUM_ACTIVATION_BUFFERS 46
 
 typedef struct {
     void **buffer;
@@ -109,7 +112,7 @@ static size_t largest_slice_but_wte(const ParamTable *table) {
     return largest;
 }
 
-static int fused_attention(const Policy *policy) { return 0; }
+static int fused_attention(const Policy *policy) { return policy->attention_impl == ATTENTION_FUSED; }
 
 // The one description of the activation buffers that allocation and the memory plan both read.
 static int activation_buffers(Activations *a, const ParamTable *table, const Policy *policy, int B, int T,
@@ -152,7 +155,7 @@ static int activation_buffers(Activations *a, const ParamTable *table, const Pol
         {&a->gelu, N * 4 * C * A},         {&a->proj_out, proj},
         {(void **)&a->dresidual, N * C * F}, {(void **)&a->dln, N * C * F},
         {(void **)&a->dqkv, N * 3 * C * F}, {(void **)&a->datty, N * C * F},
-        {(void **)&a->dfch, N * 4 * C * F},
+        {(void **)&a->dfch, N * 4 * C * F},       {&a->dfch_operand, linear == MATMUL_BF16 ? N * 4 * C * 2 : 0},
         {&a->q, materialized ? N * C * attention_operand : 0},
         {&a->k, materialized ? N * C * attention_operand : 0},
         {&a->v, materialized ? N * C * attention_operand : 0},
@@ -536,29 +539,80 @@ static void layernorm_backward_into(GPTCuda *model, const GradientTarget *g, flo
     gradient_end(model, g, dbias, bias, (size_t)C);
 }
 
-// dinp (N, C) = dout @ weight (overwritten: the CPU zeroes it first); the weight's gradient (OC x C, at
-// weight_at in the parameter buffer) += dout^T @ inp; the bias's (OC, at bias_at) += the column sums of dout
-// before its cast. dout_bf16: NULL, or dout's bf16 operand already written by its producer (the block
-// linears' format is bf16), else dout is cast here.
+// A block linear's output gradient as its backward reads it: the operand of its two products, and the source
+// of its bias gradient (the column sums of the gradient before any cast, as on the CPU): the fp32 gradient,
+// or the partials of its column sums (phase 1, in acts.scratch) that the operand's producer already formed.
+typedef struct {
+    Operand operand;
+    const float *fp32;             // (N, OC), or NULL where only the partials exist
+    const float *column_partials;  // (row blocks, OC), or NULL: the column sums of fp32
+} OutputGrad;
+
+// dout (N, OC, fp32) as its linear's backward reads it: for bf16 products one pass writes its bf16 operand
+// (copy_dout) and its column partials; fp32 products read it as it is; fp8 and eXmY cast it (fp8 with the
+// scale of this use, from its amax). Called first in a linear's backward: the CPU's order of fp8 scales.
+static OutputGrad output_grad(GPTCuda *model, int layer, BlockLinear linear, const float *dout, int N, int OC) {
+    Activations *a = &model->acts;
+    OutputGrad out = {{OPERANDS_BF16, MATMUL_BF16, a->copy_dout}, dout, NULL};
+    if (model->policy.matmul.format == MATMUL_BF16) {
+        cast_column_partials_gpu((__nv_bfloat16 *)a->copy_dout, a->scratch, dout, N, OC, model->stream);
+        out.column_partials = a->scratch;
+        return out;
+    }
+    size_t n = (size_t)N * OC;
+    DeviceCast cast = linear_cast(model, layer, linear, OPERAND_OUTPUT_GRAD, 1, dout, n);
+    out.operand = cast_operand(model, &cast, a->copy_dout, dout, n);
+    return out;
+}
+
+// An output gradient whose bf16 operand its producer wrote (bf16 block linears).
+static OutputGrad written_output_grad(const __nv_bfloat16 *operand, const float *fp32, const float *column_partials) {
+    OutputGrad out = {{OPERANDS_BF16, MATMUL_BF16, operand}, fp32, column_partials};
+    return out;
+}
+
+// dinp (N, C) = dout @ weight (OC x C at weight_at), overwritten (the CPU zeroes it first).
+template <typename Param>
+static void linear_backward_input(GPTCuda *model, int layer, BlockLinear linear, float *dinp, const OutputGrad *d,
+                                  const Param *weights, size_t weight_at, int N, int C, int OC) {
+    size_t n_weight = (size_t)OC * C;
+    DeviceCast w_cast = linear_cast(model, layer, linear, OPERAND_WEIGHT, 1, weights + weight_at, n_weight);
+    Operand weight = weight_operand(model, &w_cast, weights, weight_at, n_weight);
+    product(model, d->operand, 0, weight, 0, dinp, N, C, OC, 0.0f);
+}
+
+// The bias's gradient (OC, at bias_at) += the column sums of dout (before its cast).
+static void linear_backward_bias(GPTCuda *model, const GradientTarget *g, size_t bias_at, const OutputGrad *d, int N,
+                                 int OC) {
+    float *dbias = gradient_begin(model, g, model->acts.grad_scratch, bias_at, (size_t)OC);
+    if (d->column_partials)
+        column_partials_reduce_gpu(dbias, d->column_partials, column_sum_row_blocks(N), OC, model->stream);
+    else
+        column_sums_add_gpu(dbias, d->fp32, N, OC, model->acts.scratch, model->stream);
+    gradient_end(model, g, dbias, bias_at, (size_t)OC);
+}
+
+// The weight's gradient (OC x C, at weight_at) += dout^T @ inp (N, C), inp cast as the forward cast it.
+template <typename Act>
+static void linear_backward_weight(GPTCuda *model, const GradientTarget *g, int layer, BlockLinear linear,
+                                   size_t weight_at, const OutputGrad *d, const Act *inp, int N, int C, int OC) {
+    size_t n_inp = (size_t)N * C, n_weight = (size_t)OC * C;
+    DeviceCast x_cast = linear_cast(model, layer, linear, OPERAND_INPUT, 1, inp, n_inp);
+    Operand x = cast_operand(model, &x_cast, model->acts.copy_inp, inp, n_inp);
+    float *dweight = gradient_begin(model, g, model->acts.grad_scratch, weight_at, n_weight);
+    product(model, d->operand, 1, x, 0, dweight, OC, C, N, 1.0f);
+    gradient_end(model, g, dweight, weight_at, n_weight);
+}
+
+// The whole backward of a block linear (inp (N, C) -> (N, OC)) from its output gradient d: dinp (N, C)
+// overwritten, the weight's and the bias's gradients added.
 template <typename Act, typename Param>
 static void linear_backward(GPTCuda *model, const GradientTarget *g, int layer, BlockLinear linear, float *dinp,
-                            size_t weight_at, size_t bias_at, const float *dout, const __nv_bfloat16 *dout_bf16,
-                            const Act *inp, const Param *weights, int N, int C, int OC) {
-    size_t n_inp = (size_t)N * C, n_weight = (size_t)OC * C, n_out = (size_t)N * OC;
-    DeviceCast d_cast = linear_cast(model, layer, linear, OPERAND_OUTPUT_GRAD, 1, dout, n_out);
-    DeviceCast x_cast = linear_cast(model, layer, linear, OPERAND_INPUT, 1, inp, n_inp);
-    DeviceCast w_cast = linear_cast(model, layer, linear, OPERAND_WEIGHT, 1, weights + weight_at, n_weight);
-    Operand d = dout_bf16 ? Operand{OPERANDS_BF16, MATMUL_BF16, dout_bf16}
-                          : cast_operand(model, &d_cast, model->acts.copy_dout, dout, n_out);
-    Operand x = cast_operand(model, &x_cast, model->acts.copy_inp, inp, n_inp);
-    Operand weight = weight_operand(model, &w_cast, weights, weight_at, n_weight);
-    product(model, d, 0, weight, 0, dinp, N, C, OC, 0.0f);
-    float *dweight = gradient_begin(model, g, model->acts.grad_scratch, weight_at, n_weight);
-    product(model, d, 1, x, 0, dweight, OC, C, N, 1.0f);
-    gradient_end(model, g, dweight, weight_at, n_weight);
-    float *dbias = gradient_begin(model, g, model->acts.grad_scratch, bias_at, (size_t)OC);
-    column_sums_add_gpu(dbias, dout, N, OC, model->acts.scratch, model->stream);
-    gradient_end(model, g, dbias, bias_at, (size_t)OC);
+                            size_t weight_at, size_t bias_at, const OutputGrad *d, const Act *inp,
+                            const Param *weights, int N, int C, int OC) {
+    linear_backward_input(model, layer, linear, dinp, d, weights, weight_at, N, C, OC);
+    linear_backward_bias(model, g, bias_at, d, N, OC);
+    linear_backward_weight(model, g, layer, linear, weight_at, d, inp, N, C, OC);
 }
 
 // Where a producer of a block linear's output gradient writes its bf16 operand: copy_dout when the block
@@ -652,18 +706,29 @@ static void attention_backward_materialized(GPTCuda *model, float *dqkv, const f
     attention_merge_qkv_grad_gpu(dqkv, a->dq, a->dk, a->dv, B, T, C, NH, model->stream);
 }
 
+// atty (B, T, C) from qkv (B, T, 3C); att keeps what the backward needs: each row's log-sum-exp (B, NH, T)
+// under fused attention, the probabilities (B, NH, T, T) under materialized.
 template <typename Act>
 static void attention_forward(GPTCuda *model, Act *atty, float *att, const Act *qkv, int B, int T, int C, int NH) {
-    attention_forward_materialized(model, atty, att, qkv, B, T, C, NH);
+    if (fused_attention(&model->policy))
+        flash_attention_forward_gpu(atty, att, qkv, B, T, C, NH, model->attention_cast, model->stream);
+    else
+        attention_forward_materialized(model, atty, att, qkv, B, T, C, NH);
 }
 
 // dqkv (B, T, 3C) = the gradient of attention (overwritten); returns its bf16 operand for the qkv linear
-// where the attention kernel wrote it, else NULL.
+// where the fused kernels wrote it (bf16 block linears), else NULL.
 template <typename Act>
 static const __nv_bfloat16 *attention_backward(GPTCuda *model, float *dqkv, const float *datty, const Act *qkv,
                                                const Act *atty, const float *att, int B, int T, int C, int NH) {
-    attention_backward_materialized(model, dqkv, datty, qkv, att, B, T, C, NH);
-    return NULL;
+    if (!fused_attention(&model->policy)) {
+        attention_backward_materialized(model, dqkv, datty, qkv, att, B, T, C, NH);
+        return NULL;
+    }
+    __nv_bfloat16 *dqkv_bf16 = dout_operand(model);
+    flash_attention_backward_gpu(dqkv, dqkv_bf16, datty, qkv, atty, att, model->acts.scratch, B, T, C, NH,
+                                 model->attention_cast, model->stream);
+    return dqkv_bf16;
 }
 
 // ----------------------------------------------------------------------------------------------------
@@ -785,6 +850,33 @@ static void embedding_gradients(GPTCuda *model, const GradientTarget *g) {
     gradient_end(model, g, dwpe, wpe, n_wpe);
 }
 
+// The MLP's backward from dresidual (fcproj's output gradient): fcproj's gradients, GELU's (its output,
+// not kept, formed again from fch for fcproj's weight gradient), fc's; dln (N, C) = the gradient of ln2,
+// overwritten. Under bf16 block linears one pass over fch recomputes GELU and writes fc's output gradient
+// as its bf16 operand with its column partials: no fp32 dfch is stored.
+template <typename Act, typename Param>
+static void mlp_backward(GPTCuda *model, const GradientTarget *g, int l, const LayerOffsets *p,
+                         const LayerActivations<Act> *y, const Param *params, int N, int C) {
+    Activations *a = &model->acts;
+    cudaStream_t stream = model->stream;
+    Act *gelu = (Act *)a->gelu;
+    OutputGrad d = output_grad(model, l, LINEAR_FCPROJ, a->dresidual, N, C);
+    linear_backward_input(model, l, LINEAR_FCPROJ, a->dfch, &d, params, p->fcprojw, N, 4 * C, C);  // GELU's gradient
+    linear_backward_bias(model, g, p->fcprojb, &d, N, C);
+    int fused = model->policy.matmul.format == MATMUL_BF16;
+    if (fused) {
+        gelu_backward_fused_gpu(gelu, (__nv_bfloat16 *)a->dfch_operand, a->scratch, a->dfch, y->fch, N, 4 * C, stream);
+    } else {
+        gelu_forward_gpu(gelu, y->fch, (size_t)N * 4 * C, stream);
+        gelu_backward_gpu(a->dfch, a->dfch, y->fch, (size_t)N * 4 * C, stream);
+    }
+    linear_backward_weight(model, g, l, LINEAR_FCPROJ, p->fcprojw, &d, gelu, N, 4 * C, C);
+    // (fcproj's operand in copy_dout is read by now: fc's cast may take its place)
+    OutputGrad dfch = fused ? written_output_grad((const __nv_bfloat16 *)a->dfch_operand, NULL, a->scratch)
+                            : output_grad(model, l, LINEAR_FC, a->dfch, N, 4 * C);
+    linear_backward(model, g, l, LINEAR_FC, a->dln, p->fcw, p->fcb, &dfch, y->ln2, params, N, C, 4 * C);
+}
+
 template <typename Act, typename Param>
 static void backward_pass(GPTCuda *model, const Param *params, const GradientTarget *g, float loss_scale) {
     const ModelShape *s = &model->table.shape;
@@ -812,24 +904,20 @@ static void backward_pass(GPTCuda *model, const Param *params, const GradientTar
     layernorm_backward_into(model, g, a->dresidual, lnfw, lnfb, a->dln, last.residual3, params, a->lnf_mean,
                             a->lnf_rstd, N, C);
 
-    Act *gelu = (Act *)a->gelu;
     for (int l = L - 1; l >= 0; l--) {
         LayerOffsets p = layer_offsets(&model->table, l);
         LayerActivations<Act> y = layer_activations<Act>(a, s, l, B, T, fused);
         // dresidual passes unchanged into both summands of each residual add; each branch adds its input
-        // gradient into it (gpt_cpu.c's scheme). The GELU output, not kept, is formed again from fch.
-        gelu_forward_gpu(gelu, y.fch, (size_t)N * 4 * C, stream);
-        linear_backward(model, g, l, LINEAR_FCPROJ, a->dfch, p.fcprojw, p.fcprojb, a->dresidual, NULL, gelu, params, N,
-                        4 * C, C);
-        __nv_bfloat16 *dfch_bf16 = dout_operand(model);
-        gelu_backward_gpu(a->dfch, dfch_bf16, a->dfch, y.fch, (size_t)N * 4 * C, stream);
-        linear_backward(model, g, l, LINEAR_FC, a->dln, p.fcw, p.fcb, a->dfch, dfch_bf16, y.ln2, params, N, C, 4 * C);
+        // gradient into it (gpt_cpu.c's scheme).
+        mlp_backward(model, g, l, &p, &y, params, N, C);
         layernorm_backward_into(model, g, a->dresidual, p.ln2w, p.ln2b, a->dln, y.residual2, params, y.ln2_mean,
                                 y.ln2_rstd, N, C);
-        linear_backward(model, g, l, LINEAR_ATTPROJ, a->datty, p.attprojw, p.attprojb, a->dresidual, NULL, y.atty,
-                        params, N, C, C);
+        OutputGrad d = output_grad(model, l, LINEAR_ATTPROJ, a->dresidual, N, C);
+        linear_backward(model, g, l, LINEAR_ATTPROJ, a->datty, p.attprojw, p.attprojb, &d, y.atty, params, N, C, C);
         const __nv_bfloat16 *dqkv_bf16 = attention_backward(model, a->dqkv, a->datty, y.qkv, y.atty, y.att, B, T, C, NH);
-        linear_backward(model, g, l, LINEAR_QKV, a->dln, p.qkvw, p.qkvb, a->dqkv, dqkv_bf16, y.ln1, params, N, C, 3 * C);
+        OutputGrad dqkv = dqkv_bf16 ? written_output_grad(dqkv_bf16, a->dqkv, NULL)
+                                    : output_grad(model, l, LINEAR_QKV, a->dqkv, N, 3 * C);
+        linear_backward(model, g, l, LINEAR_QKV, a->dln, p.qkvw, p.qkvb, &dqkv, y.ln1, params, N, C, 3 * C);
         layernorm_backward_into(model, g, a->dresidual, p.ln1w, p.ln1b, a->dln, y.residual, params, y.ln1_mean,
                                 y.ln1_rstd, N, C);
     }

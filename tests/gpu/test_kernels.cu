@@ -589,6 +589,46 @@ static void test_column_sums(void) {
 // below 1e-6 of the scale. 1e-5 leaves a margin of 10 at least; how many elements are bit-identical is
 // printed as well.
 
+// The fused backward of bf16 block linears, over the same (rows, cols) values as the separate kernels: its
+// GELU output is gelu_forward_gpu's (the same expression: bits), its bf16 operand the rounding of
+// gelu_backward_gpu's fp32 gradient (bits), and its column partials, reduced, column_sums_add_gpu's sums of
+// that gradient (the same two-phase order: bits).
+static void test_gelu_backward_fused(const Floats &inp, const Floats &dout, const Floats &gpu_out,
+                                     const Floats &gpu_dinp) {
+    const int cols = 300, rows = (int)(inp.size() / cols);  // 333 rows: 6 row blocks, the last partial
+    size_t n = (size_t)rows * cols;
+    float *d_inp = to_device(inp), *d_dout = to_device(dout), *d_out = device_floats(n);
+    float *d_partials = device_floats(column_sum_scratch_floats(rows, cols)), *d_sums = device_floats(cols);
+    float *d_scratch = device_floats(column_sum_scratch_floats(rows, cols)), *d_dinp = to_device(gpu_dinp);
+    __nv_bfloat16 *d_operand = (__nv_bfloat16 *)cuda_malloc_checked(n * sizeof(__nv_bfloat16), "test bf16");
+    gelu_backward_fused_gpu(d_out, d_operand, d_partials, d_dout, d_inp, rows, cols, stream);
+    CUDA_CHECK(cudaMemsetAsync(d_sums, 0, cols * sizeof(float), stream));
+    column_partials_reduce_gpu(d_sums, d_partials, column_sum_row_blocks(rows), cols, stream);
+    Floats want_sums(cols, 0.0f);
+    float *d_want = to_device(want_sums);
+    column_sums_add_gpu(d_want, d_dinp, rows, cols, d_scratch, stream);
+    Codes want_operand(n);
+    for (size_t i = 0; i < n; i++) want_operand[i] = bf16_from_f32(gpu_dinp[i]);
+    check_bits("gelu_backward_fused: recomputed output bits", to_host(d_out, n), Floats(gpu_out.begin(), gpu_out.begin() + n));
+    check_bf16_codes("gelu_backward_fused: bf16 operand bits", to_host_bf16(d_operand, n), want_operand, 0);
+    check_bits("gelu_backward_fused: column sums bits", to_host(d_sums, cols), to_host(d_want, cols));
+    // The cast with column partials: the same rounding and the same sums, from the fp32 gradient.
+    cast_column_partials_gpu(d_operand, d_partials, d_dinp, rows, cols, stream);
+    CUDA_CHECK(cudaMemsetAsync(d_sums, 0, cols * sizeof(float), stream));
+    column_partials_reduce_gpu(d_sums, d_partials, column_sum_row_blocks(rows), cols, stream);
+    check_bf16_codes("cast_column_partials: bf16 operand bits", to_host_bf16(d_operand, n), want_operand, 0);
+    check_bits("cast_column_partials: column sums bits", to_host(d_sums, cols), to_host(d_want, cols));
+    cudaFree(d_inp);
+    cudaFree(d_dout);
+    cudaFree(d_out);
+    cudaFree(d_partials);
+    cudaFree(d_sums);
+    cudaFree(d_scratch);
+    cudaFree(d_dinp);
+    cudaFree(d_operand);
+    cudaFree(d_want);
+}
+
 static void test_gelu(void) {
     const size_t n = 100003;
     Floats inp = random_floats(n, -8, 8), dout = random_floats(n, -1, 1), dinp(n, 0.0f);
@@ -603,17 +643,11 @@ static void test_gelu(void) {
     // The GPU's dinp starts as garbage: its backward overwrites.
     float *d_inp = to_device(inp), *d_dout = to_device(dout), *d_dinp = to_device(random_floats(n, -1, 1));
     float *d_out = device_floats(n);
-    __nv_bfloat16 *d_dinp_bf16 = (__nv_bfloat16 *)cuda_malloc_checked(n * sizeof(__nv_bfloat16), "test bf16");
     gelu_forward(out.data(), inp.data(), n);
     gelu_backward(dinp.data(), dout.data(), inp.data(), n);
     gelu_forward_gpu(d_out, d_inp, n, stream);
-    gelu_backward_gpu(d_dinp, d_dinp_bf16, d_dout, d_inp, n, stream);
+    gelu_backward_gpu(d_dinp, d_dout, d_inp, n, stream);
     Floats got_out = to_host(d_out, n), got_dinp = to_host(d_dinp, n);
-    // The bf16 operand is the GPU's own fp32 gradient rounded: bit for bit.
-    Codes want_bf16(n);
-    for (size_t i = 0; i < n; i++) want_bf16[i] = bf16_from_f32(got_dinp[i]);
-    check_bf16_codes("gelu_backward bf16 operand bits", to_host_bf16(d_dinp_bf16, n), want_bf16, 0);
-    cudaFree(d_dinp_bf16);
     size_t same_out = 0, same_dinp = 0;
     for (size_t i = 0; i < n; i++) {
         same_out += bits_of_float(got_out[i]) == bits_of_float(out[i]);
@@ -623,6 +657,7 @@ static void test_gelu(void) {
            same_dinp, n);
     check_close_scaled("gelu_forward (n=100003)", got_out, out, out_scale, 1e-5);
     check_close_scaled("gelu_backward (n=100003)", got_dinp, dinp, dinp_scale, 1e-5);
+    test_gelu_backward_fused(inp, dout, got_out, got_dinp);
     cudaFree(d_inp);
     cudaFree(d_dout);
     cudaFree(d_dinp);
