@@ -281,22 +281,42 @@ static __device__ void score_gradients(GradTiles<Op> *g, int q0, int k0, int T, 
     __syncthreads();
 }
 
-// One (TILE, hs) fp32 gradient into dqkv (part 0 q, 1 k, 2 v) and, when not NULL, its bf16 rounding.
-static __device__ void store_gradient(float *dqkv, __nv_bfloat16 *dqkv_bf16, const float *acc, int first, int T,
-                                      int C, int h, int hs, int part, int b) {
+// Where the backward puts dqkv (B, T, 3C), each NULL when not wanted: the fp32 gradient; its bf16 rounding
+// (the operand of the qkv linear's products); the partials of its column sums (the qkv bias gradient's phase
+// 1, column_sum.cuh) per block of rows = one query tile of one sequence, (B * query tiles, 3C), each the sum
+// of the tile's rows in order (T a multiple of the tile: column_partials_kernel's blocks and bits).
+typedef struct {
+    float *fp32;
+    __nv_bfloat16 *bf16;
+    float *column_partials;
+} FlashGradients;
+
+static int flash_partial_rows(int B, int T) { return B * ((T + ATTENTION_TILE_Q - 1) / ATTENTION_TILE_Q); }
+
+// One (TILE, hs) fp32 gradient (part 0 q, 1 k, 2 v) of rows first.. of sequence b, where `out` asks.
+static __device__ void store_gradient(const FlashGradients *out, const float *acc, int first, int T, int C, int h,
+                                      int hs, int part, int b) {
     for (int e = threadIdx.x; e < ATTENTION_TILE_Q * hs; e += blockDim.x) {
         int t = first + e / hs, d = e % hs;
         if (t >= T) continue;
         size_t at = ((size_t)b * T + t) * 3 * C + (size_t)part * C + h * hs + d;
-        dqkv[at] = acc[e];
-        if (dqkv_bf16) dqkv_bf16[at] = bf16_device_from_f32(acc[e]);
+        if (out->fp32) out->fp32[at] = acc[e];
+        if (out->bf16) out->bf16[at] = bf16_device_from_f32(acc[e]);
+    }
+    if (!out->column_partials) return;
+    int rows = min(ATTENTION_TILE_Q, T - first);
+    size_t block = (size_t)b * ((T + ATTENTION_TILE_Q - 1) / ATTENTION_TILE_Q) + first / ATTENTION_TILE_Q;
+    for (int d = threadIdx.x; d < hs; d += blockDim.x) {
+        float sum = 0.0f;
+        for (int r = 0; r < rows; r++) sum += acc[r * hs + d];
+        out->column_partials[block * 3 * C + (size_t)part * C + h * hs + d] = sum;
     }
 }
 
 // grid (key tiles, B * NH): dK, dV of one key tile over the query tiles from the diagonal on.
 template <typename Act, typename Op>
-static __global__ void flash_key_grad_kernel(float *dqkv, __nv_bfloat16 *dqkv_bf16, const float *dout, const Act *qkv,
-                                             const float *lse, const float *D, int T, int C, int NH, OperandCast cast) {
+static __global__ void flash_key_grad_kernel(FlashGradients out, const float *dout, const Act *qkv, const float *lse,
+                                             const float *D, int T, int C, int NH, OperandCast cast) {
     extern __shared__ __align__(128) unsigned char flash_shared[];
     int hs = C / NH, tile = blockIdx.x, b = blockIdx.y / NH, h = blockIdx.y % NH;
     int k0 = tile * ATTENTION_TILE_K, query_tiles = (T + ATTENTION_TILE_Q - 1) / ATTENTION_TILE_Q;
@@ -322,14 +342,14 @@ static __global__ void flash_key_grad_kernel(float *dqkv, __nv_bfloat16 *dqkv_bf
         tile_product<true, false>(dk, hs, g.ds, ATTENTION_TILE_K, g.q, hs, ATTENTION_TILE_K, hs, ATTENTION_TILE_Q, true);
         __syncthreads();
     }
-    store_gradient(dqkv, dqkv_bf16, dk, k0, T, C, h, hs, 1, b);
-    store_gradient(dqkv, dqkv_bf16, dv, k0, T, C, h, hs, 2, b);
+    store_gradient(&out, dk, k0, T, C, h, hs, 1, b);
+    store_gradient(&out, dv, k0, T, C, h, hs, 2, b);
 }
 
 // grid (query tiles, B * NH): dQ of one query tile over the key tiles up to the diagonal.
 template <typename Act, typename Op>
-static __global__ void flash_query_grad_kernel(float *dqkv, __nv_bfloat16 *dqkv_bf16, const float *dout,
-                                               const Act *qkv, const float *lse, const float *D, int T, int C, int NH,
+static __global__ void flash_query_grad_kernel(FlashGradients out, const float *dout, const Act *qkv,
+                                               const float *lse, const float *D, int T, int C, int NH,
                                                OperandCast cast) {
     extern __shared__ __align__(128) unsigned char flash_shared[];
     int hs = C / NH, tile = blockIdx.x, b = blockIdx.y / NH, h = blockIdx.y % NH;
@@ -353,7 +373,7 @@ static __global__ void flash_query_grad_kernel(float *dqkv, __nv_bfloat16 *dqkv_
         tile_product<false, false>(dq, hs, g.ds, ATTENTION_TILE_K, g.k, hs, ATTENTION_TILE_Q, hs, ATTENTION_TILE_K, true);
         __syncthreads();
     }
-    store_gradient(dqkv, dqkv_bf16, dq, q0, T, C, h, hs, 0, b);
+    store_gradient(&out, dq, q0, T, C, h, hs, 0, b);
 }
 
 // ---- host launchers ----
@@ -394,25 +414,23 @@ static void flash_attention_forward_gpu(Act *out, float *lse, const Act *qkv, in
 }
 
 template <typename Act, typename Op>
-static void flash_backward_launch(float *dqkv, __nv_bfloat16 *dqkv_bf16, const float *dout, const Act *qkv,
-                                  const float *lse, const float *D, int B, int T, int C, int NH, OperandCast cast,
-                                  cudaStream_t stream) {
+static void flash_backward_launch(const FlashGradients *out, const float *dout, const Act *qkv, const float *lse,
+                                  const float *D, int B, int T, int C, int NH, OperandCast cast, cudaStream_t stream) {
     size_t bytes = flash_backward_shared_bytes<Op>(C / NH);
     dim3 key_grid(ceil_div(T, ATTENTION_TILE_K), B * NH), query_grid(ceil_div(T, ATTENTION_TILE_Q), B * NH);
     allow_shared_bytes(flash_key_grad_kernel<Act, Op>, bytes);
-    flash_key_grad_kernel<Act, Op><<<key_grid, FLASH_THREADS, bytes, stream>>>(dqkv, dqkv_bf16, dout, qkv, lse, D, T,
-                                                                               C, NH, cast);
+    flash_key_grad_kernel<Act, Op><<<key_grid, FLASH_THREADS, bytes, stream>>>(*out, dout, qkv, lse, D, T, C, NH, cast);
     CUDA_CHECK_LAUNCH();
     allow_shared_bytes(flash_query_grad_kernel<Act, Op>, bytes);
-    flash_query_grad_kernel<Act, Op><<<query_grid, FLASH_THREADS, bytes, stream>>>(dqkv, dqkv_bf16, dout, qkv, lse, D,
-                                                                                   T, C, NH, cast);
+    flash_query_grad_kernel<Act, Op><<<query_grid, FLASH_THREADS, bytes, stream>>>(*out, dout, qkv, lse, D, T, C, NH,
+                                                                                   cast);
     CUDA_CHECK_LAUNCH();
 }
 
-// dqkv: (B, T, 3C) fp32, OVERWRITTEN; dqkv_bf16: NULL or (B, T, 3C) bf16, written with dqkv's bf16 rounding;
-// dout: (B, T, C) fp32 uncast (cast on load); out, lse: the forward's; scratch: (B, NH, T) floats for D.
+// dqkv (B, T, 3C) = the gradient of attention, OVERWRITTEN, in the forms `grads` asks for; dout: (B, T, C) fp32
+// uncast (cast on load); out, lse: the forward's; scratch: (B, NH, T) floats for D.
 template <typename Act>
-static void flash_attention_backward_gpu(float *dqkv, __nv_bfloat16 *dqkv_bf16, const float *dout, const Act *qkv,
+static void flash_attention_backward_gpu(const FlashGradients *grads, const float *dout, const Act *qkv,
                                          const Act *out, const float *lse, float *scratch, int B, int T, int C,
                                          int NH, OperandCast cast, cudaStream_t stream) {
     check_flash_shape(C, NH, &cast);
@@ -420,9 +438,9 @@ static void flash_attention_backward_gpu(float *dqkv, __nv_bfloat16 *dqkv_bf16, 
     flash_row_dots_kernel<Act><<<ceil_div(rows, 256), 256, 0, stream>>>(scratch, dout, out, B, T, C, NH, cast);
     CUDA_CHECK_LAUNCH();
     if (cast.format == MATMUL_BF16)
-        flash_backward_launch<Act, __nv_bfloat16>(dqkv, dqkv_bf16, dout, qkv, lse, scratch, B, T, C, NH, cast, stream);
+        flash_backward_launch<Act, __nv_bfloat16>(grads, dout, qkv, lse, scratch, B, T, C, NH, cast, stream);
     else
-        flash_backward_launch<Act, float>(dqkv, dqkv_bf16, dout, qkv, lse, scratch, B, T, C, NH, cast, stream);
+        flash_backward_launch<Act, float>(grads, dout, qkv, lse, scratch, B, T, C, NH, cast, stream);
 }
 
 #endif

@@ -141,7 +141,6 @@ static void linear_forward(Tally *t, double IN, double OUT) {
 // Where a block linear's backward finds its output gradient's operand and the source of its bias gradient.
 typedef enum {
     DOUT_CAST,                   // dout in fp32: cast here (bf16: one pass that also forms the column partials)
-    DOUT_WRITTEN,                // its producer wrote the operand; the bias sums the fp32 gradient
     DOUT_WRITTEN_WITH_PARTIALS,  // its producer wrote the operand and the column partials (no fp32 gradient)
 } DoutSource;
 
@@ -217,7 +216,9 @@ static void attention_forward_fused(Tally *t) {
 static void attention_backward_fused(Tally *t) {
     double N = t->N, C = t->C, stats = t->NH * N * 4;  // lse, or D
     double pairs = t->in->B * t->NH * causal_tile_pairs(t->in->T), peak = product_peak(t, t->in->attention);
-    double gradient = 4 + (producer_writes_operand(t, t->in->linear) ? 2 : 0);
+    // Under bf16 block linears the gradient is written only as the qkv linear's bf16 operand (and the
+    // partials of its column sums, not counted); else in fp32.
+    double gradient = producer_writes_operand(t, t->in->linear) ? 2 : 4;
     elementwise(t, STEP_ATTENTION, N * C, 2, N * C * (4 + t->A) + stats);  // D = rowsum(dout * out)
     double reads = N * 3 * C * t->A + N * C * 4 + 2 * stats;              // qkv, dout, lse, D
     kernel(t, STEP_ATTENTION, 4 * 2 * t->hs * pairs, reads + N * 2 * C * gradient, peak);  // dK, dV
@@ -336,7 +337,7 @@ static void backward(Tally *t) {
         linear_backward(t, C, C, DOUT_CAST);
         if (t->fused_attention) attention_backward_fused(t);
         else attention_backward_materialized(t);
-        linear_backward(t, C, 3 * C, qkv_operand_written ? DOUT_WRITTEN : DOUT_CAST);
+        linear_backward(t, C, 3 * C, qkv_operand_written ? DOUT_WRITTEN_WITH_PARTIALS : DOUT_CAST);
         layernorm_backward(t);  // ln1
     }
     encoder_backward(t);

@@ -26,8 +26,9 @@
 //             4, read + write 2).
 //  attention: fused: forward reads qkv (N*3C*A), writes out (N*C*A) and the row log-sum-exp (NH*N*4);
 //             backward: D = rowsum(dout * out) (reads N*C*(4 + A), writes NH*N*4), then a dK/dV kernel and a
-//             dQ kernel, each reading qkv, dout (N*C*4), lse and D; they write dqkv in fp32 (N*3C*4) and,
-//             under a bf16 block-linear format, its bf16 operand (N*3C*2). FLOPs: 2*hs per (query, key) pair
+//             dQ kernel, each reading qkv, dout (N*C*4), lse and D; under a bf16 block-linear format they write
+//             dqkv only as its bf16 operand (N*3C*2) and the partials of its column sums (qkv's bias
+//             gradient), else in fp32 (N*3C*4). FLOPs: 2*hs per (query, key) pair
 //             per product; forward 3 products (two QK^T passes, PV), backward 7 (dK/dV: S, dP, dV, dK; dQ: S,
 //             dP, dQ). The pairs are those of whole query tiles of 64 rows: each tile meets every key up to its
 //             last row, so the diagonal tile is counted whole, its masked half included (T = 1024: 136 of the
@@ -41,15 +42,20 @@
 //  element-wise: encoder (reads N*4 tokens and 2*N*C*W of wte, wpe rows; writes N*C*A), layernorms (plain:
 //             reads N*C*A, writes N*C*A + 2*N*4 statistics; fused with the residual add: reads 2*N*C*A,
 //             writes the sum and the output, 2*N*C*A + 2*N*4), GELU (reads and writes N*4C*A; its output
-//             lives in a one-layer scratch and the backward recomputes it before fcproj's), layernorm
+//             lives in a one-layer scratch and the backward recomputes it), layernorm
 //             backward (reads dout N*C*4, input N*C*A, statistics; adds into dresidual, read + write N*C*4;
-//             the weight and bias partials re-read dout and input, N*C*(4 + A)), GELU backward (reads N*4C*4
-//             and N*4C*A, writes N*4C*4 and, under a bf16 format, dfch's bf16 operand N*4C*2), the cast
-//             passes, the bias gradients' column sums (reads N*OUT*4), the bf16 gradients' rounding, the
+//             the weight and bias partials re-read dout and input, N*C*(4 + A)), GELU backward (under a bf16
+//             format one pass recomputes GELU and forms dfch's bf16 operand and column partials: reads
+//             N*4C*(4 + A), writes N*4C*(A + 2); otherwise GELU's recomputation, then reads N*4C*(4 + A) and
+//             writes N*4C*4), the cast passes (under a bf16 format, fcproj's and attproj's output gradient is
+//             cast with its column partials in one pass: reads N*C*4, writes N*C*2), the bias gradients'
+//             column sums where no producer formed their partials (reads N*OUT*4; the partials themselves,
+//             N/64*OUT floats, are not counted), the bf16 gradients' rounding, the
 //             encoder backward (reads N*4 tokens and dresidual N*C*4, adds rows into dwte and dwpe: read +
 //             write 2*N*C*4 each; under bf16 gradients wpe's scratch is zeroed and rounded).
 //             Output-gradient operands: fcproj's and attproj's (dresidual) are cast; fc's and qkv's are
-//             written by their producers (GELU backward, fused attention backward) under bf16.
+//             written by their producers (GELU backward, fused attention backward) under bf16, with their
+//             column partials.
 //  loss:      classifier forward (reads the logits N*Vp*A and N*4 targets, writes N*(2*4 + 4): max, sum,
 //             loss); classifier backward (reads logits, statistics, targets; writes the logits' gradient in
 //             place: its bf16 operand N*Vp*2 under a bf16 LM head, else fp32 N*Vp*4, cast once for a simulated

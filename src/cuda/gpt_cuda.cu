@@ -63,7 +63,7 @@ typedef struct {
     float *grad_scratch;  // bf16 gradients: proj_out's place (enlarged to hold any tensor slice but wte's)
     float *dresidual;   // (B, T, C)
     float *dln;         // (B, T, C)
-    float *dqkv;        // (B, T, 3C)
+    float *dqkv;        // (B, T, 3C), but under fused attention and bf16 block linears (its operand only)
     float *datty;       // (B, T, C)
     float *dfch;        // (B, T, 4C) GELU's input gradient (fc's output gradient, in place, but under bf16 block
                         // linears); the forward's bias scratch
@@ -114,6 +114,10 @@ static size_t largest_slice_but_wte(const ParamTable *table) {
 
 static int fused_attention(const Policy *policy) { return policy->attention_impl == ATTENTION_FUSED; }
 
+// Where the fused backward puts the partials of dqkv's column sums: after its row terms D (B, NH, T) in the
+// scratch.
+static size_t flash_partials_offset(int B, int T, int NH) { return ((size_t)B * NH * T + 63) / 64 * 64; }
+
 // The one description of the activation buffers that allocation and the memory plan both read.
 static int activation_buffers(Activations *a, const ParamTable *table, const Policy *policy, int B, int T,
                               ActivationBuffer list[NUM_ACTIVATION_BUFFERS]) {
@@ -138,7 +142,9 @@ static int activation_buffers(Activations *a, const ParamTable *table, const Pol
     if (policy->grads == GRADS_BF16 && largest_slice_but_wte(table) * F > proj) proj = largest_slice_but_wte(table) * F;
     size_t scratch = layernorm_backward_scratch_floats((int)N, (int)C);
     if (column_sum_scratch_floats((int)N, (int)(4 * C)) > scratch) scratch = column_sum_scratch_floats((int)N, (int)(4 * C));
-    if (B * NH * (size_t)T > scratch) scratch = (size_t)B * NH * T;  // the fused backward's row terms
+    // The fused backward's row terms, and after them the column partials of dqkv.
+    size_t flash = flash_partials_offset(B, T, (int)NH) + (size_t)flash_partial_rows(B, T) * 3 * C;
+    if (fused && flash > scratch) scratch = flash;
 
     ActivationBuffer buffers[NUM_ACTIVATION_BUFFERS] = {
         {&a->encoded, N * C * A},
@@ -154,7 +160,8 @@ static int activation_buffers(Activations *a, const ParamTable *table, const Pol
         {(void **)&a->softmax_stats, N * sizeof(SoftmaxStats)},  {(void **)&a->losses, N * F},
         {&a->gelu, N * 4 * C * A},         {&a->proj_out, proj},
         {(void **)&a->dresidual, N * C * F}, {(void **)&a->dln, N * C * F},
-        {(void **)&a->dqkv, N * 3 * C * F}, {(void **)&a->datty, N * C * F},
+        {(void **)&a->dqkv, fused && linear == MATMUL_BF16 ? 0 : N * 3 * C * F},  // else its operand only
+        {(void **)&a->datty, N * C * F},
         {(void **)&a->dfch, N * 4 * C * F},       {&a->dfch_operand, linear == MATMUL_BF16 ? N * 4 * C * 2 : 0},
         {&a->q, materialized ? N * C * attention_operand : 0},
         {&a->k, materialized ? N * C * attention_operand : 0},
@@ -545,7 +552,8 @@ static void layernorm_backward_into(GPTCuda *model, const GradientTarget *g, flo
 typedef struct {
     Operand operand;
     const float *fp32;             // (N, OC), or NULL where only the partials exist
-    const float *column_partials;  // (row blocks, OC), or NULL: the column sums of fp32
+    const float *column_partials;  // (partial_rows, OC), or NULL: the column sums of fp32
+    int partial_rows;
 } OutputGrad;
 
 // dout (N, OC, fp32) as its linear's backward reads it: for bf16 products one pass writes its bf16 operand
@@ -553,10 +561,11 @@ typedef struct {
 // scale of this use, from its amax). Called first in a linear's backward: the CPU's order of fp8 scales.
 static OutputGrad output_grad(GPTCuda *model, int layer, BlockLinear linear, const float *dout, int N, int OC) {
     Activations *a = &model->acts;
-    OutputGrad out = {{OPERANDS_BF16, MATMUL_BF16, a->copy_dout}, dout, NULL};
+    OutputGrad out = {{OPERANDS_BF16, MATMUL_BF16, a->copy_dout}, dout, NULL, 0};
     if (model->policy.matmul.format == MATMUL_BF16) {
         cast_column_partials_gpu((__nv_bfloat16 *)a->copy_dout, a->scratch, dout, N, OC, model->stream);
         out.column_partials = a->scratch;
+        out.partial_rows = column_sum_row_blocks(N);
         return out;
     }
     size_t n = (size_t)N * OC;
@@ -565,9 +574,9 @@ static OutputGrad output_grad(GPTCuda *model, int layer, BlockLinear linear, con
     return out;
 }
 
-// An output gradient whose bf16 operand its producer wrote (bf16 block linears).
-static OutputGrad written_output_grad(const __nv_bfloat16 *operand, const float *fp32, const float *column_partials) {
-    OutputGrad out = {{OPERANDS_BF16, MATMUL_BF16, operand}, fp32, column_partials};
+// An output gradient whose producer wrote its bf16 operand and its column partials (bf16 block linears).
+static OutputGrad written_output_grad(const void *operand, const float *column_partials, int partial_rows) {
+    OutputGrad out = {{OPERANDS_BF16, MATMUL_BF16, operand}, NULL, column_partials, partial_rows};
     return out;
 }
 
@@ -586,7 +595,7 @@ static void linear_backward_bias(GPTCuda *model, const GradientTarget *g, size_t
                                  int OC) {
     float *dbias = gradient_begin(model, g, model->acts.grad_scratch, bias_at, (size_t)OC);
     if (d->column_partials)
-        column_partials_reduce_gpu(dbias, d->column_partials, column_sum_row_blocks(N), OC, model->stream);
+        column_partials_reduce_gpu(dbias, d->column_partials, d->partial_rows, OC, model->stream);
     else
         column_sums_add_gpu(dbias, d->fp32, N, OC, model->acts.scratch, model->stream);
     gradient_end(model, g, dbias, bias_at, (size_t)OC);
@@ -613,12 +622,6 @@ static void linear_backward(GPTCuda *model, const GradientTarget *g, int layer, 
     linear_backward_input(model, layer, linear, dinp, d, weights, weight_at, N, C, OC);
     linear_backward_bias(model, g, bias_at, d, N, OC);
     linear_backward_weight(model, g, layer, linear, weight_at, d, inp, N, C, OC);
-}
-
-// Where a producer of a block linear's output gradient writes its bf16 operand: copy_dout when the block
-// linears multiply in bf16, else NULL (the linear casts dout itself).
-static __nv_bfloat16 *dout_operand(GPTCuda *model) {
-    return model->policy.matmul.format == MATMUL_BF16 ? (__nv_bfloat16 *)model->acts.copy_dout : NULL;
 }
 
 // ----------------------------------------------------------------------------------------------------
@@ -716,19 +719,26 @@ static void attention_forward(GPTCuda *model, Act *atty, float *att, const Act *
         attention_forward_materialized(model, atty, att, qkv, B, T, C, NH);
 }
 
-// dqkv (B, T, 3C) = the gradient of attention (overwritten); returns its bf16 operand for the qkv linear
-// where the fused kernels wrote it (bf16 block linears), else NULL.
+// The gradient of attention from datty (B, T, C), as the qkv linear's output gradient: under fused attention
+// and bf16 block linears the kernels write its bf16 operand and column partials only; otherwise dqkv
+// (B, T, 3C) in fp32 (overwritten), which the linear casts.
 template <typename Act>
-static const __nv_bfloat16 *attention_backward(GPTCuda *model, float *dqkv, const float *datty, const Act *qkv,
-                                               const Act *atty, const float *att, int B, int T, int C, int NH) {
+static OutputGrad attention_backward(GPTCuda *model, int layer, const float *datty, const Act *qkv, const Act *atty,
+                                     const float *att, int B, int T, int C, int NH) {
+    Activations *a = &model->acts;
+    int N = B * T;
     if (!fused_attention(&model->policy)) {
-        attention_backward_materialized(model, dqkv, datty, qkv, att, B, T, C, NH);
-        return NULL;
+        attention_backward_materialized(model, a->dqkv, datty, qkv, att, B, T, C, NH);
+        return output_grad(model, layer, LINEAR_QKV, a->dqkv, N, 3 * C);
     }
-    __nv_bfloat16 *dqkv_bf16 = dout_operand(model);
-    flash_attention_backward_gpu(dqkv, dqkv_bf16, datty, qkv, atty, att, model->acts.scratch, B, T, C, NH,
-                                 model->attention_cast, model->stream);
-    return dqkv_bf16;
+    int bf16_linears = model->policy.matmul.format == MATMUL_BF16;
+    float *partials = a->scratch + flash_partials_offset(B, T, NH);
+    FlashGradients grads = {a->dqkv, NULL, NULL};
+    if (bf16_linears) grads = FlashGradients{NULL, (__nv_bfloat16 *)a->copy_dout, partials};
+    flash_attention_backward_gpu(&grads, datty, qkv, atty, att, a->scratch, B, T, C, NH, model->attention_cast,
+                                 model->stream);
+    if (bf16_linears) return written_output_grad(a->copy_dout, partials, flash_partial_rows(B, T));
+    return output_grad(model, layer, LINEAR_QKV, a->dqkv, N, 3 * C);
 }
 
 // ----------------------------------------------------------------------------------------------------
@@ -872,7 +882,7 @@ static void mlp_backward(GPTCuda *model, const GradientTarget *g, int l, const L
     }
     linear_backward_weight(model, g, l, LINEAR_FCPROJ, p->fcprojw, &d, gelu, N, 4 * C, C);
     // (fcproj's operand in copy_dout is read by now: fc's cast may take its place)
-    OutputGrad dfch = fused ? written_output_grad((const __nv_bfloat16 *)a->dfch_operand, NULL, a->scratch)
+    OutputGrad dfch = fused ? written_output_grad(a->dfch_operand, a->scratch, column_sum_row_blocks(N))
                             : output_grad(model, l, LINEAR_FC, a->dfch, N, 4 * C);
     linear_backward(model, g, l, LINEAR_FC, a->dln, p->fcw, p->fcb, &dfch, y->ln2, params, N, C, 4 * C);
 }
@@ -914,9 +924,7 @@ static void backward_pass(GPTCuda *model, const Param *params, const GradientTar
                                 y.ln2_rstd, N, C);
         OutputGrad d = output_grad(model, l, LINEAR_ATTPROJ, a->dresidual, N, C);
         linear_backward(model, g, l, LINEAR_ATTPROJ, a->datty, p.attprojw, p.attprojb, &d, y.atty, params, N, C, C);
-        const __nv_bfloat16 *dqkv_bf16 = attention_backward(model, a->dqkv, a->datty, y.qkv, y.atty, y.att, B, T, C, NH);
-        OutputGrad dqkv = dqkv_bf16 ? written_output_grad(dqkv_bf16, a->dqkv, NULL)
-                                    : output_grad(model, l, LINEAR_QKV, a->dqkv, N, 3 * C);
+        OutputGrad dqkv = attention_backward(model, l, a->datty, y.qkv, y.atty, y.att, B, T, C, NH);
         linear_backward(model, g, l, LINEAR_QKV, a->dln, p.qkvw, p.qkvb, &dqkv, y.ln1, params, N, C, 3 * C);
         layernorm_backward_into(model, g, a->dresidual, p.ln1w, p.ln1b, a->dln, y.residual, params, y.ln1_mean,
                                 y.ln1_rstd, N, C);

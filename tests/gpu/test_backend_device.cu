@@ -512,11 +512,17 @@ int main(void) {
         check_optimizer(presets[p], &policy, &table, init);
         check_passes(presets[p], &policy, &table, init);
     }
-    // Axes beyond the presets: MCF first moments, an eXmY operand format, fp32 with bf16 attention.
+    // Axes beyond the presets: MCF first moments, an eXmY operand format, fp32 with bf16 attention, the
+    // materialized attention (the fused kernels' fallback), bf16-family weights under fp32 activations (casts
+    // before bf16 products), fp32 block linears over bf16 activations and weights (widened operands, GELU's
+    // unfused backward).
     const char *overrides[][2] = {{"collage_plus", "precision.adam_m=mcf"},
                                   {"mixed", "precision.matmul=e5m7"},
-                                  {"fp32", "precision.attention=bf16"}};
-    for (int i = 0; i < 3; i++) {
+                                  {"fp32", "precision.attention=bf16"},
+                                  {"mixed", "precision.attention_impl=materialized"},
+                                  {"collage_plus", "precision.activations=fp32"},
+                                  {"bf16", "precision.matmul=fp32"}};
+    for (int i = 0; i < (int)(sizeof overrides / sizeof overrides[0]); i++) {
         Policy policy = preset_policy(overrides[i][0], overrides[i][1]);
         char label[96];
         snprintf(label, sizeof label, "%s+%s", overrides[i][0], overrides[i][1] + strlen("precision."));

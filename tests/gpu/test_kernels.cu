@@ -1033,7 +1033,7 @@ static Floats floats_of_codes(const Codes &c) {
 }
 
 typedef struct {
-    Floats out, lse, dqkv;
+    Floats out, lse, dqkv, partials;
     Codes dqkv_bf16;
 } FlashResult;
 
@@ -1052,17 +1052,22 @@ static FlashResult flash_on_gpu(const Floats &qkv, const Floats &dout, int B, in
     }
     float *d_lse = device_floats(rows), *d_scratch = device_floats(rows), *d_dout = to_device(dout);
     float *d_dqkv = device_floats(3 * n);
+    size_t n_partials = (size_t)flash_partial_rows(B, T) * 3 * C;
+    float *d_partials = device_floats(n_partials);
     __nv_bfloat16 *d_dqkv_bf16 = (__nv_bfloat16 *)cuda_malloc_checked(3 * n * 2 + 4, "test buffer");
     CUDA_CHECK(cudaMemset(d_dqkv, 0xff, 3 * n * sizeof(float)));  // NaN: every element must be overwritten
+    CUDA_CHECK(cudaMemset(d_partials, 0xff, n_partials * sizeof(float)));
     flash_attention_forward_gpu<Act>(d_out, d_lse, d_qkv, B, T, C, NH, cast, stream);
-    flash_attention_backward_gpu<Act>(d_dqkv, d_dqkv_bf16, d_dout, d_qkv, d_out, d_lse, d_scratch, B, T, C, NH, cast,
-                                      stream);
+    FlashGradients grads = {d_dqkv, d_dqkv_bf16, d_partials};
+    flash_attention_backward_gpu<Act>(&grads, d_dout, d_qkv, d_out, d_lse, d_scratch, B, T, C, NH, cast, stream);
     CUDA_CHECK(cudaStreamSynchronize(stream));
     FlashResult r;
     r.out = sizeof(Act) == sizeof(float) ? to_host((float *)d_out, n) : floats_of_codes(to_host_bf16(d_out, n));
     r.lse = to_host(d_lse, rows);
     r.dqkv = to_host(d_dqkv, 3 * n);
     r.dqkv_bf16 = to_host_bf16(d_dqkv_bf16, 3 * n);
+    r.partials = to_host(d_partials, n_partials);
+    CUDA_CHECK(cudaFree(d_partials));
     CUDA_CHECK(cudaFree(d_qkv)); CUDA_CHECK(cudaFree(d_out)); CUDA_CHECK(cudaFree(d_lse));
     CUDA_CHECK(cudaFree(d_scratch)); CUDA_CHECK(cudaFree(d_dout)); CUDA_CHECK(cudaFree(d_dqkv));
     CUDA_CHECK(cudaFree(d_dqkv_bf16));
@@ -1101,6 +1106,20 @@ static void test_flash_attention_shape(int B, int T, int C, int NH, const Operan
     for (size_t i = 0; i < 3 * n; i++) want_bf16[i] = bf16_from_f32(got.dqkv[i]);
     snprintf(what, sizeof what, "%s dqkv_bf16 (the bf16 rounding of dqkv) bits", name);
     check_bf16_codes(what, got.dqkv_bf16, want_bf16, 0);
+    // The column partials: per query tile of each sequence, the sum of its rows of dqkv in order (fp32, as
+    // the kernel adds them): bits.
+    int tiles = (T + ATTENTION_TILE_Q - 1) / ATTENTION_TILE_Q;
+    Floats want_partials((size_t)B * tiles * 3 * C);
+    for (int b = 0; b < B; b++)
+        for (int tile = 0; tile < tiles; tile++)
+            for (int c = 0; c < 3 * C; c++) {
+                float sum = 0.0f;
+                for (int t = tile * ATTENTION_TILE_Q; t < T && t < (tile + 1) * ATTENTION_TILE_Q; t++)
+                    sum += got.dqkv[((size_t)b * T + t) * 3 * C + c];
+                want_partials[((size_t)b * tiles + tile) * 3 * C + c] = sum;
+            }
+    snprintf(what, sizeof what, "%s dqkv column partials bits", name);
+    check_bits(what, got.partials, want_partials);
 
     FlashResult again = flash_on_gpu<Act>(qkv, dout, B, T, C, NH, cast);
     CHECK(memcmp(again.out.data(), got.out.data(), n * 4) == 0 && memcmp(again.lse.data(), got.lse.data(), rows * 4) == 0 &&
