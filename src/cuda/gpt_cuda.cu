@@ -405,11 +405,9 @@ static DeviceCast linear_cast(GPTCuda *model, int layer, BlockLinear linear, Ope
     return out;
 }
 
-// Products of (M, K) @ (K, N) into c (of c_type), batched over `batch` strided operands (attention: B*NH
-// heads).
-static void batched_product(GPTCuda *model, Operand a, int trans_a, Operand b, int trans_b, void *c,
-                            OperandType c_type, int M, int N, int K, int batch, long long stride_a, long long stride_b,
-                            long long stride_c, float beta) {
+// The problem of one product c (M, N) = a (M, K) @ b (K, N), unbatched, beta 0, no bias; c of c_type.
+static MatmulProblem problem_of(const GPTCuda *model, Operand a, int trans_a, Operand b, int trans_b, void *c,
+                                OperandType c_type, int M, int N, int K) {
     if (a.type != b.type) fatal("internal: a product of fp32 and bf16 operands");
     MatmulProblem p = {};
     p.type = a.type;
@@ -424,6 +422,16 @@ static void batched_product(GPTCuda *model, Operand a, int trans_a, Operand b, i
     p.C = c;
     p.c_type = c_type;
     p.alpha = 1.0f;
+    p.batch = 1;
+    return p;
+}
+
+// Products of (M, K) @ (K, N) into c (of c_type), batched over `batch` strided operands (attention: B*NH
+// heads).
+static void batched_product(GPTCuda *model, Operand a, int trans_a, Operand b, int trans_b, void *c,
+                            OperandType c_type, int M, int N, int K, int batch, long long stride_a, long long stride_b,
+                            long long stride_c, float beta) {
+    MatmulProblem p = problem_of(model, a, trans_a, b, trans_b, c, c_type, M, N, K);
     p.beta = beta;
     p.batch = batch;
     p.stride_a = stride_a;
@@ -442,23 +450,10 @@ static void product(GPTCuda *model, Operand a, int trans_a, Operand b, int trans
 // bias scratch (fp32, M x N) is the backward's dfch, dead in the forward.
 template <typename Act, typename Param>
 static void biased_product(GPTCuda *model, Operand a, Operand b, Act *out, const Param *bias, int M, int N, int K) {
-    if (a.type != b.type) fatal("internal: a product of fp32 and bf16 operands");
-    MatmulProblem p = {};
-    p.type = a.type;
-    p.allow_tf32 = model->allow_tf32 && a.format == MATMUL_FP32 && b.format == MATMUL_FP32;
-    p.trans_b = 1;
-    p.M = M;
-    p.N = N;
-    p.K = K;
-    p.A = a.data;
-    p.B = b.data;
-    p.C = out;
-    p.c_type = stored_type(out);
+    MatmulProblem p = problem_of(model, a, 0, b, 1, out, stored_type(out), M, N, K);
     p.bias = bias;
     p.bias_type = stored_type(bias);
     p.bias_scratch = model->acts.dfch;
-    p.alpha = 1.0f;
-    p.batch = 1;
     matmul_gpu(&model->matmul, &p, model->stream);
 }
 
