@@ -4,9 +4,11 @@
 // from the statistics. No (B, T, Vp) probability buffer exists (the sampler's few rows are formed on the
 // host). The padded logits (V..Vp) are never read: their gradients are 0.
 // The per-element expressions are the CPU's (p = expf(z - max) * (1 / sum), dz = (p - onehot) * dloss); the
-// row's max is exact, its sum of exponentials is reordered (a block reduction), and CUDA's expf/logf may
-// differ from glibc's in the last bit, so probabilities and losses agree with the CPU to a few ulp, and the
-// gradient from the same statistics is the CPU's expression element for element.
+// row's max is exact; its sum of exponentials is formed online in the same single read (each thread keeps a
+// running max and a sum rescaled when the max grows; the block merges them in a fixed order), so it is
+// reordered and rescaled against the CPU's max-then-sum, and CUDA's expf/logf may differ from glibc's in the
+// last bit: probabilities and losses agree with the CPU to a few ulp, and the gradient from the same
+// statistics is the CPU's expression element for element.
 // The logits are read in the activations' stored type (fp32 or bf16); the gradient is written in the type of
 // the LM head's operand (fp32, or bf16: rounded once, the operand itself, so no cast pass follows), in place
 // of the logits where the two types agree.
@@ -24,24 +26,56 @@ typedef struct {
     float inv_sum;
 } SoftmaxStats;
 
-// One block per row.
+// A running softmax normaliser: the max of the values seen and the sum of exp(value - max) over them.
+typedef struct {
+    float max, sum;
+} OnlineSum;
+
+static __device__ OnlineSum online_add(OnlineSum a, float z) {
+    if (z > a.max) return OnlineSum{z, a.sum * expf(a.max - z) + 1.0f};  // expf(-inf) = 0 for the first value
+    a.sum += expf(z - a.max);  // (NaN propagates through this branch)
+    return a;
+}
+
+// Commutative (the same bits either way round), so a butterfly leaves every lane with the same result.
+static __device__ OnlineSum online_merge(OnlineSum a, OnlineSum b) {
+    float m = fmaxf(a.max, b.max);
+    if (m == -INFINITY) return a;  // neither has seen a value
+    return OnlineSum{m, a.sum * expf(a.max - m) + b.sum * expf(b.max - m)};
+}
+
+// The block's merged normaliser, to every thread. shared: 2 * WARP_SIZE floats.
+static __device__ OnlineSum block_online_merge(OnlineSum x, float *shared) {
+    int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE, warps = blockDim.x / WARP_SIZE;
+    for (int offset = WARP_SIZE / 2; offset > 0; offset /= 2) {
+        OnlineSum other = {__shfl_xor_sync(0xffffffffu, x.max, offset), __shfl_xor_sync(0xffffffffu, x.sum, offset)};
+        x = online_merge(x, other);
+    }
+    if (lane == 0) {
+        shared[warp] = x.max;
+        shared[WARP_SIZE + warp] = x.sum;
+    }
+    __syncthreads();
+    OnlineSum total = {-INFINITY, 0.0f};
+    for (int w = 0; w < warps; w++) total = online_merge(total, OnlineSum{shared[w], shared[WARP_SIZE + w]});
+    return total;
+}
+
+// One block per row; one read of the row.
 template <typename Logit>
 static __global__ void classifier_forward_kernel(SoftmaxStats *stats, float *losses, const Logit *logits,
                                                  const int *targets, int V, int Vp) {
-    __shared__ float shared[WARP_SIZE];
+    __shared__ float shared[2 * WARP_SIZE];
     int row = blockIdx.x;
     const Logit *z = logits + (size_t)row * Vp;  // (Vp)
-    float max_logit = -INFINITY;
-    for (int v = threadIdx.x; v < V; v += blockDim.x) max_logit = fmaxf(max_logit, load_f32(z[v]));
-    max_logit = block_max(max_logit, shared);
-    float sum = 0.0f;
-    for (int v = threadIdx.x; v < V; v += blockDim.x) sum += expf(load_f32(z[v]) - max_logit);
-    sum = block_sum(sum, shared);
+    OnlineSum running = {-INFINITY, 0.0f};
+    for (int v = threadIdx.x; v < V; v += blockDim.x) running = online_add(running, load_f32(z[v]));
+    OnlineSum row_sum = block_online_merge(running, shared);
     if (threadIdx.x != 0) return;
-    stats[row].max = max_logit;
-    stats[row].inv_sum = 1.0f / sum;
+    stats[row].max = row_sum.max;
+    stats[row].inv_sum = 1.0f / row_sum.sum;
     // -log softmax from the log-sum-exp: exact even where the probability underflows.
-    if (targets) losses[row] = logf(sum) + max_logit - load_f32(z[targets[row]]);
+    if (targets) losses[row] = logf(row_sum.sum) + row_sum.max - load_f32(z[targets[row]]);
 }
 
 // logits: (N, Vp); targets: (N) or NULL; stats: (N) written; losses: (N), written only when targets is not

@@ -73,26 +73,4 @@ static __device__ float warp_max(float x) {
     return x;
 }
 
-// The sum of x over the block (blockDim.x a multiple of 32, at most 1024), returned to every thread; the
-// block's threads must all call it. shared: WARP_SIZE floats.
-static __device__ float block_sum(float x, float *shared) {
-    int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE, warps = blockDim.x / WARP_SIZE;
-    x = warp_sum(x);
-    __syncthreads();  // shared may still be read by a previous call
-    if (lane == 0) shared[warp] = x;
-    __syncthreads();
-    x = lane < warps ? shared[lane] : 0.0f;
-    return warp_sum(x);
-}
-
-static __device__ float block_max(float x, float *shared) {
-    int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE, warps = blockDim.x / WARP_SIZE;
-    x = warp_max(x);
-    __syncthreads();
-    if (lane == 0) shared[warp] = x;
-    __syncthreads();
-    x = lane < warps ? shared[lane] : -INFINITY;
-    return warp_max(x);
-}
-
 #endif
