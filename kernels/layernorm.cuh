@@ -1,8 +1,9 @@
 // LayerNorm over the channels of each row on the device (src/cpu/layernorm.c): out = (x - mean) * rstd *
 // weight + bias, rstd = 1 / sqrt(var + eps) with the biased variance from a second pass over the deviations.
-// One warp per row; the per-element expressions are the CPU's, the row sums are reordered (warp lanes),
-// so results agree with the CPU to rounding. dweight and dbias are summed deterministically in two phases
-// (column_sum.cuh): partials per block of COLUMN_SUM_ROWS rows, then the partials in row-block order.
+// One warp per row (the backward: one block per COLUMN_SUM_ROWS rows); the per-element expressions are the
+// CPU's, the row sums are reordered (warp lanes), so results agree with the CPU to rounding. dweight and
+// dbias are summed deterministically in two phases (column_sum.cuh): partials per block of COLUMN_SUM_ROWS
+// rows, then the partials in row-block order.
 // Activations (Act) and the weight and bias (Param) are read in their stored type, fp32 or bf16; outputs
 // are stored rounded once (bf16_device.cuh); gradients are fp32.
 #ifndef LP_KERNELS_LAYERNORM_CUH
@@ -79,70 +80,65 @@ static void residual_layernorm_forward_gpu(Act *residual, Act *out, float *mean,
     layernorm_launch(out, mean, rstd, residual, a, b, weight, bias, N, C, stream);
 }
 
-// dinp += rstd * (g - mean(g) - xhat * mean(g * xhat)) with g = dout * weight; one warp per row.
+// One block per COLUMN_SUM_ROWS rows, in two passes over them (the second reads what the first just read,
+// from cache, not from device memory again):
+//  1. one warp per row: mean(g) and mean(g * xhat) over the row, g = dout * weight;
+//  2. one thread per column: dinp += rstd * (g - mean(g) - xhat * mean(g * xhat)) down the block's rows, and
+//     phase 1 of dweight and dbias: the sums of dout * xhat and of dout over those rows in order (the
+//     partials, (row_blocks, C) each; column_partials_reduce_gpu adds them up).
 template <typename Act, typename Param>
-static __global__ void layernorm_backward_input_kernel(float *dinp, const float *dout, const Act *inp,
-                                                      const Param *weight, const float *mean, const float *rstd,
-                                                      int N, int C) {
-    int row = blockIdx.x * (blockDim.x / WARP_SIZE) + threadIdx.x / WARP_SIZE;
-    int lane = threadIdx.x % WARP_SIZE;
-    if (row >= N) return;
-    const Act *x = inp + (size_t)row * C;     // (C)
-    const float *d = dout + (size_t)row * C;  // (C)
-    float *dx = dinp + (size_t)row * C;       // (C)
-    float m = mean[row], s = rstd[row];
-    float g_sum = 0.0f, gx_sum = 0.0f;
-    for (int c = lane; c < C; c += WARP_SIZE) {
-        float g = d[c] * load_f32(weight[c]);
-        g_sum += g;
-        gx_sum += g * (load_f32(x[c]) - m) * s;
+static __global__ void layernorm_backward_kernel(float *dinp, float *partials_w, float *partials_b, const float *dout,
+                                                 const Act *inp, const Param *weight, const float *mean,
+                                                 const float *rstd, int N, int C) {
+    __shared__ float g_mean[COLUMN_SUM_ROWS], gx_mean[COLUMN_SUM_ROWS];
+    int first = blockIdx.x * COLUMN_SUM_ROWS, rows = min(COLUMN_SUM_ROWS, N - first);
+    int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE, warps = blockDim.x / WARP_SIZE;
+    for (int r = warp; r < rows; r += warps) {
+        size_t row = (size_t)(first + r);
+        const Act *x = inp + row * C;     // (C)
+        const float *d = dout + row * C;  // (C)
+        float m = mean[row], s = rstd[row];
+        float g_sum = 0.0f, gx_sum = 0.0f;
+        for (int c = lane; c < C; c += WARP_SIZE) {
+            float g = d[c] * load_f32(weight[c]);
+            g_sum += g;
+            gx_sum += g * (load_f32(x[c]) - m) * s;
+        }
+        g_sum = warp_sum(g_sum);
+        gx_sum = warp_sum(gx_sum);
+        if (lane == 0) {
+            g_mean[r] = g_sum / (float)C;
+            gx_mean[r] = gx_sum / (float)C;
+        }
     }
-    float g_mean = warp_sum(g_sum) / (float)C, gx_mean = warp_sum(gx_sum) / (float)C;
-    for (int c = lane; c < C; c += WARP_SIZE) {
-        float xhat = (load_f32(x[c]) - m) * s;
-        dx[c] += s * (d[c] * load_f32(weight[c]) - g_mean - xhat * gx_mean);
+    __syncthreads();
+    for (int c = threadIdx.x; c < C; c += blockDim.x) {
+        float w = load_f32(weight[c]), dw = 0.0f, db = 0.0f;
+        for (int r = 0; r < rows; r++) {
+            size_t n = (size_t)(first + r), i = n * C + c;
+            float s = rstd[n], xhat = (load_f32(inp[i]) - mean[n]) * s, d = dout[i];
+            dinp[i] += s * (d * w - g_mean[r] - xhat * gx_mean[r]);
+            dw += d * xhat;
+            db += d;
+        }
+        partials_w[(size_t)blockIdx.x * C + c] = dw;
+        partials_b[(size_t)blockIdx.x * C + c] = db;
     }
 }
 
-// Phase 1 of dweight and dbias: per block of COLUMN_SUM_ROWS rows and per column, the sums of dout * xhat
-// and of dout, rows in order. partials_w, partials_b: (row_blocks, C)
-template <typename Act>
-static __global__ void layernorm_weight_partials_kernel(float *partials_w, float *partials_b, const float *dout,
-                                                       const Act *inp, const float *mean, const float *rstd, int N,
-                                                       int C) {
-    int c = blockIdx.x * blockDim.x + threadIdx.x;
-    if (c >= C) return;
-    int first = blockIdx.y * COLUMN_SUM_ROWS;
-    int last = min(first + COLUMN_SUM_ROWS, N);
-    float dw = 0.0f, db = 0.0f;
-    for (int n = first; n < last; n++) {
-        size_t i = (size_t)n * C + c;
-        dw += dout[i] * ((load_f32(inp[i]) - mean[n]) * rstd[n]);
-        db += dout[i];
-    }
-    partials_w[(size_t)blockIdx.y * C + c] = dw;
-    partials_b[(size_t)blockIdx.y * C + c] = db;
-}
-
-// dinp, dout (fp32), inp: (N, C); dweight, dbias (fp32), weight: (C); mean, rstd: (N). All three gradients are added to.
-// scratch: layernorm_backward_scratch_floats(N, C) floats, free for the duration of the call (stream order).
+// dinp, dout (fp32), inp: (N, C); dweight, dbias (fp32), weight: (C); mean, rstd: (N). All three gradients are
+// added to. scratch: layernorm_backward_scratch_floats(N, C) floats, free for the duration of the call (stream
+// order).
 template <typename Act, typename Param>
 static void layernorm_backward_gpu(float *dinp, float *dweight, float *dbias, const float *dout, const Act *inp,
                                    const Param *weight, const float *mean, const float *rstd, int N, int C,
                                    float *scratch, cudaStream_t stream) {
     if (N == 0 || C == 0) return;
-    int rows_per_block = LAYERNORM_THREADS / WARP_SIZE;
-    layernorm_backward_input_kernel<<<ceil_div(N, rows_per_block), LAYERNORM_THREADS, 0, stream>>>(
-        dinp, dout, inp, weight, mean, rstd, N, C);
-    CUDA_CHECK_LAUNCH();
-
     int row_blocks = column_sum_row_blocks(N);
-    if (row_blocks > 65535) fatal("layernorm backward: %d rows exceed the grid (at most %d)", N, 65535 * COLUMN_SUM_ROWS);
-    float *partials_w = scratch;                         // (row_blocks, C)
+    float *partials_w = scratch;                           // (row_blocks, C)
     float *partials_b = scratch + (size_t)row_blocks * C;  // (row_blocks, C)
-    dim3 grid(ceil_div(C, COLUMN_SUM_THREADS), row_blocks);
-    layernorm_weight_partials_kernel<<<grid, COLUMN_SUM_THREADS, 0, stream>>>(partials_w, partials_b, dout, inp, mean,
-                                                                              rstd, N, C);
+    layernorm_backward_kernel<<<row_blocks, LAYERNORM_THREADS, 0, stream>>>(dinp, partials_w, partials_b, dout, inp,
+                                                                           weight, mean, rstd, N, C);
     CUDA_CHECK_LAUNCH();
     column_partials_reduce_gpu(dweight, partials_w, row_blocks, C, stream);
     column_partials_reduce_gpu(dbias, partials_b, row_blocks, C, stream);

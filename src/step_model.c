@@ -170,9 +170,9 @@ static void layernorm_forward(Tally *t, int inputs) {
 
 static void layernorm_backward(Tally *t) {
     double n = t->N * t->C;
-    double bytes = n * 4 + n * t->A + 2 * t->N * 4  // dout, input, statistics
-                   + 2 * n * 4                      // dresidual +=
-                   + n * (4 + t->A);                // the weight and bias partials re-read dout and input
+    // dout, input, statistics, dresidual +=; the weight and bias partials are formed from the same rows in the
+    // same kernel (re-read from cache; the legacy design re-read them from device memory).
+    double bytes = n * 4 + n * t->A + 2 * t->N * 4 + 2 * n * 4 + (t->in->legacy_design ? n * (4 + t->A) : 0);
     elementwise(t, STEP_ELEMENTWISE, n, LAYERNORM_BACKWARD_FLOPS, bytes);
 }
 

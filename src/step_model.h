@@ -44,7 +44,8 @@
 //             writes the sum and the output, 2*N*C*A + 2*N*4), GELU (reads and writes N*4C*A; its output
 //             lives in a one-layer scratch and the backward recomputes it), layernorm
 //             backward (reads dout N*C*4, input N*C*A, statistics; adds into dresidual, read + write N*C*4;
-//             the weight and bias partials re-read dout and input, N*C*(4 + A)), GELU backward (under a bf16
+//             the weight and bias partials come from the same rows in the same kernel, not counted again;
+//             the legacy design re-read dout and input for them, N*C*(4 + A)), GELU backward (under a bf16
 //             format one pass recomputes GELU and forms dfch's bf16 operand and column partials: reads
 //             N*4C*(4 + A), writes N*4C*(A + 2); otherwise GELU's recomputation, then reads N*4C*(4 + A) and
 //             writes N*4C*4), the cast passes (under a bf16 format, fcproj's and attproj's output gradient is
