@@ -70,17 +70,4 @@ static void grad_square_sums_gpu(const OptimizerBuffers *buffers, const Chunk *c
     CUDA_CHECK_LAUNCH();
 }
 
-// The compute copy from DQT's stored codes and 1-D parameters (dqt_decoded_weight), chunk by chunk.
-static __global__ void dqt_decode_kernel(OptimizerBuffers buffers, const Chunk *chunks) {
-    Chunk chunk = chunks[blockIdx.x];
-    for (size_t i = chunk.begin + threadIdx.x; i < chunk.end; i += blockDim.x)
-        buffers.params[i] = dqt_decoded_weight(&buffers, &chunk, i);
-}
-
-static void dqt_decode_gpu(const OptimizerBuffers *buffers, const Chunk *chunks, int num_chunks, cudaStream_t stream) {
-    if (num_chunks == 0) return;
-    dqt_decode_kernel<<<num_chunks, OPTIMIZER_THREADS, 0, stream>>>(*buffers, chunks);
-    CUDA_CHECK_LAUNCH();
-}
-
 #endif

@@ -1,6 +1,6 @@
-// Matmul operand casts on the device (src/cpu/quantize.c), conversions between fp32 and bf16 tensors, the amax of a
-// tensor (src/scaling.c's tensor_amax), and fp8 scaling with its state (scales, amax histories) in device
-// memory: the amax, the scale and the cast follow each other on the stream, so a cast never waits for the
+// Matmul operand casts on the device (src/cpu/quantize.c), conversions between fp32 and bf16 tensors, DQT's
+// decoding of one grid slice, the amax of a tensor (src/scaling.c's tensor_amax), and fp8 scaling with its
+// state (scales, amax histories) in device memory: the amax, the scale and the cast follow each other on the stream, so a cast never waits for the
 // host. Every element and every scale goes through the shared __host__ __device__ functions of
 // src/operand_cast.h, src/linear_casts.h and src/numerics/bf16.h, so the bits are the CPU's.
 #ifndef LP_KERNELS_QUANTIZE_CUH
@@ -9,6 +9,7 @@
 #include "bf16_device.cuh"
 #include "common.cuh"
 #include "linear_casts.h"
+#include "numerics/int_grid.h"
 #include "operand_cast.h"
 
 #define QUANTIZE_THREADS 256
@@ -46,6 +47,19 @@ template <typename In, typename Out>
 static void convert_gpu(Out *out, const In *inp, size_t n, cudaStream_t stream) {
     if (n == 0) return;
     convert_kernel<<<ceil_div(n, QUANTIZE_THREADS), QUANTIZE_THREADS, 0, stream>>>(out, inp, n);
+    CUDA_CHECK_LAUNCH();
+}
+
+static __global__ void dqt_decode_kernel(float *out, const int8_t *codes, const float *step, size_t n) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = int_grid_dequantize(codes[i], *step);
+}
+
+// out (n) = one DQT grid slice's weights, code * step (the shared int_grid_dequantize: the CPU's values),
+// with the slice's step read from device memory (step: one float).
+static void dqt_decode_gpu(float *out, const int8_t *codes, const float *step, size_t n, cudaStream_t stream) {
+    if (n == 0) return;
+    dqt_decode_kernel<<<ceil_div(n, QUANTIZE_THREADS), QUANTIZE_THREADS, 0, stream>>>(out, codes, step, n);
     CUDA_CHECK_LAUNCH();
 }
 

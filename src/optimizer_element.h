@@ -44,7 +44,7 @@ typedef struct {
     WeightUpdate update;
     int grid_bits;                     // WEIGHTS_INT_GRID
     float *params;                     // (N) the weights forward reads as fp32 (the storage under fp32 weights);
-                                       // NULL where bf16 weights are read as stored (the CUDA backend)
+                                       // NULL where bf16 and grid weights are read as stored (the CUDA backend)
     bf16 *weights_bf16;                // (N) bf16 weights (MCF: hi); WEIGHTS_INT_GRID: the bf16 off-grid tensors
                                        // (embeddings), tensor after tensor; or NULL
     float *master;                     // UPDATE_FP32_MASTER
@@ -209,9 +209,10 @@ LP_HD void optimizer_step_grid(const OptimizerBuffers *b, size_t i, size_t code,
     float delta = adamw_delta_fp32(value, e->m.value, e->v.value, &e->k->fp32, e->decay);
     int32_t after = weight_step_grid_sr(before, delta, scale, next, dqt_grid(b->grid_bits), e->key, e->index);
     b->dqt_codes[code] = (int8_t)after;
-    b->params[i] = int_grid_dequantize(after, next);
+    float read = int_grid_dequantize(after, next);
+    set_compute_copy(b, i, read);
     if (e->sums) {
-        double moved = (double)b->params[i] - value;
+        double moved = (double)read - value;
         update_sums_add_element(e->sums, delta, moved, moved);
         update_sums_add_code(e->sums, before, after);
     }
@@ -226,9 +227,9 @@ LP_HD void optimizer_step_dqt(const OptimizerBuffers *b, size_t i, const Chunk *
         break;
     case DQT_FP32:
         optimizer_step_fp32_read(&b->dqt_vectors[stored], e);
-        b->params[i] = b->dqt_vectors[stored];
+        set_compute_copy(b, i, b->dqt_vectors[stored]);
         break;
-    default: optimizer_step_sr(&b->weights_bf16[stored], &b->params[i], e); break;
+    default: optimizer_step_sr(&b->weights_bf16[stored], b->params ? &b->params[i] : NULL, e); break;
     }
 }
 

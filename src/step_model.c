@@ -51,8 +51,9 @@ StepModelInput step_model_input(const Policy *policy, const ParamTable *table, i
     in.allow_tf32 = policy->allow_tf32;
     in.bf16_activations = policy->activations == ACTIVATIONS_BF16;
     in.fused_attention = policy->attention_impl == ATTENTION_FUSED;
-    // Products read bf16 weights as stored; the others through an fp32 copy (grid weights: decoded).
+    // Products read bf16 weights as stored, fp32 ones likewise, grid weights from a slice decoded to fp32.
     in.weight_bytes = policy->weights == WEIGHTS_BF16 ? 2 : 4;
+    in.grid_weights = policy->weights == WEIGHTS_INT_GRID;
     in.bf16_gradients = policy->grads == GRADS_BF16;
     size_t embeddings = table->tensors[PARAM_WTE].numel + table->tensors[PARAM_WPE].numel;
     double gradient_per_param = in.bf16_gradients ? 2 : 4;
@@ -131,10 +132,16 @@ static void weight_gradient_product(Tally *t, MatmulFormat format, double OUT, d
     if (bf16) gradient_rounding(t, OUT * IN);
 }
 
+// A block matrix as a product reads it: DQT's grid slice decoded first, then its cast.
+static void weight_operand(Tally *t, double IN, double OUT) {
+    if (t->in->grid_weights) elementwise(t, STEP_ELEMENTWISE, IN * OUT, CAST_FLOPS, IN * OUT * (1 + 4));
+    operand_cast(t, IN * OUT, t->in->weight_bytes, t->in->linear);
+}
+
 static void linear_forward(Tally *t, double IN, double OUT) {
     MatmulFormat f = t->in->linear;
     operand_cast(t, t->N * IN, t->A, f);
-    operand_cast(t, IN * OUT, t->in->weight_bytes, f);
+    weight_operand(t, IN, OUT);
     product(t, STEP_MATMULS, f, 1, t->N, OUT, IN, t->A, 0);
 }
 
@@ -156,7 +163,7 @@ static void linear_backward(Tally *t, double IN, double OUT, DoutSource source) 
         operand_cast(t, n, 4, f);
     }
     operand_cast(t, t->N * IN, t->A, f);
-    operand_cast(t, IN * OUT, t->in->weight_bytes, f);
+    weight_operand(t, IN, OUT);
     product(t, STEP_MATMULS, f, 1, t->N, IN, OUT, 4, 0);  // dinp = dout @ W
     weight_gradient_product(t, f, OUT, IN);
     if (!partials_formed) elementwise(t, STEP_ELEMENTWISE, n, ADD_FLOPS, n * 4);  // the bias's: column sums of dout

@@ -8,7 +8,8 @@
 //
 // Notation: N = B*T rows, C = n_embd, L layers, NH heads, hs = C/NH, Vp = padded vocabulary.
 // A = bytes of a stored activation: 2 under bf16 activations, 4 under fp32; activation gradients are fp32 (4).
-// W = bytes of a stored weight as the products read it: 2 for bf16 weights, 4 otherwise.
+// W = bytes of a stored weight as the products read it: 2 for bf16 weights, 4 otherwise (DQT: each grid
+// matrix slice is decoded to fp32 before each product that reads it, a pass reading 1 and writing 4 per weight).
 // op(f) = bytes of a product operand of format f: 2 for bf16, 4 for fp32 and for the simulated formats (fp8,
 // eXmY), whose cast values stay fp32.
 // A cast pass of n values stored at s bytes into format f reads n*s and writes n*op(f) (fp8 reads its source
@@ -114,6 +115,8 @@ typedef struct {
     int fused_attention;           // 0: materialized (B, NH, T, T) scores and probabilities
     int legacy_design;             // the CUDA backend before issue 16 (header comment); overrides the two above
     int weight_bytes;              // W: bytes of a stored weight as the products read it
+    int grid_weights;              // DQT: each block matrix slice is decoded (codes read, 1 byte; fp32 written)
+                                   // into a scratch before each product that reads it
     int bf16_gradients;
     double stored_state_bytes;     // all parameters' weights and optimizer state, as stored
     double gradient_bytes;         // all parameters' gradients, as stored

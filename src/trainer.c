@@ -236,10 +236,15 @@ static void print_memory_plan(const Trainer *tr) {
     printf("  weights + gradients + optimizer state  %10.1f MiB  (%zu params x %zu bytes/param by policy", state / MiB,
            tr->table.num_params, per_param);
     if (per_embedding != per_param) printf(", of them %zu embedding params x %zu", embeddings, per_embedding);
-    if (state != (tr->table.num_params - embeddings) * per_param + embeddings * per_embedding) {
-        printf("; the %s backend adds the fp32 copy of the weights that its forward reads%s", tr->ops->name,
-               tr->ops == &cpu_backend && tr->policy.grads == GRADS_BF16 ? ", and an fp32 gradient scratch" : "");
-    }
+    // What a backend keeps beyond the policy's storage: the CPU an fp32 copy of weights not stored in fp32 for
+    // its passes, and an fp32 scratch for bf16 gradients; the CUDA backend reads them as stored. DQT adds one
+    // fp32 step per grid matrix slice.
+    int cpu = tr->ops == &cpu_backend, copy = cpu && tr->policy.weights != WEIGHTS_FP32;
+    int scratch = cpu && tr->policy.grads == GRADS_BF16;
+    if (copy || scratch)
+        printf("; the cpu backend adds %s%s%s", copy ? "the fp32 copy of the weights that its forward reads" : "",
+               copy && scratch ? ", and " : "", scratch ? "an fp32 gradient scratch" : "");
+    if (tr->policy.weights == WEIGHTS_INT_GRID) printf("; each grid matrix slice keeps an fp32 step");
     if (shards > 1) printf("; per rank, the optimizer state sharded over %d ranks by ZeRO-1", shards);
     printf(")\n");
     printf("  activations                            %10.1f MiB\n", acts / MiB);

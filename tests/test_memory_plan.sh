@@ -45,9 +45,10 @@ PY
 done
 # The quantized policies, whose embeddings and 1-D parameters are stored apart from the grid: counted from the
 # dry run's parameter table (wte, wpe; the block's matrices; the 1-D rest), by hand per element:
-# compute copy 4 + codes 1 (grid) / fp32 4 / bf16 2 (off the grid) + bf16 grads 2 (+ the CPU's scratch 4) +
-# m, v 8, plus one fp32 step per layer slice of a grid matrix; bitnet: fp32 latent 4 + ternary copy 4 + fp32
-# grads 4 + m, v 8.
+# codes 1 (grid) / fp32 4 / bf16 2 (off the grid) + bf16 grads 2 + m, v 8, plus one fp32 step per layer slice
+# of a grid matrix; on the CPU also the compute copy 4 and the gradient scratch 4 (the CUDA backend decodes
+# one grid slice at a time into a scratch planned with its activations); bitnet (CPU only): fp32 latent 4 +
+# ternary copy 4 + fp32 grads 4 + m, v 8.
 check_quantized() {  # DEVICE EMBEDDINGS_STORE(grid|fp32|bf16|bitnet) SETS...
   local device=$1 store=$2
   shift 2
@@ -68,7 +69,7 @@ if store == "bitnet":
 else:
     emb_bytes = {"grid": 1, "fp32": 4, "bf16": 2}[store]
     slices += 2 if store == "grid" else 0
-    expected = n * (4 + 2 + 8) + block + 4 * vec + emb_bytes * emb + 4 * slices + (4 * n if device == "cpu" else 0)
+    expected = n * (2 + 8) + block + 4 * vec + emb_bytes * emb + 4 * slices + (8 * n if device == "cpu" else 0)
 state = float(re.search(r"state\s+([0-9.]+) MiB", text).group(1))
 ok = abs(state - expected / 2**20) <= 0.05 + 1e-3 * expected / 2**20
 print(f"{device} {store}: state {state} MiB, by hand {expected / 2**20:.2f} MiB")

@@ -3,11 +3,11 @@
 // bits from the same gradients). Storage, chunks, rank ranges and checkpoint sections follow
 // param_storage.h exactly as on the CPU, so a checkpoint of either backend resumes on the other.
 //
-// Memory: the weights (as stored: the passes read bf16 weights directly, so they have no fp32 copy; only DQT
-// keeps the fp32 compute copy of its decoded grid), the gradients (fp32, or bf16 with no fp32 copy:
+// Memory: the weights (as stored: the passes read bf16 weights directly, and decode DQT's grid one slice at
+// a time, so there is no fp32 copy), the gradients (fp32, or bf16 with no fp32 copy:
 // gpt_cuda.cu forms one tensor slice's gradient at a time in its own scratch) and the optimizer state are one
 // device allocation each; the activations are gpt_cuda.cu's one allocation. So the device holds exactly the
-// policy table's bytes per parameter (mixed 18, collage_plus 12).
+// policy table's bytes per parameter (mixed 18, collage_plus 12, dqt_int8 11).
 //
 // Data parallelism: one process per GPU (local rank -> device), gradients summed over NCCL in fp32 (bf16
 // gradients are widened, summed, and rounded once, as on the CPU). NCCL's ring order is fixed for a given
@@ -208,9 +208,8 @@ static void alloc_storage(Backend *b) {
     int dqt = p->weights == WEIGHTS_INT_GRID;
     DqtCounts counts = dqt_counts(&b->table, p);
     // Under DQT weights_bf16 holds the bf16 embeddings (precision.embeddings = bf16) only.
-    // fp32 values: the fp32 weights themselves, or DQT's compute copy of its decoded grid.
     size_t weight_parts[5] = {
-        p->weights == WEIGHTS_BF16 ? 0 : n * sizeof(float),
+        p->weights == WEIGHTS_FP32 ? n * sizeof(float) : 0,
         p->weights == WEIGHTS_BF16 ? n * sizeof(bf16) : dqt ? counts.bf16 * sizeof(bf16) : 0,
         dqt ? counts.codes : 0,
         dqt ? counts.scales * sizeof(float) : 0,
@@ -244,12 +243,6 @@ static void upload(Backend *b, void *device, const void *host, size_t bytes) {
 
 static void download(Backend *b, void *host, const void *device, size_t bytes) {
     if (bytes) CUDA_CHECK(cudaMemcpyAsync(host, device, bytes, cudaMemcpyDeviceToHost, b->stream));
-    CUDA_CHECK(cudaStreamSynchronize(b->stream));
-}
-
-// DQT: refreshes the compute copy from the stored grid (at creation, after a load, after a ZeRO-1 gather).
-static void decode_weights(Backend *b) {
-    if (b->policy.weights == WEIGHTS_INT_GRID) dqt_decode_gpu(&b->buffers, b->chunks, b->layout.num_chunks, b->stream);
     CUDA_CHECK(cudaStreamSynchronize(b->stream));
 }
 
@@ -336,7 +329,6 @@ static Backend *cuda_create(const ParamTable *table, const Policy *policy, int B
     init_buffers(b);
     alloc_storage(b);
     init_weights(b, init);
-    decode_weights(b);
     b->model = gpt_cuda_create(table, policy, B, T, policy->allow_tf32, b->stream);
     alloc_comm_window(b);
     measure_memory(b);
@@ -363,10 +355,35 @@ static void cuda_destroy(Backend *b) {
 // ----------------------------------------------------------------------------------------------------
 // forward, backward, gradients
 
+// Every tensor as stored: the fp32 or bf16 weights; under DQT each tensor in its array (codes with their
+// slices' steps, the fp32 or bf16 off-grid tensors).
 static GPTWeights gpt_weights(const Backend *b) {
     GPTWeights w;
-    w.bf16 = b->policy.weights == WEIGHTS_BF16;
-    w.weights = w.bf16 ? (const void *)b->buffers.weights_bf16 : (const void *)b->buffers.params;
+    const OptimizerBuffers *o = &b->buffers;
+    int grid_slice = 0;  // the first step of each grid tensor: slices numbered in table order
+    for (int t = 0; t < NUM_PARAM_TENSORS; t++) {
+        TensorWeights *tw = &w.tensors[t];
+        size_t at = b->table.tensors[t].offset;
+        tw->steps = NULL;
+        if (b->policy.weights == WEIGHTS_FP32) {
+            tw->data = o->params + at;
+            tw->store = STORED_FP32;
+        } else if (b->policy.weights == WEIGHTS_BF16) {
+            tw->data = o->weights_bf16 + at;
+            tw->store = STORED_BF16;
+        } else if (b->layout.dqt_store[t] == DQT_GRID) {
+            tw->data = o->dqt_codes + b->layout.dqt_offset[t];
+            tw->store = STORED_GRID;
+            tw->steps = o->dqt_scales + grid_slice;
+            grid_slice += param_slices(&b->table, t);
+        } else if (b->layout.dqt_store[t] == DQT_FP32) {
+            tw->data = o->dqt_vectors + b->layout.dqt_offset[t];
+            tw->store = STORED_FP32;
+        } else {
+            tw->data = o->weights_bf16 + b->layout.dqt_offset[t];
+            tw->store = STORED_BF16;
+        }
+    }
     return w;
 }
 
@@ -497,7 +514,7 @@ static void broadcast_ranges(Backend *b, void *data, size_t elem_bytes, const si
 }
 #endif
 
-// ZeRO-1: every rank's stored weights of its range to every rank, then DQT's compute copy decoded.
+// ZeRO-1: every rank's stored weights of its range to every rank.
 static void gather_shards(Backend *b) {
 #ifdef LP_WITH_NCCL
     OptimizerBuffers *o = &b->buffers;
@@ -508,7 +525,6 @@ static void gather_shards(Backend *b) {
         broadcast_ranges(b, o->dqt_vectors, sizeof(float), b->layout.dqt_bounds[DQT_FP32]);
         broadcast_ranges(b, o->weights_bf16, sizeof(bf16), b->layout.dqt_bounds[DQT_BF16]);
     }
-    decode_weights(b);
 #endif
 }
 
@@ -569,16 +585,39 @@ static void cuda_shard_optimizer_state(Backend *b) {
     arena_free(&old);
 }
 
+// The weights as the passes read them, in fp32: downloaded as stored (under DQT the checkpoint sections'
+// staging copies) and decoded on the host by the shared functions.
 static void cuda_read_params(Backend *b, float *params) {
     size_t n = b->table.num_params;
-    if (b->policy.weights != WEIGHTS_BF16) {
+    if (b->policy.weights == WEIGHTS_FP32) {
         download(b, params, b->buffers.params, n * sizeof(float));
         return;
     }
-    bf16 *stored = (bf16 *)xmalloc(n * sizeof(bf16));
-    download(b, stored, b->buffers.weights_bf16, n * sizeof(bf16));
-    for (size_t i = 0; i < n; i++) params[i] = bf16_to_f32(stored[i]);
-    free(stored);
+    if (b->policy.weights == WEIGHTS_BF16) {
+        bf16 *stored = (bf16 *)xmalloc(n * sizeof(bf16));
+        download(b, stored, b->buffers.weights_bf16, n * sizeof(bf16));
+        for (size_t i = 0; i < n; i++) params[i] = bf16_to_f32(stored[i]);
+        free(stored);
+        return;
+    }
+    DqtCounts counts = dqt_counts(&b->table, &b->policy);
+    OptimizerBuffers host = b->buffers;  // the offsets; the arrays below on the host
+    host.dqt_codes = (int8_t *)xmalloc(counts.codes);
+    host.dqt_scales = (float *)xmalloc(counts.scales * sizeof(float));
+    host.dqt_vectors = (float *)xmalloc(counts.fp32 * sizeof(float));
+    host.weights_bf16 = (bf16 *)xmalloc(counts.bf16 * sizeof(bf16) + 1);
+    download(b, host.dqt_codes, b->buffers.dqt_codes, counts.codes);
+    download(b, host.dqt_scales, b->buffers.dqt_scales, counts.scales * sizeof(float));
+    download(b, host.dqt_vectors, b->buffers.dqt_vectors, counts.fp32 * sizeof(float));
+    download(b, host.weights_bf16, b->buffers.weights_bf16, counts.bf16 * sizeof(bf16));
+    for (int c = 0; c < b->layout.num_chunks; c++) {
+        const Chunk *chunk = &b->layout.chunks[c];
+        for (size_t i = chunk->begin; i < chunk->end; i++) params[i] = dqt_decoded_weight(&host, chunk, i);
+    }
+    free(host.dqt_codes);
+    free(host.dqt_scales);
+    free(host.dqt_vectors);
+    free(host.weights_bf16);
 }
 
 static void cuda_read_grads(Backend *b, float *grads) {
@@ -695,15 +734,15 @@ static void cuda_state_load(Backend *b) {
     for (int i = 0; i < count; i++)
         if (list[i].device) upload(b, list[i].device, b->state.sections[i].data, list[i].bytes);
     gpt_cuda_scaling_upload(b->model);
-    decode_weights(b);
 }
 
-// state_bytes, less the fp32 copies this backend does without: of bf16 weights (the passes read them as
-// stored) and of bf16 gradients (their scratch is one tensor slice, planned with the activations).
+// state_bytes, less the fp32 copies this backend does without: of bf16 and grid weights (the passes read
+// them as stored, a grid slice decoded into a scratch planned with the activations) and of bf16 gradients
+// (their scratch is one tensor slice, planned with the activations).
 static size_t cuda_plan_state_bytes(const ParamTable *table, const Policy *policy, int shards) {
     check_supported(policy);
     StateBytes bytes = state_bytes(table, policy, shards);
-    if (policy->weights == WEIGHTS_BF16) bytes.weights -= table->num_params * sizeof(float);
+    if (policy->weights != WEIGHTS_FP32) bytes.weights -= table->num_params * sizeof(float);
     if (policy->grads == GRADS_BF16) bytes.gradients -= table->num_params * sizeof(float);
     return bytes.weights + bytes.gradients + bytes.optimizer;
 }

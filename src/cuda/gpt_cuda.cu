@@ -77,13 +77,15 @@ typedef struct {
     void *copy_inp;     // a product input's operand where its format is not the stored type: (B, T, 4C) at most
     void *copy_weight;  // a weight's operand where its format is not the stored type: (max(4C, Vp), C) at most
     void *copy_dout;    // a block linear's output-gradient operand (format not fp32): (B, T, 4C)
+    float *weight_decode;     // DQT: one grid matrix slice decoded, (4C, C) at most
+    float *embedding_decode;  // DQT grid embeddings: wte (Vp, C) and wpe (block_size, C) decoded
     float *scratch;     // column sums and layernorm weight gradients
     float *amax;        // (1) fp8: a tensor's amax
     int *tokens;        // (B, T) inputs
     int *targets;       // (B, T)
 } Activations;
 
-#define NUM_ACTIVATION_BUFFERS 46
+#define NUM_ACTIVATION_BUFFERS 48
 
 typedef struct {
     void **buffer;
@@ -125,6 +127,7 @@ static int activation_buffers(Activations *a, const ParamTable *table, const Pol
     size_t L = (size_t)s->n_layer, C = (size_t)s->n_embd, NH = (size_t)s->n_head, Vp = (size_t)s->padded_vocab;
     size_t N = (size_t)B * T, TT = (size_t)B * NH * (size_t)T * (size_t)T, F = sizeof(float);
     int act_bf16 = policy->activations == ACTIVATIONS_BF16, weights_bf16 = policy->weights == WEIGHTS_BF16;
+    int grid_embeddings = dqt_store_of(policy, table, PARAM_WTE) == DQT_GRID && policy->weights == WEIGHTS_INT_GRID;
     size_t A = act_bf16 ? 2 : 4;
     MatmulFormat linear = policy->matmul.format, head = policy->lm_head.format, attention = policy->attention.format;
     int fused = fused_attention(policy), materialized = !fused;
@@ -176,6 +179,8 @@ static int activation_buffers(Activations *a, const ParamTable *table, const Pol
         {&a->copy_inp, inp_copy > head_inp_copy ? inp_copy : head_inp_copy},
         {&a->copy_weight, weight_copy > head_weight_copy ? weight_copy : head_weight_copy},
         {&a->copy_dout, linear == MATMUL_FP32 ? 0 : N * 4 * C * format_bytes(linear)},
+        {(void **)&a->weight_decode, policy->weights == WEIGHTS_INT_GRID ? 4 * C * C * F : 0},
+        {(void **)&a->embedding_decode, grid_embeddings ? (Vp + (size_t)s->block_size) * C * F : 0},
         {(void **)&a->scratch, scratch * F},
         {(void **)&a->amax, F},
         {(void **)&a->tokens, N * sizeof(int)},  {(void **)&a->targets, N * sizeof(int)},
@@ -489,22 +494,85 @@ static LayerActivations<Act> layer_activations(const Activations *a, const Model
     return x;
 }
 
-// A weight operand (n elements at offset of the stored weights) cast as `cast` says, into copy_weight unless
-// the product reads the stored weights as they are.
+// The tensor that holds parameter offset `at` (the table's tensors lie in order).
+static int tensor_at(const ParamTable *table, size_t at) {
+    int t = NUM_PARAM_TENSORS - 1;
+    while (t > 0 && at < table->tensors[t].offset) t--;
+    return t;
+}
+
+// The weights from parameter offset `at` on (n of them: a layer slice, a whole 1-D tensor, or wte) in their
+// stored type Param: the stored values themselves, or a DQT grid slice decoded (code * its slice's step,
+// dqt's int_grid_dequantize) into `scratch` (n floats), one slice at a time. (Under DQT the 1-D tensors are
+// fp32, so Param is float wherever a grid exists.)
 template <typename Param>
-static Operand weight_operand(GPTCuda *model, const DeviceCast *cast, const Param *weights, size_t offset, size_t n) {
-    return cast_operand(model, cast, model->acts.copy_weight, weights + offset, n);
+static const Param *weights_at(GPTCuda *model, const GPTWeights *w, size_t at, size_t n, float *scratch) {
+    int t = tensor_at(&model->table, at);
+    const ParamTensor *tensor = &model->table.tensors[t];
+    const TensorWeights *tw = &w->tensors[t];
+    size_t index = at - tensor->offset;
+    if (tw->store != STORED_GRID) {
+        if ((tw->store == STORED_BF16) != (stored_type((const Param *)NULL) == OPERANDS_BF16))
+            fatal("internal: tensor %s is not stored in the type the passes read", tensor->name);
+        return (const Param *)tw->data + index;
+    }
+    size_t slice = tensor->numel / (size_t)param_slices(&model->table, t);
+    if (stored_type((const Param *)NULL) != OPERANDS_FP32 || n != slice || index % slice != 0 || !scratch)
+        fatal("internal: a DQT grid tensor (%s) read other than as one whole slice", tensor->name);
+    dqt_decode_gpu(scratch, (const int8_t *)tw->data + index, tw->steps + index / slice, n, model->stream);
+    return (const Param *)scratch;
+}
+
+// A block linear's weight slice (n elements at parameter offset `at`) as its product reads it, cast for
+// this use (linear_casts.h's rules, after the input's cast of the same use, as on the CPU) into copy_weight
+// unless the product reads the stored values as they are.
+template <typename Param>
+static Operand linear_weight(GPTCuda *model, int layer, BlockLinear linear, int backward, const GPTWeights *w,
+                             size_t at, size_t n) {
+    const Param *values = weights_at<Param>(model, w, at, n, model->acts.weight_decode);
+    DeviceCast cast = linear_cast(model, layer, linear, OPERAND_WEIGHT, backward, values, n);
+    return cast_operand(model, &cast, model->acts.copy_weight, values, n);
+}
+
+// wte (Vp, C) as the LM head's products read it.
+template <typename Param>
+static Operand head_weight(GPTCuda *model, const GPTWeights *w) {
+    const ParamTensor *wte = &model->table.tensors[PARAM_WTE];
+    DeviceCast cast = host_scaled(&model->attention_cast);
+    if (w->tensors[PARAM_WTE].store == STORED_BF16 && stored_type((const Param *)NULL) != OPERANDS_BF16) {
+        const __nv_bfloat16 *bf16_wte = (const __nv_bfloat16 *)w->tensors[PARAM_WTE].data;  // DQT: bf16 embeddings
+        return cast_operand(model, &cast, model->acts.copy_weight, bf16_wte, wte->numel);
+    }
+    const Param *values = weights_at<Param>(model, w, wte->offset, wte->numel, model->acts.embedding_decode);
+    return cast_operand(model, &cast, model->acts.copy_weight, values, wte->numel);
+}
+
+// encoded (B, T, C) = wte[tokens] + wpe[t], the embeddings read in their store.
+template <typename Act, typename Param>
+static void encoder_forward(GPTCuda *model, const GPTWeights *w, int B, int T) {
+    const ParamTensor *wte = &model->table.tensors[PARAM_WTE], *wpe = &model->table.tensors[PARAM_WPE];
+    Activations *a = &model->acts;
+    int C = model->table.shape.n_embd;
+    if (w->tensors[PARAM_WTE].store == STORED_BF16 && stored_type((const Param *)NULL) != OPERANDS_BF16) {
+        encoder_forward_gpu((Act *)a->encoded, a->tokens, (const __nv_bfloat16 *)w->tensors[PARAM_WTE].data,
+                            (const __nv_bfloat16 *)w->tensors[PARAM_WPE].data, B, T, C, model->stream);
+        return;
+    }
+    float *decode = a->embedding_decode;  // grid embeddings: wte, then wpe
+    const Param *wte_values = weights_at<Param>(model, w, wte->offset, wte->numel, decode);
+    const Param *wpe_values = weights_at<Param>(model, w, wpe->offset, wpe->numel, decode ? decode + wte->numel : NULL);
+    encoder_forward_gpu((Act *)a->encoded, a->tokens, wte_values, wpe_values, B, T, C, model->stream);
 }
 
 // out (N, OC) = inp (N, C) @ weight (OC, C)^T + bias.
 template <typename Act, typename Param>
 static void linear_forward(GPTCuda *model, int layer, BlockLinear linear, Act *out, const Act *inp,
-                           const Param *weights, size_t weight_offset, const Param *bias, int N, int C, int OC) {
-    size_t n_inp = (size_t)N * C, n_weight = (size_t)OC * C;
+                           const GPTWeights *w, size_t weight_at, size_t bias_at, int N, int C, int OC) {
+    size_t n_inp = (size_t)N * C;
     DeviceCast x_cast = linear_cast(model, layer, linear, OPERAND_INPUT, 0, inp, n_inp);
-    DeviceCast w_cast = linear_cast(model, layer, linear, OPERAND_WEIGHT, 0, weights + weight_offset, n_weight);
+    Operand weight = linear_weight<Param>(model, layer, linear, 0, w, weight_at, (size_t)OC * C);
     Operand x = cast_operand(model, &x_cast, model->acts.copy_inp, inp, n_inp);
-    Operand weight = weight_operand(model, &w_cast, weights, weight_offset, n_weight);
+    const Param *bias = weights_at<Param>(model, w, bias_at, (size_t)OC, NULL);
     biased_product(model, x, weight, out, bias, N, OC, C);
 }
 
@@ -530,12 +598,13 @@ static void gradient_end(GPTCuda *model, const GradientTarget *g, const float *s
 // gradient target: dinp += ..., the parameters' gradients added.
 template <typename Act, typename Param>
 static void layernorm_backward_into(GPTCuda *model, const GradientTarget *g, float *dinp, size_t weight, size_t bias,
-                                    const float *dout, const Act *inp, const Param *weights, const float *mean,
+                                    const float *dout, const Act *inp, const GPTWeights *w, const float *mean,
                                     const float *rstd, int N, int C) {
     float *scratch = model->acts.grad_scratch;  // (2C): the weight's, then the bias's
     float *dweight = gradient_begin(model, g, scratch, weight, (size_t)C);
     float *dbias = gradient_begin(model, g, scratch + C, bias, (size_t)C);
-    layernorm_backward_gpu(dinp, dweight, dbias, dout, inp, weights + weight, mean, rstd, N, C, model->acts.scratch,
+    const Param *weight_values = weights_at<Param>(model, w, weight, (size_t)C, NULL);
+    layernorm_backward_gpu(dinp, dweight, dbias, dout, inp, weight_values, mean, rstd, N, C, model->acts.scratch,
                            model->stream);
     gradient_end(model, g, dweight, weight, (size_t)C);
     gradient_end(model, g, dbias, bias, (size_t)C);
@@ -578,10 +647,8 @@ static OutputGrad written_output_grad(const void *operand, const float *column_p
 // dinp (N, C) = dout @ weight (OC x C at weight_at), overwritten (the CPU zeroes it first).
 template <typename Param>
 static void linear_backward_input(GPTCuda *model, int layer, BlockLinear linear, float *dinp, const OutputGrad *d,
-                                  const Param *weights, size_t weight_at, int N, int C, int OC) {
-    size_t n_weight = (size_t)OC * C;
-    DeviceCast w_cast = linear_cast(model, layer, linear, OPERAND_WEIGHT, 1, weights + weight_at, n_weight);
-    Operand weight = weight_operand(model, &w_cast, weights, weight_at, n_weight);
+                                  const GPTWeights *w, size_t weight_at, int N, int C, int OC) {
+    Operand weight = linear_weight<Param>(model, layer, linear, 1, w, weight_at, (size_t)OC * C);
     product(model, d->operand, 0, weight, 0, dinp, N, C, OC, 0.0f);
 }
 
@@ -613,8 +680,8 @@ static void linear_backward_weight(GPTCuda *model, const GradientTarget *g, int 
 template <typename Act, typename Param>
 static void linear_backward(GPTCuda *model, const GradientTarget *g, int layer, BlockLinear linear, float *dinp,
                             size_t weight_at, size_t bias_at, const OutputGrad *d, const Act *inp,
-                            const Param *weights, int N, int C, int OC) {
-    linear_backward_input(model, layer, linear, dinp, d, weights, weight_at, N, C, OC);
+                            const GPTWeights *w, int N, int C, int OC) {
+    linear_backward_input<Param>(model, layer, linear, dinp, d, w, weight_at, N, C, OC);
     linear_backward_bias(model, g, bias_at, d, N, OC);
     linear_backward_weight(model, g, layer, linear, weight_at, d, inp, N, C, OC);
 }
@@ -745,53 +812,68 @@ static void check_tokens(const int *tokens, size_t n, int vocab_size, const char
             fatal("%s token %d at position %zu is outside the vocabulary of %d", what, tokens[i], i, vocab_size);
 }
 
+// A layernorm's weight or bias (C at parameter offset `at`), as stored.
+template <typename Param>
+static const Param *vector_at(GPTCuda *model, const GPTWeights *w, size_t at) {
+    return weights_at<Param>(model, w, at, (size_t)model->table.shape.n_embd, NULL);
+}
+
 template <typename Act, typename Param>
-static void forward_pass(GPTCuda *model, const Param *params, int B, int T) {
+static void forward_pass(GPTCuda *model, const GPTWeights *w, int B, int T) {
     const ModelShape *s = &model->table.shape;
     int C = s->n_embd, NH = s->n_head, L = s->n_layer, V = s->vocab_size, Vp = s->padded_vocab;
     int N = B * T, fused = fused_attention(&model->policy);
     Activations *a = &model->acts;
     cudaStream_t stream = model->stream;
     const ParamTensor *tensors = model->table.tensors;
-    encoder_forward_gpu((Act *)a->encoded, a->tokens, params + tensors[PARAM_WTE].offset,
-                        params + tensors[PARAM_WPE].offset, B, T, C, stream);
+    encoder_forward<Act, Param>(model, w, B, T);
     LayerOffsets first = layer_offsets(&model->table, 0);
     LayerActivations<Act> x0 = layer_activations<Act>(a, s, 0, B, T, fused);
-    layernorm_forward_gpu(x0.ln1, x0.ln1_mean, x0.ln1_rstd, (const Act *)a->encoded, params + first.ln1w,
-                          params + first.ln1b, N, C, stream);
+    layernorm_forward_gpu(x0.ln1, x0.ln1_mean, x0.ln1_rstd, (const Act *)a->encoded,
+                          vector_at<Param>(model, w, first.ln1w), vector_at<Param>(model, w, first.ln1b), N, C, stream);
     Act *proj_out = (Act *)a->proj_out, *gelu = (Act *)a->gelu;
     // Each residual add runs fused with the layernorm that reads its sum: the block's ln2, the next block's
     // ln1, or after the last block lnf.
     for (int l = 0; l < L; l++) {
         LayerOffsets p = layer_offsets(&model->table, l);
         LayerActivations<Act> x = layer_activations<Act>(a, s, l, B, T, fused);
-        linear_forward(model, l, LINEAR_QKV, x.qkv, x.ln1, params, p.qkvw, params + p.qkvb, N, C, 3 * C);
+        linear_forward<Act, Param>(model, l, LINEAR_QKV, x.qkv, x.ln1, w, p.qkvw, p.qkvb, N, C, 3 * C);
         attention_forward(model, x.atty, x.att, x.qkv, B, T, C, NH);
-        linear_forward(model, l, LINEAR_ATTPROJ, proj_out, x.atty, params, p.attprojw, params + p.attprojb, N, C, C);
+        linear_forward<Act, Param>(model, l, LINEAR_ATTPROJ, proj_out, x.atty, w, p.attprojw, p.attprojb, N, C, C);
         residual_layernorm_forward_gpu(x.residual2, x.ln2, x.ln2_mean, x.ln2_rstd, x.residual, proj_out,
-                                       params + p.ln2w, params + p.ln2b, N, C, stream);
-        linear_forward(model, l, LINEAR_FC, x.fch, x.ln2, params, p.fcw, params + p.fcb, N, C, 4 * C);
+                                       vector_at<Param>(model, w, p.ln2w), vector_at<Param>(model, w, p.ln2b), N, C,
+                                       stream);
+        linear_forward<Act, Param>(model, l, LINEAR_FC, x.fch, x.ln2, w, p.fcw, p.fcb, N, C, 4 * C);
         gelu_forward_gpu(gelu, x.fch, (size_t)N * 4 * C, stream);
-        linear_forward(model, l, LINEAR_FCPROJ, proj_out, gelu, params, p.fcprojw, params + p.fcprojb, N, 4 * C, C);
+        linear_forward<Act, Param>(model, l, LINEAR_FCPROJ, proj_out, gelu, w, p.fcprojw, p.fcprojb, N, 4 * C, C);
+        // The sum's layernorm: the next block's ln1, or lnf.
+        Act *ln = (Act *)a->lnf;
+        float *mean = a->lnf_mean, *rstd = a->lnf_rstd;
+        size_t ln_weight = tensors[PARAM_LNFW].offset, ln_bias = tensors[PARAM_LNFB].offset;
         if (l + 1 < L) {
             LayerOffsets next = layer_offsets(&model->table, l + 1);
             LayerActivations<Act> y = layer_activations<Act>(a, s, l + 1, B, T, fused);
-            residual_layernorm_forward_gpu(x.residual3, y.ln1, y.ln1_mean, y.ln1_rstd, x.residual2, proj_out,
-                                           params + next.ln1w, params + next.ln1b, N, C, stream);
-        } else {
-            residual_layernorm_forward_gpu(x.residual3, (Act *)a->lnf, a->lnf_mean, a->lnf_rstd, x.residual2, proj_out,
-                                           params + tensors[PARAM_LNFW].offset, params + tensors[PARAM_LNFB].offset,
-                                           N, C, stream);
+            ln = y.ln1;
+            mean = y.ln1_mean;
+            rstd = y.ln1_rstd;
+            ln_weight = next.ln1w;
+            ln_bias = next.ln1b;
         }
+        residual_layernorm_forward_gpu(x.residual3, ln, mean, rstd, x.residual2, proj_out,
+                                       vector_at<Param>(model, w, ln_weight), vector_at<Param>(model, w, ln_bias), N,
+                                       C, stream);
     }
     // The LM head is wte itself (tied), all Vp rows; the classifier ignores the padded logits.
     DeviceCast head_cast = host_scaled(&model->attention_cast);
     Operand x = cast_operand(model, &head_cast, a->copy_inp, (const Act *)a->lnf, (size_t)N * C);
-    Operand wte = weight_operand(model, &head_cast, params, tensors[PARAM_WTE].offset, (size_t)Vp * C);
+    Operand wte = head_weight<Param>(model, w);
     batched_product(model, x, 0, wte, 1, a->logits, stored_type((const Act *)a->logits), N, Vp, C, 1, 0, 0, 0, 0.0f);
     classifier_forward_gpu(a->softmax_stats, a->losses, (const Act *)a->logits,
                            model->has_targets ? a->targets : NULL, N, V, Vp, stream);
 }
+
+// The 1-D tensors' store: the type the templates read weights in.
+static int bf16_vectors(const GPTWeights *w) { return w->tensors[PARAM_LN1W].store == STORED_BF16; }
 
 float gpt_cuda_forward(GPTCuda *model, const GPTWeights *w, const int *inputs, const int *targets, int B, int T) {
     const ModelShape *s = &model->table.shape;
@@ -812,10 +894,10 @@ float gpt_cuda_forward(GPTCuda *model, const GPTWeights *w, const int *inputs, c
     if (targets)
         CUDA_CHECK(cudaMemcpyAsync(a->targets, targets, (size_t)N * sizeof(int), cudaMemcpyHostToDevice, stream));
     int act_bf16 = model->policy.activations == ACTIVATIONS_BF16;
-    if (act_bf16 && w->bf16) forward_pass<__nv_bfloat16>(model, (const __nv_bfloat16 *)w->weights, B, T);
-    else if (act_bf16) forward_pass<__nv_bfloat16>(model, (const float *)w->weights, B, T);
-    else if (w->bf16) forward_pass<float>(model, (const __nv_bfloat16 *)w->weights, B, T);
-    else forward_pass<float>(model, (const float *)w->weights, B, T);
+    if (act_bf16 && bf16_vectors(w)) forward_pass<__nv_bfloat16, __nv_bfloat16>(model, w, B, T);
+    else if (act_bf16) forward_pass<__nv_bfloat16, float>(model, w, B, T);
+    else if (bf16_vectors(w)) forward_pass<float, __nv_bfloat16>(model, w, B, T);
+    else forward_pass<float, float>(model, w, B, T);
     linear_casts_forward_done(&model->linear_casts);
     if (!targets) {
         CUDA_CHECK(cudaStreamSynchronize(stream));
@@ -861,12 +943,12 @@ static void embedding_gradients(GPTCuda *model, const GradientTarget *g) {
 // as its bf16 operand with its column partials: no fp32 dfch is stored.
 template <typename Act, typename Param>
 static void mlp_backward(GPTCuda *model, const GradientTarget *g, int l, const LayerOffsets *p,
-                         const LayerActivations<Act> *y, const Param *params, int N, int C) {
+                         const LayerActivations<Act> *y, const GPTWeights *w, int N, int C) {
     Activations *a = &model->acts;
     cudaStream_t stream = model->stream;
     Act *gelu = (Act *)a->gelu;
     OutputGrad d = output_grad(model, l, LINEAR_FCPROJ, a->dresidual, N, C);
-    linear_backward_input(model, l, LINEAR_FCPROJ, a->dfch, &d, params, p->fcprojw, N, 4 * C, C);  // GELU's gradient
+    linear_backward_input<Param>(model, l, LINEAR_FCPROJ, a->dfch, &d, w, p->fcprojw, N, 4 * C, C);  // GELU's gradient
     linear_backward_bias(model, g, p->fcprojb, &d, N, C);
     int fused = model->policy.matmul.format == MATMUL_BF16;
     if (fused) {
@@ -879,17 +961,17 @@ static void mlp_backward(GPTCuda *model, const GradientTarget *g, int l, const L
     // (fcproj's operand in copy_dout is read by now: fc's cast may take its place)
     OutputGrad dfch = fused ? written_output_grad(a->dfch_operand, a->scratch, column_sum_row_blocks(N))
                             : output_grad(model, l, LINEAR_FC, a->dfch, N, 4 * C);
-    linear_backward(model, g, l, LINEAR_FC, a->dln, p->fcw, p->fcb, &dfch, y->ln2, params, N, C, 4 * C);
+    linear_backward<Act, Param>(model, g, l, LINEAR_FC, a->dln, p->fcw, p->fcb, &dfch, y->ln2, w, N, C, 4 * C);
 }
 
 template <typename Act, typename Param>
-static void backward_pass(GPTCuda *model, const Param *params, const GradientTarget *g, float loss_scale) {
+static void backward_pass(GPTCuda *model, const GPTWeights *w, const GradientTarget *g, float loss_scale) {
     const ModelShape *s = &model->table.shape;
     int B = model->B, T = model->T;
     int C = s->n_embd, NH = s->n_head, L = s->n_layer, V = s->vocab_size, Vp = s->padded_vocab;
     int N = B * T, fused = fused_attention(&model->policy);
     const ParamTensor *tensors = model->table.tensors;
-    size_t wte = tensors[PARAM_WTE].offset, lnfw = tensors[PARAM_LNFW].offset, lnfb = tensors[PARAM_LNFB].offset;
+    size_t lnfw = tensors[PARAM_LNFW].offset, lnfb = tensors[PARAM_LNFB].offset;
     Activations *a = &model->acts;
     cudaStream_t stream = model->stream;
 
@@ -901,12 +983,11 @@ static void backward_pass(GPTCuda *model, const Param *params, const GradientTar
                                 stream);
     else
         classifier_backward_gpu((float *)a->logit_grad, logits, a->softmax_stats, a->targets, dloss, N, V, Vp, stream);
-    DeviceCast head_cast = host_scaled(&model->attention_cast);
-    Operand wte_operand = weight_operand(model, &head_cast, params, wte, (size_t)Vp * C);
+    Operand wte_operand = head_weight<Param>(model, w);
     product(model, logit_grad_operand(model), 0, wte_operand, 0, a->dln, N, C, Vp, 0.0f);  // dlnf = dlogits @ wte
     LayerActivations<Act> last = layer_activations<Act>(a, s, L - 1, B, T, fused);
     CUDA_CHECK(cudaMemsetAsync(a->dresidual, 0, (size_t)N * C * sizeof(float), stream));
-    layernorm_backward_into(model, g, a->dresidual, lnfw, lnfb, a->dln, last.residual3, params, a->lnf_mean,
+    layernorm_backward_into<Act, Param>(model, g, a->dresidual, lnfw, lnfb, a->dln, last.residual3, w, a->lnf_mean,
                             a->lnf_rstd, N, C);
 
     for (int l = L - 1; l >= 0; l--) {
@@ -914,14 +995,15 @@ static void backward_pass(GPTCuda *model, const Param *params, const GradientTar
         LayerActivations<Act> y = layer_activations<Act>(a, s, l, B, T, fused);
         // dresidual passes unchanged into both summands of each residual add; each branch adds its input
         // gradient into it (gpt_cpu.c's scheme).
-        mlp_backward(model, g, l, &p, &y, params, N, C);
-        layernorm_backward_into(model, g, a->dresidual, p.ln2w, p.ln2b, a->dln, y.residual2, params, y.ln2_mean,
+        mlp_backward<Act, Param>(model, g, l, &p, &y, w, N, C);
+        layernorm_backward_into<Act, Param>(model, g, a->dresidual, p.ln2w, p.ln2b, a->dln, y.residual2, w, y.ln2_mean,
                                 y.ln2_rstd, N, C);
         OutputGrad d = output_grad(model, l, LINEAR_ATTPROJ, a->dresidual, N, C);
-        linear_backward(model, g, l, LINEAR_ATTPROJ, a->datty, p.attprojw, p.attprojb, &d, y.atty, params, N, C, C);
+        linear_backward<Act, Param>(model, g, l, LINEAR_ATTPROJ, a->datty, p.attprojw, p.attprojb, &d, y.atty, w, N, C,
+                                    C);
         OutputGrad dqkv = attention_backward(model, l, a->datty, y.qkv, y.atty, y.att, B, T, C, NH);
-        linear_backward(model, g, l, LINEAR_QKV, a->dln, p.qkvw, p.qkvb, &dqkv, y.ln1, params, N, C, 3 * C);
-        layernorm_backward_into(model, g, a->dresidual, p.ln1w, p.ln1b, a->dln, y.residual, params, y.ln1_mean,
+        linear_backward<Act, Param>(model, g, l, LINEAR_QKV, a->dln, p.qkvw, p.qkvb, &dqkv, y.ln1, w, N, C, 3 * C);
+        layernorm_backward_into<Act, Param>(model, g, a->dresidual, p.ln1w, p.ln1b, a->dln, y.residual, w, y.ln1_mean,
                                 y.ln1_rstd, N, C);
     }
     embedding_gradients<Act>(model, g);
@@ -931,10 +1013,10 @@ void gpt_cuda_backward(GPTCuda *model, const GPTWeights *w, const GradientTarget
     if (!model->has_targets) fatal("internal: gpt_cuda_backward needs a forward with targets first");
     if (g->bf16 && !model->acts.grad_scratch) fatal("internal: bf16 gradients without a gradient scratch");
     int act_bf16 = model->policy.activations == ACTIVATIONS_BF16;
-    if (act_bf16 && w->bf16) backward_pass<__nv_bfloat16>(model, (const __nv_bfloat16 *)w->weights, g, loss_scale);
-    else if (act_bf16) backward_pass<__nv_bfloat16>(model, (const float *)w->weights, g, loss_scale);
-    else if (w->bf16) backward_pass<float>(model, (const __nv_bfloat16 *)w->weights, g, loss_scale);
-    else backward_pass<float>(model, (const float *)w->weights, g, loss_scale);
+    if (act_bf16 && bf16_vectors(w)) backward_pass<__nv_bfloat16, __nv_bfloat16>(model, w, g, loss_scale);
+    else if (act_bf16) backward_pass<__nv_bfloat16, float>(model, w, g, loss_scale);
+    else if (bf16_vectors(w)) backward_pass<float, __nv_bfloat16>(model, w, g, loss_scale);
+    else backward_pass<float, float>(model, w, g, loss_scale);
     if (linear_casts_take_forward_record(&model->linear_casts))
         fp8_record_forward_gpu(&model->fp8_state, model->linear_casts.count, model->stream);
 }

@@ -25,12 +25,20 @@ void gpt_cuda_free(GPTCuda *model);
 // Device bytes gpt_cuda_create allocates for (B, T) under policy, without allocating.
 size_t gpt_cuda_activation_bytes(const ParamTable *table, const Policy *policy, int B, int T);
 
-// The weights as the passes read them (device, num_params): the stored bf16 weights (bf16 set: every policy
-// with bf16 weights, MCF hi included; no fp32 copy exists), or fp32 values (the fp32 weights themselves, or
-// DQT's decoded compute copy). Every kernel and product reads them in this type.
+// How the passes read one parameter tensor (device memory): as stored, with no fp32 copy.
+typedef enum { STORED_FP32, STORED_BF16, STORED_GRID } WeightStore;
 typedef struct {
-    const void *weights;
-    int bf16;
+    const void *data;    // the tensor's (numel) values, fp32 or bf16, or its DQT grid codes (int8)
+    WeightStore store;
+    const float *steps;  // STORED_GRID: the step of each layer slice (code * step is the weight); else NULL
+} TensorWeights;
+
+// Every tensor as the passes read it. The 1-D tensors (layernorm weights, biases) share one store, fp32 or
+// bf16; a policy's matrices and embeddings are in that store too, or, under DQT, on the grid (the matrices;
+// the embeddings under precision.embeddings = grid), decoded one slice at a time into the model's scratch
+// right before a product (or the encoder) reads it, or in their own store (the embeddings, fp32 or bf16).
+typedef struct {
+    TensorWeights tensors[NUM_PARAM_TENSORS];
 } GPTWeights;
 
 // inputs, targets: (B, T) token ids on the host; targets may be NULL. Returns the mean loss (0 without

@@ -140,8 +140,9 @@ static const char *tensor_name_of(const ParamTable *table, size_t i) {
 // creation, and the gradients' round trip
 
 // Right after create, before any step: both backends formed their storage from the same fp32 values with
-// the same functions (bf16 and MCF conversions on the host, DQT's grid by dqt_init_storage, decoded on the
-// device by dqt_decode_gpu), so the weights forward reads and every stored section are the same bits.
+// the same functions (bf16 and MCF conversions on the host, DQT's grid by dqt_init_storage, decoded for
+// read_params on the host by dqt_decoded_weight), so the weights forward reads and every stored section are
+// the same bits.
 // Then load_grads / read_grads: the gradients rounded to the policy's storage (bf16 nearest-even or kept
 // fp32), the same bits on both.
 static void check_creation(const char *label, const Policy *policy, const ParamTable *table, Backend *cpu,
@@ -515,13 +516,16 @@ int main(void) {
     // Axes beyond the presets: MCF first moments, an eXmY operand format, fp32 with bf16 attention, the
     // materialized attention (the fused kernels' fallback), bf16-family weights under fp32 activations (casts
     // before bf16 products), fp32 block linears over bf16 activations and weights (widened operands, GELU's
-    // unfused backward).
+    // unfused backward), DQT's embeddings in bf16 (the encoder and the LM head read them in their own store)
+    // and on the grid (decoded like the matrices).
     const char *overrides[][2] = {{"collage_plus", "precision.adam_m=mcf"},
                                   {"mixed", "precision.matmul=e5m7"},
                                   {"fp32", "precision.attention=bf16"},
                                   {"mixed", "precision.attention_impl=materialized"},
                                   {"collage_plus", "precision.activations=fp32"},
-                                  {"bf16", "precision.matmul=fp32"}};
+                                  {"bf16", "precision.matmul=fp32"},
+                                  {"dqt_ternary", "precision.embeddings=bf16"},
+                                  {"dqt_int8", "precision.embeddings=grid"}};
     for (int i = 0; i < (int)(sizeof overrides / sizeof overrides[0]); i++) {
         Policy policy = preset_policy(overrides[i][0], overrides[i][1]);
         char label[96];

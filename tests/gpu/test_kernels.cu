@@ -1537,8 +1537,10 @@ static void test_optimizer_reductions(void) {
             CHECK(bad == 0, "%s: chunk %zu is %.17g, the host's %.17g", name, worst_at, got[worst_at], want[worst_at]);
         }
 
-    // dqt_decode: as initialised from GPT-2 init weights, then codes over the whole int8 range with scales
-    // and 1-D parameters of many magnitudes.
+    // dqt_decode, one grid slice at a time as the passes decode them (chunk by chunk here: a slice's chunks
+    // cover it): as initialised from GPT-2 init weights, then codes over the whole int8 range with scales of
+    // many magnitudes. Every grid weight is dqt_decoded_weight's bits; the rest (1-D parameters) is not
+    // written.
     DqtCounts counts = dqt_counts(&table, &policy);
     Floats init(n);
     gpt_init_params(&table, init.data(), 7);
@@ -1546,7 +1548,7 @@ static void test_optimizer_reductions(void) {
     Floats scales(counts.scales), vectors(counts.fp32);
     dqt_init_storage(&table, &layout, 8, init.data(), codes.data(), scales.data(), vectors.data(), NULL);
     // The chunks cover every parameter exactly once, so that the NaN fill of the device copy below must be
-    // overwritten everywhere.
+    // overwritten at every grid weight.
     std::vector<int> covered(n, 0);
     for (int c = 0; c < num_chunks; c++)
         for (size_t i = layout.chunks[c].begin; i < layout.chunks[c].end; i++) covered[i]++;
@@ -1565,28 +1567,26 @@ static void test_optimizer_reductions(void) {
             }
         }
         int8_t *d_codes = (int8_t *)to_device_bytes(codes.data(), codes.size());
-        float *d_scales = to_device(scales), *d_vectors = to_device(vectors);
+        float *d_scales = to_device(scales);
         upload(d_params, Floats(n, NAN));
         host.params = NULL;
         host.dqt_codes = codes.data();
         host.dqt_scales = scales.data();
         host.dqt_next_scales = host.dqt_scales;
         host.dqt_vectors = vectors.data();
-        device.params = d_params;
-        device.dqt_codes = d_codes;
-        device.dqt_scales = d_scales;
-        device.dqt_next_scales = d_scales;
-        device.dqt_vectors = d_vectors;
         Floats decoded(n, NAN);
-        for (int c = 0; c < num_chunks; c++)
-            for (size_t i = layout.chunks[c].begin; i < layout.chunks[c].end; i++)
-                decoded[i] = dqt_decoded_weight(&host, &layout.chunks[c], i);
-        dqt_decode_gpu(&device, d_chunks, num_chunks, stream);
+        for (int c = 0; c < num_chunks; c++) {
+            const Chunk *chunk = &layout.chunks[c];
+            if (chunk->slice < 0) continue;  // off the grid
+            for (size_t i = chunk->begin; i < chunk->end; i++) decoded[i] = dqt_decoded_weight(&host, chunk, i);
+            size_t code = layout.dqt_offset[chunk->tensor] + (chunk->begin - table.tensors[chunk->tensor].offset);
+            dqt_decode_gpu(d_params + chunk->begin, d_codes + code, d_scales + chunk->slice, chunk->end - chunk->begin,
+                           stream);
+        }
         check_bits(variant ? "dqt_decode (random codes, scales, 1-D params) bits" : "dqt_decode (int8 from init) bits",
                    to_host(d_params, n), decoded);
         cudaFree(d_codes);
         cudaFree(d_scales);
-        cudaFree(d_vectors);
     }
 
     cudaFree(d_params);
