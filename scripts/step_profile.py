@@ -104,14 +104,14 @@ def group_of(kernel_name):
 TIME_UNITS_NS = {"ns": 1.0, "us": 1e3, "μs": 1e3, "ms": 1e6, "s": 1e9}
 
 
-def total_time_column(header):
+def total_time_column(header, path, line):
     """(index, nanoseconds per unit) of the total time column: "Total Time (ns)", "Total Time", ..."""
     for i, cell in enumerate(header):
         match = re.fullmatch(r"total\s*time\s*(?:\((\S+)\))?", cell.strip().lower())
         if match:
             unit = match.group(1) or "ns"  # nsys's unit when the header names none
             if unit not in TIME_UNITS_NS:
-                fail(f"unknown time unit {unit!r} in the column {cell!r}")
+                fail(f"{path}:{line}: unknown time unit {unit!r} in the column {cell!r}")
             return i, TIME_UNITS_NS[unit]
     return None, None
 
@@ -154,7 +154,7 @@ def read_kernel_summary(path):
              f"nsys stats --report cuda_gpu_kern_sum --format csv)")
     header_line, header = rows[header_at]
     name_col = column_named(header, "Name")
-    time_col, ns_per_unit = total_time_column(header)
+    time_col, ns_per_unit = total_time_column(header, path, header_line)
     if time_col is None:
         fail(f"{path}:{header_line}: no total time column (\"Total Time (ns)\" or \"Total Time\") in the header: "
              f"{', '.join(header)}")
