@@ -24,16 +24,9 @@ gpu_bench() {
   peak_name=$([ -n "${PEAK_FLOPS:-}" ] && echo "PEAK_FLOPS" || echo "H100/H200 SXM dense bf16")
   ((steps > skip)) || { echo "bench: STEPS must be more than $skip on the GPU (tokens/s is the mean after step $skip)" >&2; exit 1; }
 
-  # Data: the model needs tokens below 50257. The byte-level fortunes shards qualify; on a machine without
-  # the fortunes package, uniformly random tokens (throughput does not depend on the token values).
-  if [ -f data/fortunes/train_000000.bin ] || python3 scripts/prepare_data.py >/dev/null 2>&1; then
-    train="data/fortunes/train_*.bin" val="data/fortunes/val_*.bin"
-    data="data/fortunes (byte-level fortunes text)"
-  else
-    [ -f data/synthetic/train_000000.bin ] || python3 scripts/synthetic_shard.py --out data/synthetic --vocab 50257 >/dev/null
-    train="data/synthetic/train_*.bin" val="data/synthetic/val_*.bin"
-    data="data/synthetic (uniformly random tokens below 50257, scripts/synthetic_shard.py; no fortunes corpus here)"
-  fi
+  # Data: fortunes shards, or random tokens (bench/gpu_data.sh).
+  source bench/gpu_data.sh
+  choose_gpu_data
 
   # The GPU's free memory (MiB): total - used of the first visible GPU.
   local gpu_index=0 smi total used free_mib
