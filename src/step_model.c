@@ -3,11 +3,11 @@
 #include <math.h>
 #include <stdlib.h>
 
+#include "attention_tiles.h"
+#include "logit_chunks.h"
 #include "param_storage.h"
 #include "util.h"
 
-// Query rows per tile of the fused attention kernels (step_model.h: which (query, key) pairs they compute).
-enum { ATTENTION_TILE = 64 };
 
 // Nominal FLOPs per element of the kernels that are not products (step_model.h: they do not move the time).
 static const double CAST_FLOPS = 1, ADD_FLOPS = 1, LAYERNORM_FLOPS = 8, LAYERNORM_BACKWARD_FLOPS = 12,
@@ -207,8 +207,8 @@ static void gelu_backward(Tally *t) {
 // each tile's last row.
 static double causal_tile_pairs(int T) {
     double pairs = 0;
-    for (int start = 0; start < T; start += ATTENTION_TILE) {
-        int end = start + ATTENTION_TILE < T ? start + ATTENTION_TILE : T;
+    for (int start = 0; start < T; start += ATTENTION_TILE_Q) {
+        int end = start + ATTENTION_TILE_Q < T ? start + ATTENTION_TILE_Q : T;
         pairs += (double)(end - start) * end;
     }
     return pairs;
@@ -311,6 +311,17 @@ static void lm_head_backward(Tally *t) {
     weight_gradient_product(t, f, t->Vp, t->C);
 }
 
+// Under fp32 activations the logits are formed LOGIT_CHUNK_ROWS rows at a time and never stored whole, so
+// the backward forms each chunk's logits again before the classifier's backward, and once more (with their
+// gradient) for wte's gradient at the end of the backward.
+static int logits_chunked(const Tally *t) {
+    return !t->in->legacy_design && !t->in->bf16_activations && t->N > LOGIT_CHUNK_ROWS;
+}
+
+static void lm_head_logits_again(Tally *t) {
+    product(t, STEP_MATMULS, t->in->lm_head, 1, t->N, t->Vp, t->C, t->A, 0);
+}
+
 static void forward(Tally *t) {
     double C = t->C;
     encoder_forward(t);
@@ -333,8 +344,16 @@ static void forward(Tally *t) {
 static void backward(Tally *t) {
     double C = t->C;
     int qkv_operand_written = t->fused_attention && producer_writes_operand(t, t->in->linear);
+    int chunked = logits_chunked(t);
+    if (chunked) lm_head_logits_again(t);
     classifier_backward(t);
     lm_head_backward(t);
+    if (chunked) {  // wte's gradient at the end: the head's operands cast again, each chunk's gradient formed again
+        operand_cast(t, t->N * t->C, t->A, t->in->lm_head);
+        operand_cast(t, t->Vp * t->C, t->in->weight_bytes, t->in->lm_head);
+        lm_head_logits_again(t);
+        classifier_backward(t);
+    }
     layernorm_backward(t);  // lnf
     for (int l = 0; l < t->in->table->shape.n_layer; l++) {
         linear_backward(t, 4 * C, C, DOUT_CAST);

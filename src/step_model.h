@@ -61,7 +61,10 @@
 //  loss:      classifier forward (reads the logits N*Vp*A and N*4 targets, writes N*(2*4 + 4): max, sum,
 //             loss); classifier backward (reads logits, statistics, targets; writes the logits' gradient in
 //             place: its bf16 operand N*Vp*2 under a bf16 LM head, else fp32 N*Vp*4, cast once for a simulated
-//             format).
+//             format). Under fp32 activations (N > LOGIT_CHUNK_ROWS) the logits come in chunks and are never
+//             stored whole: the backward forms them again before the classifier's backward, and again (with
+//             the head's operands cast again and the classifier's backward again) for wte's gradient at the
+//             end: two more LM-head products (matmuls) and one more classifier backward.
 // Per optimizer step (reported per step, and amortised over the accumulation steps in the micro-step's
 // time and traffic): the gradient norm reads the gradients; the AdamW step reads the gradients and reads
 // and writes every stored quantity (weights, master / MCF lo / Kahan c, m, v: the policy table's bytes

@@ -30,6 +30,7 @@
 
 #include "cpu/ops.h"
 #include "linear_casts.h"
+#include "logit_chunks.h"
 #include "param_storage.h"
 
 // What the forward keeps for the backward (per-layer buffers stack L slices, as on the CPU), one layer's
@@ -54,8 +55,8 @@ typedef struct {
     void *lnf;          // (B, T, C)
     float *lnf_mean;    // (B, T)
     float *lnf_rstd;    // (B, T)
-    void *logits;       // (B, T, Vp)
-    void *logit_grad;   // (B, T, Vp) in the LM head's operand type; the logits' own place when the types agree
+    void *logits;       // (R, Vp) a chunk of R rows of logits (logit_chunk_rows: all B*T under bf16 activations)
+    void *logit_grad;   // (R, Vp) in the LM head's operand type; the logits' own place when the types agree
     SoftmaxStats *softmax_stats;  // (B, T) each row's max and 1 / sum of exponentials
     float *losses;      // (B, T)
     void *gelu;         // (B, T, 4C) one layer's GELU output: the forward's, then the backward's recomputation
@@ -120,6 +121,15 @@ static int fused_attention(const Policy *policy) { return policy->attention_impl
 // scratch.
 static size_t flash_partials_offset(int B, int T, int NH) { return ((size_t)B * NH * T + 63) / 64 * 64; }
 
+// The LM head's rows at a time: all B*T under bf16 activations (the bf16 logits are stored whole and the
+// backward reads them again), else LOGIT_CHUNK_ROWS (at least B, for gpt_cuda_logits_at): the fp32 (B*T, Vp)
+// logits are never stored whole, and the backward forms each chunk again (the same product, the same bits).
+static int logit_chunk_rows(const Policy *policy, int B, int T) {
+    int N = B * T, rows = LOGIT_CHUNK_ROWS > B ? LOGIT_CHUNK_ROWS : B;
+    if (policy->activations == ACTIVATIONS_BF16 || rows > N) return N;
+    return rows;
+}
+
 // The one description of the activation buffers that allocation and the memory plan both read.
 static int activation_buffers(Activations *a, const ParamTable *table, const Policy *policy, int B, int T,
                               ActivationBuffer list[NUM_ACTIVATION_BUFFERS]) {
@@ -139,8 +149,9 @@ static int activation_buffers(Activations *a, const ParamTable *table, const Pol
     size_t weight_copy = reads_stored(linear, weights_bf16) ? 0 : 4 * C * C * format_bytes(linear);
     size_t head_weight_copy = reads_stored(head, weights_bf16) ? 0 : Vp * C * format_bytes(head);
     // The logits' gradient in the LM head's operand type (fp32 or bf16 on this backend): in the logits' place
-    // when that is the activations' type.
-    size_t logit_grad = (head == MATMUL_BF16) == act_bf16 ? 0 : N * Vp * format_bytes(head);
+    // when that is the activations' type. Both hold one chunk of rows.
+    size_t R = (size_t)logit_chunk_rows(policy, B, T);
+    size_t logit_grad = (head == MATMUL_BF16) == act_bf16 ? 0 : R * Vp * format_bytes(head);
     size_t proj = N * C * A;
     if (policy->grads == GRADS_BF16 && largest_slice_but_wte(table) * F > proj) proj = largest_slice_but_wte(table) * F;
     size_t scratch = layernorm_backward_scratch_floats((int)N, (int)C);
@@ -159,7 +170,7 @@ static int activation_buffers(Activations *a, const ParamTable *table, const Pol
         {&a->fch, L * N * 4 * C * A},      {&a->residual3, L * N * C * A},
         {(void **)&a->wte_grad_tail, 0},
         {&a->lnf, N * C * A},              {(void **)&a->lnf_mean, N * F},      {(void **)&a->lnf_rstd, N * F},
-        {&a->logits, N * Vp * A},          {&a->logit_grad, logit_grad},
+        {&a->logits, R * Vp * A},          {&a->logit_grad, logit_grad},
         {(void **)&a->softmax_stats, N * sizeof(SoftmaxStats)},  {(void **)&a->losses, N * F},
         {&a->gelu, N * 4 * C * A},         {&a->proj_out, proj},
         {(void **)&a->dresidual, N * C * F}, {(void **)&a->dln, N * C * F},
@@ -226,6 +237,7 @@ struct GPTCuda {
     size_t act_bytes;  // its bytes, laid out for the largest batch
     EncoderIndex encoder_index;
     int *index_scratch;  // host scratch of encoder_index_build
+    GPTWeights weights;  // of the last forward: gpt_cuda_logits_at forms chunked logits again from them
     float *host_rows;    // (max_B, Vp) rows of logits or probabilities at one position, for the host
     float *host_losses;  // (max_B * max_T)
     int B, T, has_targets;
@@ -812,6 +824,28 @@ static void check_tokens(const int *tokens, size_t n, int vocab_size, const char
             fatal("%s token %d at position %zu is outside the vocabulary of %d", what, tokens[i], i, vocab_size);
 }
 
+// The operand x (all rows) from row `first` on.
+static Operand rows_from(const GPTCuda *model, Operand x, int first) {
+    x.data = (const char *)x.data + (size_t)first * model->table.shape.n_embd * type_bytes(x.type);
+    return x;
+}
+
+// lnf (the first `rows` rows of (B, T, C)) as the LM head's operand.
+template <typename Act>
+static Operand lnf_operand(GPTCuda *model, int rows) {
+    DeviceCast head_cast = host_scaled(&model->attention_cast);
+    size_t n = (size_t)rows * model->table.shape.n_embd;
+    return cast_operand(model, &head_cast, model->acts.copy_inp, (const Act *)model->acts.lnf, n);
+}
+
+// out (rows, Vp, in Act) = the logits of rows [first, first + rows): lnf's operand x of those rows @ wte^T.
+template <typename Act>
+static void head_logits(GPTCuda *model, Operand x, Operand wte, int first, int rows, void *out) {
+    const ModelShape *s = &model->table.shape;
+    batched_product(model, rows_from(model, x, first), 0, wte, 1, out, stored_type((const Act *)out), rows, s->padded_vocab, s->n_embd, 1,
+                    0, 0, 0, 0.0f);
+}
+
 // A layernorm's weight or bias (C at parameter offset `at`), as stored.
 template <typename Param>
 static const Param *vector_at(GPTCuda *model, const GPTWeights *w, size_t at) {
@@ -864,12 +898,15 @@ static void forward_pass(GPTCuda *model, const GPTWeights *w, int B, int T) {
                                        C, stream);
     }
     // The LM head is wte itself (tied), all Vp rows; the classifier ignores the padded logits.
-    DeviceCast head_cast = host_scaled(&model->attention_cast);
-    Operand x = cast_operand(model, &head_cast, a->copy_inp, (const Act *)a->lnf, (size_t)N * C);
+    Operand x = lnf_operand<Act>(model, N);
     Operand wte = head_weight<Param>(model, w);
-    batched_product(model, x, 0, wte, 1, a->logits, stored_type((const Act *)a->logits), N, Vp, C, 1, 0, 0, 0, 0.0f);
-    classifier_forward_gpu(a->softmax_stats, a->losses, (const Act *)a->logits,
-                           model->has_targets ? a->targets : NULL, N, V, Vp, stream);
+    int R = logit_chunk_rows(&model->policy, B, T);
+    for (int first = 0; first < N; first += R) {
+        int rows = R < N - first ? R : N - first;
+        head_logits<Act>(model, x, wte, first, rows, a->logits);
+        classifier_forward_gpu(a->softmax_stats + first, a->losses + first, (const Act *)a->logits,
+                               model->has_targets ? a->targets + first : NULL, rows, V, Vp, stream);
+    }
 }
 
 // The 1-D tensors' store: the type the templates read weights in.
@@ -893,6 +930,7 @@ float gpt_cuda_forward(GPTCuda *model, const GPTWeights *w, const int *inputs, c
     CUDA_CHECK(cudaMemcpyAsync(a->tokens, inputs, (size_t)N * sizeof(int), cudaMemcpyHostToDevice, stream));
     if (targets)
         CUDA_CHECK(cudaMemcpyAsync(a->targets, targets, (size_t)N * sizeof(int), cudaMemcpyHostToDevice, stream));
+    model->weights = *w;
     int act_bf16 = model->policy.activations == ACTIVATIONS_BF16;
     if (act_bf16 && bf16_vectors(w)) forward_pass<__nv_bfloat16, __nv_bfloat16>(model, w, B, T);
     else if (act_bf16) forward_pass<__nv_bfloat16, float>(model, w, B, T);
@@ -916,11 +954,31 @@ static Operand logit_grad_operand(GPTCuda *model) {
     return Operand{attention_type(model), model->attention_cast.format, model->acts.logit_grad};
 }
 
+// The gradient of dloss * (the losses of rows [first, first + rows)) with respect to their logits, into
+// logit_grad as the LM head's operand (in the logits' place where the types agree). again: the logits
+// buffer holds another chunk, so this one's logits are formed again first (x, wte: the head's operands).
+template <typename Act>
+static void logit_gradient(GPTCuda *model, Operand x, Operand wte, int first, int rows, int again, float dloss) {
+    const ModelShape *s = &model->table.shape;
+    Activations *a = &model->acts;
+    if (again) head_logits<Act>(model, x, wte, first, rows, a->logits);
+    const Act *logits = (const Act *)a->logits;
+    const SoftmaxStats *stats = a->softmax_stats + first;
+    const int *targets = a->targets + first;
+    if (attention_type(model) == OPERANDS_BF16)
+        classifier_backward_gpu((__nv_bfloat16 *)a->logit_grad, logits, stats, targets, dloss, rows, s->vocab_size,
+                                s->padded_vocab, model->stream);
+    else
+        classifier_backward_gpu((float *)a->logit_grad, logits, stats, targets, dloss, rows, s->vocab_size,
+                                s->padded_vocab, model->stream);
+}
+
 // The LM head's and the embedding's gradients of wte, summed in fp32 in the CPU's order (the head's product,
 // then the embedding's rows), and the embedding's of wpe. The head's product runs here, at the end, so that
-// under bf16 gradients wte's fp32 gradient can take the place of the forward buffers that are dead by now.
-template <typename Act>
-static void embedding_gradients(GPTCuda *model, const GradientTarget *g) {
+// under bf16 gradients wte's fp32 gradient can take the place of the forward buffers that are dead by now;
+// with the logits in chunks, each chunk's gradient is formed once more for it.
+template <typename Act, typename Param>
+static void embedding_gradients(GPTCuda *model, const GPTWeights *w, const GradientTarget *g, float dloss) {
     const ModelShape *s = &model->table.shape;
     int B = model->B, T = model->T, C = s->n_embd, Vp = s->padded_vocab, N = B * T;
     const ParamTensor *tensors = model->table.tensors;
@@ -928,9 +986,14 @@ static void embedding_gradients(GPTCuda *model, const GradientTarget *g) {
     size_t n_wte = tensors[PARAM_WTE].numel, n_wpe = tensors[PARAM_WPE].numel;
     Activations *a = &model->acts;
     float *dwte = gradient_begin(model, g, (float *)a->ln1, wte, n_wte);
-    DeviceCast head_cast = host_scaled(&model->attention_cast);
-    Operand x = cast_operand(model, &head_cast, a->copy_inp, (const Act *)a->lnf, (size_t)N * C);
-    product(model, logit_grad_operand(model), 1, x, 0, dwte, Vp, C, N, 1.0f);  // dwte += dlogits^T @ lnf
+    Operand x = lnf_operand<Act>(model, N);
+    int R = logit_chunk_rows(&model->policy, B, T), chunked = R < N;
+    Operand wte_operand = chunked ? head_weight<Param>(model, w) : x;  // (read only when chunked)
+    for (int first = 0; first < N; first += R) {
+        int rows = R < N - first ? R : N - first;
+        if (chunked) logit_gradient<Act>(model, x, wte_operand, first, rows, 1, dloss);
+        product(model, logit_grad_operand(model), 1, rows_from(model, x, first), 0, dwte, Vp, C, rows, 1.0f);
+    }
     float *dwpe = gradient_begin(model, g, a->grad_scratch, wpe, n_wpe);
     encoder_backward_gpu(dwte, dwpe, a->dresidual, &model->encoder_index, B, T, C, model->stream);
     gradient_end(model, g, dwte, wte, n_wte);
@@ -968,23 +1031,23 @@ template <typename Act, typename Param>
 static void backward_pass(GPTCuda *model, const GPTWeights *w, const GradientTarget *g, float loss_scale) {
     const ModelShape *s = &model->table.shape;
     int B = model->B, T = model->T;
-    int C = s->n_embd, NH = s->n_head, L = s->n_layer, V = s->vocab_size, Vp = s->padded_vocab;
+    int C = s->n_embd, NH = s->n_head, L = s->n_layer, Vp = s->padded_vocab;
     int N = B * T, fused = fused_attention(&model->policy);
     const ParamTensor *tensors = model->table.tensors;
     size_t lnfw = tensors[PARAM_LNFW].offset, lnfb = tensors[PARAM_LNFB].offset;
     Activations *a = &model->acts;
     cudaStream_t stream = model->stream;
 
-    // The logits' gradient, written as the LM head's operand (in the logits' place where the types agree).
-    const Act *logits = (const Act *)a->logits;
+    // dlnf = dlogits @ wte, chunk by chunk of the logits' rows.
     float dloss = loss_scale / (float)N;
-    if (attention_type(model) == OPERANDS_BF16)
-        classifier_backward_gpu((__nv_bfloat16 *)a->logit_grad, logits, a->softmax_stats, a->targets, dloss, N, V, Vp,
-                                stream);
-    else
-        classifier_backward_gpu((float *)a->logit_grad, logits, a->softmax_stats, a->targets, dloss, N, V, Vp, stream);
+    Operand x = lnf_operand<Act>(model, N);
     Operand wte_operand = head_weight<Param>(model, w);
-    product(model, logit_grad_operand(model), 0, wte_operand, 0, a->dln, N, C, Vp, 0.0f);  // dlnf = dlogits @ wte
+    int R = logit_chunk_rows(&model->policy, B, T), chunked = R < N;
+    for (int first = 0; first < N; first += R) {
+        int rows = R < N - first ? R : N - first;
+        logit_gradient<Act>(model, x, wte_operand, first, rows, chunked, dloss);
+        product(model, logit_grad_operand(model), 0, wte_operand, 0, a->dln + (size_t)first * C, rows, C, Vp, 0.0f);
+    }
     LayerActivations<Act> last = layer_activations<Act>(a, s, L - 1, B, T, fused);
     CUDA_CHECK(cudaMemsetAsync(a->dresidual, 0, (size_t)N * C * sizeof(float), stream));
     layernorm_backward_into<Act, Param>(model, g, a->dresidual, lnfw, lnfb, a->dln, last.residual3, w, a->lnf_mean,
@@ -1006,7 +1069,7 @@ static void backward_pass(GPTCuda *model, const GPTWeights *w, const GradientTar
         layernorm_backward_into<Act, Param>(model, g, a->dresidual, p.ln1w, p.ln1b, a->dln, y.residual, w, y.ln1_mean,
                                 y.ln1_rstd, N, C);
     }
-    embedding_gradients<Act>(model, g);
+    embedding_gradients<Act, Param>(model, w, g, dloss);
 }
 
 void gpt_cuda_backward(GPTCuda *model, const GPTWeights *w, const GradientTarget *g, float loss_scale) {
@@ -1026,15 +1089,34 @@ float *gpt_cuda_gradient_window(GPTCuda *model, size_t *floats) {
     return model->acts.grad_scratch;
 }
 
+// Chunked logits (fp32 activations): rows b * T + t of the last forward formed again from lnf and wte into
+// the logits buffer's first B rows.
+template <typename Param>
+static void logits_again(GPTCuda *model, int t) {
+    int T = model->T;
+    Operand x = lnf_operand<float>(model, model->B * T);
+    Operand wte = head_weight<Param>(model, &model->weights);
+    size_t row_bytes = (size_t)model->table.shape.padded_vocab * sizeof(float);
+    for (int b = 0; b < model->B; b++)
+        head_logits<float>(model, x, wte, b * T + t, 1, (char *)model->acts.logits + (size_t)b * row_bytes);
+}
+
 // The logits at position t of every sequence of the last forward: (B, Vp) into host_rows, widened to fp32.
 static void download_logit_rows(GPTCuda *model, int t) {
     if (t < 0 || t >= model->T) fatal("internal: position %d of a forward of %d positions", t, model->T);
-    size_t Vp = (size_t)model->table.shape.padded_vocab, B = (size_t)model->B;
+    size_t Vp = (size_t)model->table.shape.padded_vocab, B = (size_t)model->B, T = (size_t)model->T;
     int bf16_logits = model->policy.activations == ACTIVATIONS_BF16;
     size_t elem = bf16_logits ? sizeof(bf16) : sizeof(float), row_bytes = Vp * elem;
     const char *first = (const char *)model->acts.logits + (size_t)t * row_bytes;
-    CUDA_CHECK(cudaMemcpy2DAsync(model->host_rows, row_bytes, first, (size_t)model->T * row_bytes, row_bytes, B,
-                                 cudaMemcpyDeviceToHost, model->stream));
+    size_t pitch = T * row_bytes;
+    if (logit_chunk_rows(&model->policy, model->B, model->T) < model->B * model->T) {
+        if (bf16_vectors(&model->weights)) logits_again<__nv_bfloat16>(model, t);
+        else logits_again<float>(model, t);
+        first = (const char *)model->acts.logits;
+        pitch = row_bytes;
+    }
+    CUDA_CHECK(cudaMemcpy2DAsync(model->host_rows, row_bytes, first, pitch, row_bytes, B, cudaMemcpyDeviceToHost,
+                                 model->stream));
     CUDA_CHECK(cudaStreamSynchronize(model->stream));
     if (!bf16_logits) return;
     // The bf16 codes fill the first half of host_rows: widened from the last one back, none is overwritten

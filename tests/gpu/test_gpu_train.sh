@@ -4,8 +4,8 @@
 #   c. resume on the GPU: 10 steps + resume to 20 = 20 steps straight, bit for bit;
 #   d. cross-backend resume: a CPU checkpoint resumed on the GPU and a GPU checkpoint resumed on the CPU;
 # then e. one rank under mpirun (the NCCL path), plain and with ZeRO-1, and with two micro-steps per step
-# (the sums overlap the last one), against the plain GPU run, bit for bit,
-# and f. a clear error without a visible GPU.
+# (the sums overlap the last one), against the plain GPU run, bit for bit, f. a clear error without a
+# visible GPU, and g. fp32 at 16 x 128 tokens (the LM head's logits in two chunks) against the CPU.
 # Every run is configs/tiny_cpu.json (4 layers, 128 channels, 8 x 128 tokens) for 20 steps with a checkpoint
 # every 10 steps, no evaluation and no samples. The CPU runs go in the background, in parallel, while the GPU
 # runs one after another. Prints one line per check (ok / FAIL) and exits non-zero if any check failed.
@@ -225,6 +225,11 @@ if [ -f "$mpirun_path" ] && [ -x "$mpirun_path" ]; then
   fi
 fi
 
+# ---- g. fp32 activations at B*T = 2048: the LM head's logits in two chunks of 1024 rows, against the CPU ----
+chunked=(--set precision.policy=fp32 --set training.batch_size=16)
+background run cpu_chunked_fp32 cpu "${chunked[@]}"
+fg_run run gpu_chunked_fp32 cuda "${chunked[@]}"
+
 # ---- f. --device cuda with no visible GPU: a non-zero exit that says so ----
 gpu_runs=$((gpu_runs + 1))
 CUDA_VISIBLE_DEVICES="" timeout "$run_timeout" "$train_gpt" "${base[@]}" --device cuda \
@@ -292,6 +297,15 @@ for p in $presets; do
     fi
   done
 done
+tol=$(tolerance fp32)
+if ok_run gpu_chunked_fp32 && ok_run cpu_chunked_fp32; then
+  if diff=$(close cpu_chunked_fp32 gpu_chunked_fp32 "$tol" 2>&1); then
+    pass "g. fp32 at batch 16 (logits in chunks on the GPU): GPU vs CPU losses within $tol relative ($diff)"
+  else bad "g. fp32 at batch 16 (logits in chunks on the GPU): GPU vs CPU losses beyond $tol relative ($diff)"; fi
+else
+  bad "g. fp32 at batch 16: a run failed (gpu: $(ok_run gpu_chunked_fp32 && echo ok || why gpu_chunked_fp32); cpu: $(
+    ok_run cpu_chunked_fp32 && echo ok || why cpu_chunked_fp32))"
+fi
 if ((have_mpirun)); then
   links=$(ldd "$train_gpt" 2>/dev/null)
   linked="train_gpt links $(grep -q libnccl <<<"$links" && echo NCCL || echo "no NCCL"), $(
