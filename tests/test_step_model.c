@@ -276,11 +276,36 @@ static void test_environment(void) {
     unsetenv("LPGPT_BANDWIDTH");
 }
 
+// Under fp32 activations at more than 1024 rows the logits come in chunks: the backward forms them twice
+// again (2 more LM-head products, 2 * N * C * Vp FLOPs each), once more runs the classifier's backward (it
+// reads the fp32 logits, the statistics and targets, and writes the bf16 gradient), and casts lnf (read 4,
+// write 2) and wte (bf16 as stored: no cast) once more. At 1024 rows or fewer, nothing changes.
+static void test_chunked_logits(void) {
+    ParamTable table = small_table();
+    DeviceSpec device = device_spec_h100();
+    StepModelInput in = mixed_input(&table, 0);
+    in.B = 8;  // N = 768: one chunk
+    StepModel whole = step_model(&in, &device);
+    in.B = 16;  // N = 1536: two chunks
+    StepModel chunked = step_model(&in, &device);
+    double n16 = 16.0 * T, n8 = 8.0 * T;
+    double per_row = whole.groups[STEP_MATMULS].flops / n8;  // every matmul FLOP scales with the rows
+    double extra = chunked.groups[STEP_MATMULS].flops - per_row * n16;
+    CHECK(near(extra, 2 * 2 * n16 * C * VP), "chunked logits: %.0f more matmul FLOPs, by hand %.0f", extra,
+          2 * 2 * n16 * C * VP);
+    double loss_per_row = whole.groups[STEP_LOSS].bytes / n8;
+    double extra_loss = chunked.groups[STEP_LOSS].bytes - loss_per_row * n16;
+    double classifier_backward = n16 * VP * 4 + n16 * 12 + n16 * VP * 2;
+    CHECK(near(extra_loss, classifier_backward), "chunked logits: %.0f more loss bytes, by hand %.0f", extra_loss,
+          classifier_backward);
+}
+
 int main(void) {
     test_small_shape_by_hand();
     test_rooflines();
     test_bf16_gradients();
     test_materialized_attention();
+    test_chunked_logits();
     test_gpt2_124m_targets();
     test_environment();
     return test_summary("test_step_model");
