@@ -9,6 +9,8 @@
 #                                   MPI runs there, builds for sm_90 (build.log, with `make detect`'s line) and
 #                                   runs `make test-gpu` (test-gpu.log)
 #   scripts/gpu_verify.sh bench     there: the same set-up, builds if needed, runs `make bench` (bench.log)
+#   scripts/gpu_verify.sh profile   there: the same set-up, builds if needed, runs bench/profile_step.sh: the
+#                                   measured time per op group against the step model (profile.log)
 #   scripts/gpu_verify.sh mpi-check with .deps/ unpacked and relocated: builds and runs a 2-rank MPI program
 # Logs and env.txt go to $OUT (or runs/gpu_verify/). With the device tool: carry [".deps", "data/fortunes"] and
 # run `scripts/gpu_verify.sh test` in one call, `scripts/gpu_verify.sh bench` in another.
@@ -208,12 +210,12 @@ if [ "$mode" = mpi-check-prefix ] || [ "$mode" = mpi-check ]; then
   exit 1
 fi
 
-[ "$mode" = test ] || [ "$mode" = bench ] || {
-  echo "usage: scripts/gpu_verify.sh --fetch | test | bench | mpi-check" >&2
+[ "$mode" = test ] || [ "$mode" = bench ] || [ "$mode" = profile ] || {
+  echo "usage: scripts/gpu_verify.sh --fetch | test | bench | profile | mpi-check" >&2
   exit 2
 }
 
-# ---- test / bench: on the GPU machine ----
+# ---- test / bench / profile: on the GPU machine ----
 out=${OUT:-runs/gpu_verify}
 mkdir -p "$out"
 start=$SECONDS
@@ -304,6 +306,9 @@ say "built in $((SECONDS - build_start)) s"
 status=0
 if [ "$mode" = test ]; then
   make "${make_vars[@]}" -j"$(nproc)" test-gpu 2>&1 | tee "$out/test-gpu.log"
+  status=${PIPESTATUS[0]}
+elif [ "$mode" = profile ]; then
+  bench/profile_step.sh 2>&1 | tee "$out/profile.log"
   status=${PIPESTATUS[0]}
 else
   # The bench starts no policy after ~520 s of this call (the device call's limit is 600 s).
