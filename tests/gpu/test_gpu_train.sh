@@ -5,7 +5,8 @@
 #   d. cross-backend resume: a CPU checkpoint resumed on the GPU and a GPU checkpoint resumed on the CPU;
 # then e. one rank under mpirun (the NCCL path), plain and with ZeRO-1, and with two micro-steps per step
 # (the sums overlap the last one), against the plain GPU run, bit for bit, f. a clear error without a
-# visible GPU, and g. fp32 at 16 x 128 tokens (the LM head's logits in two chunks) against the CPU.
+# visible GPU, g. fp32 at 16 x 128 tokens (the LM head's logits in two chunks) against the CPU, and h. the
+# fused attention against the materialized one (its fallback) on the GPU, under fp32 and mixed.
 # Every run is configs/tiny_cpu.json (4 layers, 128 channels, 8 x 128 tokens) for 20 steps with a checkpoint
 # every 10 steps, no evaluation and no samples. The CPU runs go in the background, in parallel, while the GPU
 # runs one after another. Prints one line per check (ok / FAIL) and exits non-zero if any check failed.
@@ -230,6 +231,10 @@ chunked=(--set precision.policy=fp32 --set training.batch_size=16)
 background run cpu_chunked_fp32 cpu "${chunked[@]}"
 fg_run run gpu_chunked_fp32 cuda "${chunked[@]}"
 
+# ---- h. materialized attention (the fused kernels' fallback) on the GPU, against the fused runs of a. ----
+for p in fp32 mixed; do fg_run run "gpu_materialized_$p" cuda --set precision.policy="$p" \
+  --set precision.attention_impl=materialized; done
+
 # ---- f. --device cuda with no visible GPU: a non-zero exit that says so ----
 gpu_runs=$((gpu_runs + 1))
 CUDA_VISIBLE_DEVICES="" timeout "$run_timeout" "$train_gpt" "${base[@]}" --device cuda \
@@ -306,6 +311,17 @@ else
   bad "g. fp32 at batch 16: a run failed (gpu: $(ok_run gpu_chunked_fp32 && echo ok || why gpu_chunked_fp32); cpu: $(
     ok_run cpu_chunked_fp32 && echo ok || why cpu_chunked_fp32))"
 fi
+for p in fp32 mixed; do
+  tol=$(tolerance "$p")
+  if ok_run "gpu_$p" && ok_run "gpu_materialized_$p"; then
+    if diff=$(close "gpu_$p" "gpu_materialized_$p" "$tol" 2>&1); then
+      pass "h. $p: fused vs materialized attention on the GPU within $tol relative ($diff)"
+    else bad "h. $p: fused vs materialized attention on the GPU beyond $tol relative ($diff)"; fi
+  else
+    bad "h. $p: a run failed (fused: $(ok_run "gpu_$p" && echo ok || why "gpu_$p"); materialized: $(
+      ok_run "gpu_materialized_$p" && echo ok || why "gpu_materialized_$p"))"
+  fi
+done
 if ((have_mpirun)); then
   links=$(ldd "$train_gpt" 2>/dev/null)
   linked="train_gpt links $(grep -q libnccl <<<"$links" && echo NCCL || echo "no NCCL"), $(
