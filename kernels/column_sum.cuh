@@ -17,12 +17,19 @@ static int column_sum_row_blocks(int N) { return (N + COLUMN_SUM_ROWS - 1) / COL
 // Floats of scratch that column_sums_add_gpu needs: one partial per (row block, column).
 static size_t column_sum_scratch_floats(int N, int C) { return (size_t)column_sum_row_blocks(N) * C; }
 
-// Phase 1: partials (row_blocks, C); block (x: column tile, y: row block), one thread per column.
+// In the grid of phase 1 (x: column tiles, y: row blocks; one thread per column): this thread's column and
+// its row block's rows [*first, *last). False for a thread beyond the last column.
+static __device__ bool column_block(int N, int C, int *c, int *first, int *last) {
+    *c = blockIdx.x * blockDim.x + threadIdx.x;
+    *first = blockIdx.y * COLUMN_SUM_ROWS;
+    *last = min(*first + COLUMN_SUM_ROWS, N);
+    return *c < C;
+}
+
+// Phase 1: partials (row_blocks, C), the rows of each block in order.
 static __global__ void column_partials_kernel(float *partials, const float *src, int N, int C) {
-    int c = blockIdx.x * blockDim.x + threadIdx.x;
-    if (c >= C) return;
-    int first = blockIdx.y * COLUMN_SUM_ROWS;
-    int last = min(first + COLUMN_SUM_ROWS, N);
+    int c, first, last;
+    if (!column_block(N, C, &c, &first, &last)) return;
     float sum = 0.0f;
     for (int n = first; n < last; n++) sum += src[(size_t)n * C + c];
     partials[(size_t)blockIdx.y * C + c] = sum;
@@ -32,10 +39,8 @@ static __global__ void column_partials_kernel(float *partials, const float *src,
 // read src), and src's partials (row_blocks, C), as column_partials_kernel's: one read of src for both.
 template <typename Out>
 static __global__ void cast_column_partials_kernel(Out *out, float *partials, const float *src, int N, int C) {
-    int c = blockIdx.x * blockDim.x + threadIdx.x;
-    if (c >= C) return;
-    int first = blockIdx.y * COLUMN_SUM_ROWS;
-    int last = min(first + COLUMN_SUM_ROWS, N);
+    int c, first, last;
+    if (!column_block(N, C, &c, &first, &last)) return;
     float sum = 0.0f;
     for (int n = first; n < last; n++) {
         float x = src[(size_t)n * C + c];

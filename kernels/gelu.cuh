@@ -34,10 +34,8 @@ static __global__ void gelu_backward_kernel(float *dinp, const float *dout, cons
 template <typename Act>
 static __global__ void gelu_backward_fused_kernel(Act *gelu_out, __nv_bfloat16 *dfch_bf16, float *partials,
                                                   const float *dgelu, const Act *fch, int N, int C) {
-    int c = blockIdx.x * blockDim.x + threadIdx.x;
-    if (c >= C) return;
-    int first = blockIdx.y * COLUMN_SUM_ROWS;
-    int last = min(first + COLUMN_SUM_ROWS, N);
+    int c, first, last;
+    if (!column_block(N, C, &c, &first, &last)) return;
     float sum = 0.0f;
     for (int n = first; n < last; n++) {
         size_t i = (size_t)n * C + c;

@@ -1649,6 +1649,25 @@ static void *operand_to_device(const Floats &x, OperandType type) {
     return to_device_bf16(h);
 }
 
+// A product op(A) @ op(B) into C: unbatched, alpha 1, beta 0, no bias, an fp32 result.
+static MatmulProblem unbatched_problem(OperandType type, int trans_a, int trans_b, int M, int N, int K, const void *A,
+                                       const void *B, void *C) {
+    MatmulProblem p;
+    memset(&p, 0, sizeof p);
+    p.type = type;
+    p.trans_a = trans_a;
+    p.trans_b = trans_b;
+    p.M = M;
+    p.N = N;
+    p.K = K;
+    p.A = A;
+    p.B = B;
+    p.C = C;
+    p.alpha = 1.0f;
+    p.batch = 1;
+    return p;
+}
+
 static void check_matmul(MatmulContext *ctx, const MatmulCase *mc) {
     int M = mc->M, N = mc->N, K = mc->K, bf16_operands = mc->type == OPERANDS_BF16;
     long long sa = (long long)M * K + mc->gap, sb = (long long)K * N + mc->gap, sc = (long long)M * N + mc->gap;
@@ -1659,18 +1678,10 @@ static void check_matmul(MatmulContext *ctx, const MatmulCase *mc) {
     float *d_C = to_device(C0);
     size_t operand_bytes = bf16_operands ? 2 : 4;
 
-    MatmulProblem p;
-    memset(&p, 0, sizeof p);
-    p.type = mc->type;
+    MatmulProblem p = unbatched_problem(mc->type, mc->trans_a, mc->trans_b, M, N, K,
+                                        (const char *)d_A + (size_t)mc->offset * operand_bytes,
+                                        (const char *)d_B + (size_t)mc->offset * operand_bytes, d_C + mc->offset);
     p.allow_tf32 = mc->allow_tf32;
-    p.trans_a = mc->trans_a;
-    p.trans_b = mc->trans_b;
-    p.M = M;
-    p.N = N;
-    p.K = K;
-    p.A = (const char *)d_A + (size_t)mc->offset * operand_bytes;
-    p.B = (const char *)d_B + (size_t)mc->offset * operand_bytes;
-    p.C = d_C + mc->offset;
     p.alpha = mc->alpha;
     p.beta = mc->beta;
     p.batch = mc->batch;
@@ -1731,21 +1742,9 @@ static void check_matmul(MatmulContext *ctx, const MatmulCase *mc) {
 // One unbatched product of the linear layer on device buffers: C = op(A) @ op(B) + beta * C (+ bias).
 static void linear_product(MatmulContext *ctx, OperandType type, int trans_a, int trans_b, int M, int N, int K,
                            const void *A, const void *B, float *C, float beta, const float *bias) {
-    MatmulProblem p;
-    memset(&p, 0, sizeof p);
-    p.type = type;
-    p.trans_a = trans_a;
-    p.trans_b = trans_b;
-    p.M = M;
-    p.N = N;
-    p.K = K;
-    p.A = A;
-    p.B = B;
-    p.C = C;
+    MatmulProblem p = unbatched_problem(type, trans_a, trans_b, M, N, K, A, B, C);
     p.bias = bias;
-    p.alpha = 1.0f;
     p.beta = beta;
-    p.batch = 1;
     matmul_gpu(ctx, &p, stream);
 }
 
@@ -1856,22 +1855,11 @@ static void check_matmul_bf16_result(MatmulContext *ctx, int Nr, int Cc, int OC)
                  {"bf16 bias, 2-byte aligned", (const char *)d_shifted + 2, OPERANDS_BF16},
                  {"fp32 bias", d_bias, OPERANDS_FP32}};
     for (int k = 0; k < 3; k++) {
-        MatmulProblem p;
-        memset(&p, 0, sizeof p);
-        p.type = OPERANDS_BF16;
-        p.trans_b = 1;
-        p.M = Nr;
-        p.N = OC;
-        p.K = Cc;
-        p.A = d_inp;
-        p.B = d_weight;
-        p.C = d_out;
+        MatmulProblem p = unbatched_problem(OPERANDS_BF16, 0, 1, Nr, OC, Cc, d_inp, d_weight, d_out);
         p.c_type = OPERANDS_BF16;
         p.bias = cases[k].bias;
         p.bias_type = cases[k].bias_type;
         p.bias_scratch = d_scratch;
-        p.alpha = 1.0f;
-        p.batch = 1;
         matmul_gpu(ctx, &p, stream);
         Codes got = to_host_bf16(d_out, out.size());
         size_t bad = 0, first = 0;
