@@ -585,8 +585,8 @@ static void cuda_shard_optimizer_state(Backend *b) {
     arena_free(&old);
 }
 
-// The weights as the passes read them, in fp32: downloaded as stored (under DQT the checkpoint sections'
-// staging copies) and decoded on the host by the shared functions.
+// The weights as the passes read them, in fp32: downloaded as stored and widened, or under DQT decoded on the
+// host by the shared dqt_decoded_weight.
 static void cuda_read_params(Backend *b, float *params) {
     size_t n = b->table.num_params;
     if (b->policy.weights == WEIGHTS_FP32) {
